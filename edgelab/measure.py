@@ -1,0 +1,177 @@
+"""One ``measure()`` for every model in every notebook, so that numbers compare.
+
+A record holds accuracy, parameter counts, MACs, bytes as shipped (raw and gzip-compressed) and
+CPU latency at batch 1 and 64 (median and 90th percentile after a warm-up, thread count noted).
+Latency is always taken on the CPU: the edge stand-in. Absolute times on a shared machine are
+noise; ratios between models measured in the same run hold.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import data
+
+# torch.utils.benchmark imports cpp_extension, which logs a CUDA warning on CPU-only machines.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
+def is_onnx_session(model) -> bool:
+    return hasattr(model, "get_inputs") and hasattr(model, "run")
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters that are stored: weights and biases (masked pruning counts the original)."""
+    return sum(t.numel() for t in _weights(model))
+
+
+def count_nonzero(model: nn.Module) -> int:
+    return sum(int(torch.count_nonzero(t)) for t in _weights(model))
+
+
+def _weights(model: nn.Module) -> list[torch.Tensor]:
+    """The tensors a forward pass multiplies with, one per parameter, dequantized if packed."""
+    out = []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            # torch.nn.utils.prune keeps 'weight_orig' as the parameter and the masked 'weight'
+            # as a buffer: count what the forward pass uses.
+            if name.endswith("_orig") and hasattr(module, name[:-5]):
+                p = getattr(module, name[:-5])
+            out.append(p.detach())
+        for name in ("weight", "bias"):  # quantized modules expose packed params as methods
+            getter = getattr(module, name, None)
+            if callable(getter) and not isinstance(getter, torch.Tensor):
+                t = getter()
+                if isinstance(t, torch.Tensor):
+                    out.append(t.dequantize() if t.is_quantized else t.detach())
+    return out
+
+
+def count_macs(model: nn.Module, input_size=(1, 1, 28, 28)) -> int:
+    """Multiply-accumulates of one forward pass, from torch's flop counter (1 MAC = 2 FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(torch.zeros(input_size))
+    return counter.get_total_flops() // 2
+
+
+def macs_by_layer(model: nn.Module, input_size=(1, 1, 28, 28)) -> dict[str, int]:
+    """MACs of each Conv2d / Linear module, keyed by its name in the model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(torch.zeros(input_size))
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            flops = sum(counts.get(f"{root}.{name}", {}).values())
+            out[name] = flops // 2
+    return out
+
+
+def state_dict_bytes(model: nn.Module) -> bytes:
+    """The bytes ``torch.save(model.state_dict())`` writes: what a PyTorch model ships as."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getvalue()
+
+
+def artifact_sizes(blob: bytes) -> tuple[int, int]:
+    """Raw and gzip-compressed size; gzip shows what zeros and repeats are worth on the wire."""
+    return len(blob), len(gzip.compress(blob, compresslevel=6))
+
+
+def _timer_stats(fn, min_run_time: float, threads: int) -> tuple[float, float]:
+    """Median and 90th percentile in ms, from torch.utils.benchmark after a warm-up."""
+    import torch.utils.benchmark as benchmark
+
+    for _ in range(3):
+        fn()
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    times = np.array(m.times) * 1e3
+    return float(np.median(times)), float(np.percentile(times, 90))
+
+
+def latency(model, batch_size: int = 1, min_run_time: float = 1.0,
+            threads: int | None = None) -> tuple[float, float]:
+    """CPU latency (median, p90) in ms of one forward pass on a batch of real test images."""
+    threads = threads or torch.get_num_threads()
+    x, _ = data.tensors("test", limit=batch_size)
+    if is_onnx_session(model):
+        feed = {model.get_inputs()[0].name: x.numpy()}
+        fn = lambda: model.run(None, feed)  # noqa: E731
+    else:
+        model = model.cpu().eval()
+
+        def fn():
+            with torch.inference_mode():
+                model(x)
+    return _timer_stats(fn, min_run_time, threads)
+
+
+def predict_logits(model, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Logits for normalised images, for a torch module or an ONNX Runtime session."""
+    outs = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size]
+        if is_onnx_session(model):
+            outs.append(torch.from_numpy(model.run(None, {model.get_inputs()[0].name: x.numpy()})[0]))
+        else:
+            with torch.inference_mode():
+                outs.append(model.cpu().eval()(x).float())
+    return torch.cat(outs)
+
+
+def accuracy(model, limit: int | None = None, split: str = "test") -> tuple[float, int]:
+    """Top-1 accuracy on the first ``limit`` images of a split (all of it by default)."""
+    images, labels = data.tensors(split, limit)
+    pred = predict_logits(model, images).argmax(1)
+    return float((pred == labels).float().mean()), len(labels)
+
+
+def measure(model, name: str, *, notebook: str | None = None, tags=(), limit: int | None = None,
+            batch_sizes=(1, 64), min_run_time: float = 1.0, artifact: bytes | str | Path | None = None,
+            params: int | None = None, nonzero: int | None = None, macs: int | None = None,
+            threads: int | None = None) -> dict:
+    """Measure a torch module or an ONNX Runtime session; returns one record.
+
+    ``artifact`` is what ships (bytes or a file path); for a torch module it defaults to its
+    saved state dict. For an ONNX session pass the ``.onnx`` path and the counts (``params``,
+    ``macs``) of the model it came from. ``limit`` evaluates on the first N test images only
+    (performance claims use the full 10k)."""
+    threads = threads or torch.get_num_threads()
+    onnx = is_onnx_session(model)
+    if artifact is None:
+        if onnx:
+            raise ValueError("measure() of an ONNX Runtime session needs artifact=<path to .onnx>")
+        artifact = state_dict_bytes(model)
+    elif isinstance(artifact, (str, Path)):
+        artifact = Path(artifact).read_bytes()
+    raw, gz = artifact_sizes(artifact)
+    acc, n = accuracy(model, limit)
+    record = {
+        "notebook": notebook or os.environ.get("EDGELAB_NOTEBOOK"),
+        "name": name, "tags": list(tags), "runtime": "onnxruntime" if onnx else "torch",
+        "accuracy": acc, "test_images": n,
+        "params": params if params is not None else (None if onnx else count_params(model)),
+        "nonzero_params": nonzero if nonzero is not None else (None if onnx else count_nonzero(model)),
+        "macs": macs if macs is not None else (None if onnx else count_macs(model)),
+        "bytes": raw, "gzip_bytes": gz,
+    }
+    for b in batch_sizes:
+        med, p90 = latency(model, b, min_run_time, threads)
+        record[f"latency_b{b}_ms"], record[f"latency_b{b}_p90_ms"] = med, p90
+    record["threads"] = threads
+    return record

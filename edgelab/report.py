@@ -1,0 +1,176 @@
+"""Results of a run: per-notebook JSON, the assembled build/results.json, tables and plots."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from .data import REPO_ROOT
+from .models import atomic_write_bytes
+
+BUILD = REPO_ROOT / "build"
+RESULTS_DIR = BUILD / "results"
+
+
+def write_notebook_results(notebook: str, records: list[dict], widgets: dict | None = None,
+                           smoke: bool = False, results_dir: Path | None = None) -> Path:
+    """Write ``build/results/<notebook>.json`` atomically; records get the notebook's name."""
+    if not notebook:
+        raise ValueError("write_notebook_results needs the notebook's name, e.g. '00_baseline'")
+    records = [dict(r, notebook=notebook) for r in records]
+    path = Path(results_dir or RESULTS_DIR) / f"{notebook}.json"
+    payload = {"smoke": bool(smoke), "records": records, "widgets": widgets or {}}
+    atomic_write_bytes(path, (json.dumps(payload, indent=2) + "\n").encode())
+    return path
+
+
+def find(records: list[dict], name: str, runtime: str | None = None) -> dict:
+    for r in records:
+        if r["name"] == name and (runtime is None or r["runtime"] == runtime):
+            return r
+    raise KeyError(f"no record named {name!r}" + (f" in runtime {runtime!r}" if runtime else ""))
+
+
+def _fmt_bytes(n):
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+def _fmt_count(n):
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n / 1e3:.1f} k"
+
+
+def table(records: list[dict], baseline: str = "teacher") -> str:
+    """A side-by-side text table; ratios are against the baseline in the same runtime."""
+    cols = ["name", "runtime", "accuracy", "Δ pt", "params", "nonzero", "MACs", "bytes", "gzip",
+            "×smaller", "b1 ms", "×faster b1", "b64 ms", "×faster b64"]
+    rows = []
+    for r in records:
+        try:
+            base = find(records, baseline, r["runtime"])
+        except KeyError:
+            base = None
+
+        def ratio(key, r=r, base=base):
+            if base is None or not r.get(key) or not base.get(key):
+                return "-"
+            return f"{base[key] / r[key]:.2f}"
+        rows.append([
+            r["name"], r["runtime"], f"{100 * r['accuracy']:.2f}%",
+            f"{100 * (r['accuracy'] - base['accuracy']):+.2f}" if base else "-",
+            _fmt_count(r.get("params")), _fmt_count(r.get("nonzero_params")),
+            _fmt_count(r.get("macs")), _fmt_bytes(r.get("bytes")), _fmt_bytes(r.get("gzip_bytes")),
+            ratio("bytes"),
+            f"{r['latency_b1_ms']:.2f}" if r.get("latency_b1_ms") else "-", ratio("latency_b1_ms"),
+            f"{r['latency_b64_ms']:.1f}" if r.get("latency_b64_ms") else "-", ratio("latency_b64_ms"),
+        ])
+    widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
+    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def plot(records: list[dict], x: str = "bytes", y: str = "accuracy", ax=None, logx: bool = True):
+    """The standard picture: accuracy against a cost (bytes, latency, MACs), one dot a model."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    for r in records:
+        if r.get(x) is None:
+            continue
+        ax.scatter(r[x], 100 * r[y] if y == "accuracy" else r[y], s=40)
+        ax.annotate(f"{r['name']} ({r['runtime']})" if r["runtime"] != "torch" else r["name"],
+                    (r[x], 100 * r[y] if y == "accuracy" else r[y]),
+                    textcoords="offset points", xytext=(5, 5), fontsize=8)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel("test accuracy (%)" if y == "accuracy" else y)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+# The workbook's stated targets, each a function of the assembled results that returns
+# (measured, met) or None where the run has nothing to judge it by.
+def _teacher_accuracy(res):
+    rs = [r for r in res["records"] if r["name"] == "teacher" and r["test_images"] == 10000]
+    if not rs:
+        return None
+    acc = min(r["accuracy"] for r in rs)
+    return f"{100 * acc:.2f} %", acc >= 0.930
+
+
+def _slowest_notebook(res):
+    nbs = res.get("notebooks") or {}
+    if not nbs:
+        return None
+    name, meta = max(nbs.items(), key=lambda kv: kv[1]["seconds"])
+    limit = 60 if res["run"]["smoke"] else 300
+    return f"{meta['seconds']:.0f} s ({name}; limit {limit} s)", meta["seconds"] <= limit
+
+
+def _peak_memory(res):
+    nbs = res.get("notebooks") or {}
+    peaks = {k: v["peak_rss_mb"] for k, v in nbs.items() if v.get("peak_rss_mb")}
+    if not peaks:
+        return None
+    name = max(peaks, key=peaks.get)
+    return f"{peaks[name]:.0f} MB ({name})", peaks[name] <= 1500
+
+
+def _widget_response(res):
+    ws = res.get("widgets") or {}
+    if not ws:
+        return None
+    name = max(ws, key=lambda k: ws[k]["median_s"])
+    return f"{ws[name]['median_s']:.2f} s ({name})", ws[name]["median_s"] <= 1.0
+
+
+TARGETS = [
+    ("teacher ≥ 93.0 % on the full 10k test set", _teacher_accuracy),
+    ("each notebook ≤ 5 min at defaults (≤ 1 min smoke)", _slowest_notebook),
+    ("peak memory ≤ 1.5 GB per notebook", _peak_memory),
+    ("slider median response ≤ 1 s per move", _widget_response),
+]
+
+
+def check_targets(res: dict) -> list[tuple[str, str, bool | None]]:
+    out = []
+    for desc, fn in TARGETS:
+        got = fn(res)
+        out.append((desc, "not measured in this run", None) if got is None else (desc, *got))
+    return out
+
+
+def targets_table(res: dict) -> str:
+    rows = check_targets(res)
+    w = max(len(d) for d, _, _ in rows)
+    mark = {True: "met", False: "MISSED", None: "-"}
+    return "\n".join(f"{d.ljust(w)}  {m:<40}  {mark[ok]}" for d, m, ok in rows)
+
+
+def assemble(run: dict, notebooks: dict, results_dir: Path | None = None,
+             out: Path | None = None) -> dict:
+    """Merge every ``build/results/<notebook>.json`` into one ``build/results.json``."""
+    results_dir = Path(results_dir or RESULTS_DIR)
+    res = {"run": run, "notebooks": notebooks, "widgets": {}, "records": []}
+    for path in sorted(results_dir.glob("*.json")):
+        part = json.loads(path.read_text())
+        res["records"] += part["records"]
+        for k, v in part.get("widgets", {}).items():
+            res["widgets"][f"{path.stem}.{k}"] = v
+    atomic_write_bytes(Path(out or BUILD / "results.json"),
+                       (json.dumps(res, indent=2, default=_json_default) + "\n").encode())
+    return res
+
+
+def _json_default(o):
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    return str(o)

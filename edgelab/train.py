@@ -1,0 +1,185 @@
+"""Fit and evaluate models; ``python -m edgelab.train`` retrains the shipped checkpoints.
+
+Training runs on a GPU when one is there (CUDA or Apple's MPS), else on the CPU. Latency is never
+measured here: that is ``edgelab.measure``'s job, always on the CPU, the edge stand-in.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import data
+from .data import REPO_ROOT
+from .models import atomic_write_bytes, build, save_checkpoint
+
+RESUME_DIR = REPO_ROOT / "build" / "train"
+
+
+def pick_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches, device=None, progress: bool = False) -> torch.Tensor:
+    """Logits for every image of ``batches``, in order, computed in eval mode."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [model(x.to(device)).float().cpu()
+           for x, _ in tqdm(batches, desc="eval", leave=False, disable=not progress)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, batches, device=None, progress: bool = False) -> float:
+    """Top-1 accuracy as a fraction."""
+    labels = torch.cat([y for _, y in batches])
+    return (predict(model, batches, device, progress).argmax(1) == labels).float().mean().item()
+
+
+def train_step(model, x, y, optimizer, loss_fn=F.cross_entropy) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def sgd_one_cycle(model, epochs: int, steps_per_epoch: int, lr: float = 0.1,
+                  weight_decay: float = 5e-4, momentum: float = 0.9):
+    """SGD with Nesterov momentum and a one-cycle schedule: few epochs, still well converged."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True,
+                          weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs,
+                                                steps_per_epoch=steps_per_epoch)
+    return opt, sched
+
+
+def fit(model, batches, epochs: int, lr: float = 0.1, weight_decay: float = 5e-4,
+        loss_fn=F.cross_entropy, device=None, resume: Path | None = None,
+        progress: bool = True, after_step=None) -> list[float]:
+    """Train with SGD + one-cycle; returns the mean loss of each epoch.
+
+    With ``resume`` set, the full training state is saved after every epoch and picked up again
+    if the file exists, so a stopped run continues where it was.  ``after_step(model)`` runs
+    after each optimizer step (pruning uses it to re-apply masks)."""
+    device = device or pick_device()
+    model.to(device).train()
+    opt, sched = sgd_one_cycle(model, epochs, len(batches), lr, weight_decay)
+    history, start = [], 0
+    if resume is not None and Path(resume).is_file():
+        state = torch.load(resume, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        batches.generator.set_state(state["batches_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        history, start = list(state["history"]), int(state["epoch"])
+        print(f"resumed from {resume} after epoch {start}")
+    for epoch in range(start, epochs):
+        total, n = 0.0, 0
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress)
+        for x, y in bar:
+            loss = train_step(model, x.to(device), y.to(device), opt, loss_fn)
+            sched.step()
+            if after_step is not None:
+                after_step(model)
+            total, n = total + loss * len(y), n + len(y)
+            bar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
+        history.append(total / n)
+        if resume is not None:
+            buf = io.BytesIO()
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "epoch": epoch + 1,
+                        "history": history, "batches_rng": batches.generator.get_state(),
+                        "torch_rng": torch.get_rng_state()}, buf)
+            atomic_write_bytes(Path(resume), buf.getvalue())
+    return history
+
+
+def versions() -> dict:
+    import torchvision
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__}
+
+
+# Recipes that ship as checkpoints. Later notebooks add theirs here.
+RECIPES = {
+    "teacher": {"arch": {"name": "resnet18"}, "epochs": 6, "lr": 0.1, "weight_decay": 5e-4,
+                "batch_size": 128, "flip": True, "seed": 0},
+}
+
+
+def train_recipe(name: str, out: Path, epochs: int | None = None, seed: int | None = None,
+                 limit: int | None = None, progress: bool = True, fresh: bool = False) -> dict:
+    """Train one recipe from scratch (seeded), test it on the full test set, write the card."""
+    recipe = dict(RECIPES[name])
+    if epochs is not None:
+        recipe["epochs"] = epochs
+    if seed is not None:
+        recipe["seed"] = seed
+    torch.manual_seed(recipe["seed"])
+    model = build(recipe["arch"])
+    batches = data.loader("train", recipe["batch_size"], flip=recipe["flip"],
+                          limit=limit, seed=recipe["seed"])
+    resume = RESUME_DIR / f"{Path(out).name}.resume.pt"
+    if fresh and resume.exists():
+        resume.unlink()
+    device = pick_device()
+    t0 = time.time()
+    history = fit(model, batches, recipe["epochs"], recipe["lr"], recipe["weight_decay"],
+                  device=device, resume=resume, progress=progress)
+    wall = time.time() - t0
+    test_acc = evaluate(model, data.loader("test", 512), device)
+    val_acc = evaluate(model, data.loader("val", 512), device)
+    card = {
+        "name": Path(out).name, "recipe": name, "arch": recipe["arch"],
+        "training": {k: v for k, v in recipe.items() if k != "arch"},
+        "train_images": len(batches.images), "loss_per_epoch": history,
+        "test_accuracy": test_acc, "test_images": 10000, "val_accuracy": val_acc,
+        "seed": recipe["seed"], "epochs": recipe["epochs"],
+        "wall_time_s": round(wall, 1), "device": str(device),
+        "threads": torch.get_num_threads(), "versions": versions(),
+        "trained": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m edgelab.train " + " ".join(sys.argv[1:]),
+    }
+    card = save_checkpoint(model.cpu(), out, card)
+    resume.unlink(missing_ok=True)
+    return card
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edgelab.train",
+                                description="Retrain a shipped checkpoint from scratch.")
+    p.add_argument("recipe", choices=sorted(RECIPES))
+    p.add_argument("--out", type=Path, help="checkpoint path without suffix "
+                   "(default: data/checkpoints/<recipe>)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--limit", type=int, help="train on the first N training images only")
+    p.add_argument("--fresh", action="store_true", help="ignore a saved partial run")
+    args = p.parse_args(argv)
+    out = args.out or (REPO_ROOT / "data" / "checkpoints" / args.recipe)
+    card = train_recipe(args.recipe, out, args.epochs, args.seed, args.limit, fresh=args.fresh)
+    print(json.dumps({k: card[k] for k in ("name", "test_accuracy", "epochs", "wall_time_s",
+                                           "sha256")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+import pytest
+import torch
+
+from edgelab import data
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def no_data(monkeypatch, tmp_path):
+    """A world with no Fashion-MNIST anywhere: all three search places point at empty folders."""
+    monkeypatch.setenv("EDGELAB_DATA", str(tmp_path / "env"))
+    monkeypatch.setattr(data, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "debian")
+    monkeypatch.setattr(data, "_CACHE", {})
+    return tmp_path

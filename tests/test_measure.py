@@ -1,0 +1,65 @@
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune as tprune
+
+from edgelab import measure, models
+
+
+def tiny_cnn():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 10))
+
+
+def test_fp32_state_dict_takes_about_four_bytes_per_parameter():
+    m = models.student()
+    n_bytes = len(measure.state_dict_bytes(m))
+    assert 4 * measure.count_params(m) < n_bytes < 4 * measure.count_params(m) * 1.1
+
+
+def test_nonzero_counts_only_the_weights_that_are_not_zero():
+    m = tiny_cnn()
+    with torch.no_grad():
+        m[0].weight[:2] = 0  # 2 filters of 9 weights
+    assert measure.count_params(m) == 4 * 9 + 4 + 4 * 10 + 10
+    assert measure.count_nonzero(m) == measure.count_params(m) - 18
+
+
+def test_nonzero_sees_a_pruning_mask_not_the_original_weights():
+    m = tiny_cnn()
+    tprune.l1_unstructured(m[4], "weight", amount=0.5)
+    assert measure.count_params(m) == 4 * 9 + 4 + 4 * 10 + 10
+    assert measure.count_nonzero(m) == measure.count_params(m) - 20
+
+
+def test_a_convolutions_macs_equal_the_formula():
+    conv = nn.Conv2d(3, 8, kernel_size=3, stride=2, padding=1, bias=False)
+    # output 14x14: every output value takes C_in * k * k multiply-accumulates
+    assert measure.count_macs(conv, (1, 3, 28, 28)) == 8 * 14 * 14 * 3 * 3 * 3
+
+
+def test_macs_by_layer_sums_to_the_total_for_a_plain_cnn():
+    m = tiny_cnn()
+    layers = measure.macs_by_layer(m)
+    assert layers == {"0": 4 * 28 * 28 * 9, "4": 40}
+    assert sum(layers.values()) == measure.count_macs(m)
+
+
+def test_gzip_shrinks_zeros_but_the_raw_size_stays():
+    m = models.student()
+    raw, gz = measure.artifact_sizes(measure.state_dict_bytes(m))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(torch.rand_like(p) > 0.9)
+    raw0, gz0 = measure.artifact_sizes(measure.state_dict_bytes(m))
+    assert raw0 == raw and gz0 < gz / 3
+
+
+def test_measure_returns_one_complete_record():
+    r = measure.measure(tiny_cnn(), "tiny", tags=["fp32"], limit=200, batch_sizes=(1, 4),
+                        min_run_time=0.05, notebook="test")
+    assert r["test_images"] == 200 and 0 <= r["accuracy"] <= 1
+    assert r["params"] == r["nonzero_params"] == 90 and r["macs"] == 4 * 28 * 28 * 9 + 40
+    assert r["bytes"] > 4 * 90 and r["gzip_bytes"] > 0
+    assert 0 < r["latency_b1_ms"] <= r["latency_b1_p90_ms"]
+    assert 0 < r["latency_b4_ms"] and r["threads"] >= 1 and r["runtime"] == "torch"
+    assert r["tags"] == ["fp32"] and r["notebook"] == "test"

@@ -1,0 +1,52 @@
+import torch
+
+from edgelab import data, models, train
+
+
+def test_a_few_steps_lower_the_loss():
+    torch.manual_seed(0)
+    model = models.student(widths=(8, 16), blocks=1)
+    x, y = data.tensors("train", limit=256)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    first = train.train_step(model, x, y, opt)
+    for _ in range(30):
+        last = train.train_step(model, x, y, opt)
+    assert last < 0.7 * first
+
+
+def test_fit_is_reproducible_and_resumes_where_it_stopped(tmp_path):
+    class Stop(Exception):
+        pass
+
+    def run(resume=None, stop_at=None):
+        torch.manual_seed(0)
+        model = models.student(widths=(4,), blocks=1)
+        batches = data.loader("train", 64, flip=True, limit=512, seed=0)
+        steps = [0]
+
+        def after_step(_):
+            steps[0] += 1
+            if steps[0] == stop_at:
+                raise Stop
+        hist = train.fit(model, batches, 2, lr=0.05, device=torch.device("cpu"),
+                         resume=resume, progress=False, after_step=after_step)
+        return model, hist
+
+    straight, hist = run()
+    assert run()[1] == hist
+    resume = tmp_path / "r.pt"
+    try:
+        run(resume, stop_at=8 + 3)  # 8 batches an epoch: killed during the second epoch
+    except Stop:
+        pass
+    assert torch.load(resume, weights_only=True)["epoch"] == 1
+    resumed, hist_resumed = run(resume)
+    assert hist_resumed == hist
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_evaluate_returns_a_fraction_in_eval_mode():
+    model = models.student(widths=(4,), blocks=1).train()
+    acc = train.evaluate(model, data.loader("test", 500, limit=1000), torch.device("cpu"))
+    assert 0.0 <= acc <= 1.0 and model.training
