@@ -39,3 +39,10 @@ lab: setup
 clean:
 	rm -rf build .pytest_cache
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+# Apply the committed-notebook policy: run the notebooks in smoke mode, then keep only the
+# outputs of cells marked NBVAL_CHECK_OUTPUT (see edgelab/nbhygiene.py).
+.PHONY: clean-notebooks
+clean-notebooks: setup
+	$(PY) -m edgelab.workbook run --smoke
+	$(PY) -m edgelab.nbhygiene clean --executed build/executed

@@ -121,7 +121,7 @@ def latency(model, batch_size: int = 1, min_run_time: float = 1.0,
     return _timer_stats(fn, min_run_time, threads)
 
 
-def predict_logits(model, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+def predict_logits(model, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
     """Logits for normalised images, for a torch module or an ONNX Runtime session."""
     outs = []
     for start in range(0, len(images), batch_size):

@@ -15,11 +15,14 @@ RESULTS_DIR = BUILD / "results"
 
 def write_notebook_results(notebook: str, records: list[dict], widgets: dict | None = None,
                            smoke: bool = False, results_dir: Path | None = None) -> Path:
-    """Write ``build/results/<notebook>.json`` atomically; records get the notebook's name."""
+    """Write ``build/results/<notebook>.json`` atomically; records get the notebook's name.
+
+    ``$EDGELAB_RESULTS`` redirects the folder (the tests use it to keep build/ untouched)."""
     if not notebook:
         raise ValueError("write_notebook_results needs the notebook's name, e.g. '00_baseline'")
     records = [dict(r, notebook=notebook) for r in records]
-    path = Path(results_dir or RESULTS_DIR) / f"{notebook}.json"
+    results_dir = results_dir or os.environ.get("EDGELAB_RESULTS") or RESULTS_DIR
+    path = Path(results_dir) / f"{notebook}.json"
     payload = {"smoke": bool(smoke), "records": records, "widgets": widgets or {}}
     atomic_write_bytes(path, (json.dumps(payload, indent=2) + "\n").encode())
     return path

@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from edgelab import report
+
+
+def rec(name, acc, b, lat, runtime="torch"):
+    return {"notebook": None, "name": name, "tags": [], "runtime": runtime, "accuracy": acc,
+            "test_images": 10000, "params": b // 4, "nonzero_params": b // 4, "macs": 10 * b,
+            "bytes": b, "gzip_bytes": b, "latency_b1_ms": lat, "latency_b1_p90_ms": lat,
+            "latency_b64_ms": 10 * lat, "latency_b64_p90_ms": 10 * lat, "threads": 2}
+
+
+def test_notebook_results_are_written_whole_with_the_notebooks_name(tmp_path):
+    path = report.write_notebook_results("00_x", [rec("teacher", 0.93, 400, 5.0)],
+                                         widgets={"w": {"median_s": 0.1, "moves": 3}},
+                                         smoke=True, results_dir=tmp_path)
+    payload = json.loads(path.read_text())
+    assert payload["smoke"] is True and payload["records"][0]["notebook"] == "00_x"
+    assert payload["widgets"] == {"w": {"median_s": 0.1, "moves": 3}}
+    assert [p.name for p in tmp_path.iterdir()] == ["00_x.json"]  # no temporary file left
+
+
+def test_results_need_a_notebook_name(tmp_path):
+    with pytest.raises(ValueError, match="notebook's name"):
+        report.write_notebook_results("", [], results_dir=tmp_path)
+
+
+def test_assemble_merges_notebooks_and_prefixes_widget_names(tmp_path):
+    report.write_notebook_results("00_a", [rec("teacher", 0.935, 400, 5.0)], results_dir=tmp_path)
+    report.write_notebook_results("01_b", [rec("small", 0.93, 100, 2.0)],
+                                  widgets={"rate": {"median_s": 0.4, "moves": 5}},
+                                  results_dir=tmp_path)
+    out = tmp_path / "results.json"
+    res = report.assemble({"smoke": False}, {"00_a": {"seconds": 10, "peak_rss_mb": 900}},
+                          results_dir=tmp_path, out=out)
+    assert json.loads(out.read_text()) == res
+    assert [r["notebook"] for r in res["records"]] == ["00_a", "01_b"]
+    assert res["widgets"] == {"01_b.rate": {"median_s": 0.4, "moves": 5}}
+
+
+def test_targets_table_marks_met_missed_and_unmeasured():
+    res = {"run": {"smoke": False}, "records": [rec("teacher", 0.929, 400, 5.0)],
+           "notebooks": {"00_a": {"seconds": 400, "peak_rss_mb": 900}}, "widgets": {}}
+    rows = {d: ok for d, _, ok in report.check_targets(res)}
+    assert rows["teacher ≥ 93.0 % on the full 10k test set"] is False
+    assert rows["each notebook ≤ 5 min at defaults (≤ 1 min smoke)"] is False
+    assert rows["peak memory ≤ 1.5 GB per notebook"] is True
+    assert rows["slider median response ≤ 1 s per move"] is None
+    assert "MISSED" in report.targets_table(res)
+
+
+def test_table_takes_ratios_against_the_baseline_in_the_same_runtime():
+    text = report.table([rec("teacher", 0.93, 400, 4.0), rec("half", 0.92, 100, 2.0),
+                         rec("teacher", 0.93, 800, 8.0, "onnxruntime"),
+                         rec("int8", 0.93, 200, 2.0, "onnxruntime")])
+    half = next(line for line in text.splitlines() if line.strip().startswith("half"))
+    int8 = next(line for line in text.splitlines() if line.strip().startswith("int8"))
+    assert "4.00" in half and "-1.00" in half
+    assert "4.00" in int8 and "+0.00" in int8
