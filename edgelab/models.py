@@ -17,7 +17,9 @@ from .data import CLASSES, REPO_ROOT
 CHECKPOINT_DIR = REPO_ROOT / "data" / "checkpoints"
 
 # sha256 of every shipped checkpoint, so a swapped file *and* card are both caught.
-SHIPPED_SHA256: dict[str, str] = {}
+SHIPPED_SHA256: dict[str, str] = {
+    "teacher": "6fa9d1ddcaefa32a4ca528e9ec49533aa79739d4d0d3f340c6dd0afbd90d0d54",
+}
 
 
 def teacher(num_classes: int = len(CLASSES)) -> nn.Module:
@@ -72,15 +74,30 @@ def student(widths=(16, 32, 64), blocks: int = 2) -> nn.Module:
     return Student(widths, blocks)
 
 
-ARCHS = {"resnet18": lambda **kw: teacher(**kw), "student": lambda **kw: student(**kw)}
+def structured_teacher(rate: float, base: nn.Module | None = None) -> nn.Module:
+    """The teacher with ``rate`` of every layer's channels removed (see edgelab.prune).
+
+    Channel counts depend on the rate alone, so pruning an untrained teacher gives the right
+    shapes to load a pruned checkpoint into; pass the trained ``base`` to choose real channels."""
+    from .prune import structured
+    return structured(base if base is not None else teacher(), rate)
 
 
-def build(arch: dict) -> nn.Module:
-    """A model from a card's ``arch`` entry, e.g. ``{"name": "student", "widths": [16, 32, 64]}``."""
+ARCHS = {
+    "resnet18": lambda base=None: teacher(),
+    "student": lambda base=None, **kw: student(**kw),
+    "resnet18-structured": lambda base=None, **kw: structured_teacher(base=base, **kw),
+}
+
+
+def build(arch: dict, base: nn.Module | None = None) -> nn.Module:
+    """A model from a card's ``arch`` entry, e.g. ``{"name": "student", "widths": [16, 32, 64]}``.
+
+    ``base`` is a trained model that a derived architecture starts from (a pruned teacher)."""
     kwargs = {k: v for k, v in arch.items() if k != "name"}
     if arch.get("name") not in ARCHS:
         raise ValueError(f"unknown architecture {arch.get('name')!r}; known: {sorted(ARCHS)}")
-    return ARCHS[arch["name"]](**kwargs)
+    return ARCHS[arch["name"]](base=base, **kwargs)
 
 
 def sha256_file(path: Path) -> str:
