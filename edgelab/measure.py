@@ -134,11 +134,15 @@ def predict_logits(model, images: torch.Tensor, batch_size: int = 250) -> torch.
     return torch.cat(outs)
 
 
+def accuracy_on(model, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy (a fraction) on given normalised images."""
+    return float((predict_logits(model, images).argmax(1) == labels).float().mean())
+
+
 def accuracy(model, limit: int | None = None, split: str = "test") -> tuple[float, int]:
     """Top-1 accuracy on the first ``limit`` images of a split (all of it by default)."""
     images, labels = data.tensors(split, limit)
-    pred = predict_logits(model, images).argmax(1)
-    return float((pred == labels).float().mean()), len(labels)
+    return accuracy_on(model, images, labels), len(labels)
 
 
 def measure(model, name: str, *, notebook: str | None = None, tags=(), limit: int | None = None,

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import data
 from .data import REPO_ROOT
-from .models import atomic_write_bytes, build, save_checkpoint
+from .models import atomic_write_bytes, build, load_checkpoint, read_card, save_checkpoint
 
 RESUME_DIR = REPO_ROOT / "build" / "train"
 
@@ -118,10 +118,14 @@ def versions() -> dict:
             "torchvision": torchvision.__version__}
 
 
-# Recipes that ship as checkpoints. Later notebooks add theirs here.
+# Recipes that ship as checkpoints. ``init`` names a shipped checkpoint to start from.
 RECIPES = {
     "teacher": {"arch": {"name": "resnet18"}, "epochs": 6, "lr": 0.1, "weight_decay": 5e-4,
                 "batch_size": 128, "flip": True, "seed": 0},
+    # 01_pruning: half the channels of every layer removed, then a recovery fine-tune.
+    "pruned50": {"arch": {"name": "resnet18-structured", "rate": 0.5}, "init": "teacher",
+                 "epochs": 4, "lr": 0.05, "weight_decay": 5e-4, "batch_size": 128,
+                 "flip": True, "seed": 0},
 }
 
 
@@ -134,7 +138,8 @@ def train_recipe(name: str, out: Path, epochs: int | None = None, seed: int | No
     if seed is not None:
         recipe["seed"] = seed
     torch.manual_seed(recipe["seed"])
-    model = build(recipe["arch"])
+    base = load_checkpoint(recipe["init"]) if "init" in recipe else None
+    model = build(recipe["arch"], base=base)
     batches = data.loader("train", recipe["batch_size"], flip=recipe["flip"],
                           limit=limit, seed=recipe["seed"])
     resume = RESUME_DIR / f"{Path(out).name}.resume.pt"
@@ -153,6 +158,8 @@ def train_recipe(name: str, out: Path, epochs: int | None = None, seed: int | No
         "train_images": len(batches.images), "loss_per_epoch": history,
         "test_accuracy": test_acc, "test_images": 10000, "val_accuracy": val_acc,
         "seed": recipe["seed"], "epochs": recipe["epochs"],
+        "init": ({"name": recipe["init"], "sha256": read_card(recipe["init"])["sha256"]}
+                 if "init" in recipe else None),
         "wall_time_s": round(wall, 1), "device": str(device),
         "threads": torch.get_num_threads(), "versions": versions(),
         "trained": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -62,8 +62,109 @@ class Panel:
         start = len(self.response_times)
         for v in values:
             self.set(**{name: v})
-        times = self.response_times[start:]
+        return self.timing(since=start)
+
+    def timing(self, since: int = 1) -> dict:
+        """Response times of the moves after the first ``since`` updates (1: skip the initial)."""
+        times = self.response_times[since:]
+        if not times:
+            raise ValueError("no moves to time: every value set was the one already shown")
         return {"median_s": statistics.median(times), "max_s": max(times), "moves": len(times)}
 
     def _ipython_display_(self):
         display(self.widget)
+
+
+# -- 01_pruning: prune rate × method ----------------------------------------------------------
+
+def _gzip_size(tensors, level: int = 1) -> int:
+    """gzip-compressed size of the tensors' bytes, layer by layer in two threads (zlib releases
+    the GIL). Level 1: the slider needs an answer in well under a second."""
+    import zlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(t):
+        c = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip container
+        return len(c.compress(t.detach().contiguous().numpy().tobytes()) + c.flush())
+    with ThreadPoolExecutor(2) as pool:
+        return sum(pool.map(one, tensors))
+
+
+def prune_panel(model, images, labels, rates_step: float = 0.05, latency_s: float = 0.1,
+                subset_name: str = "validation"):
+    """A prune-rate slider (0 to 0.95) and a method toggle, answering on a fixed subset.
+
+    Unstructured: one global magnitude threshold from weights sorted once; the model stays
+    dense, so its raw bytes and latency should not move while gzip and non-zeros do.
+    Structured: torch-pruning removes channels; each rate's pruned model is cached."""
+    import copy
+
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+    import torch
+
+    from . import measure, prune
+
+    base = model.eval()
+    work = copy.deepcopy(base).eval()
+    layers = prune.prunable_layers(work)
+    originals = {n: m.weight.detach().clone() for n, m in layers.items()}
+    ranked = torch.cat([w.abs().flatten() for w in originals.values()]).sort().values
+    dense_bytes = len(measure.state_dict_bytes(base))
+    others = [t for k, t in base.state_dict().items()
+              if not any(k == f"{n}.weight" for n in layers) and t.dtype.is_floating_point]
+    structured_cache: dict[float, torch.nn.Module] = {}
+    seen: dict[str, dict[float, float]] = {"unstructured": {}, "structured": {}}
+
+    def accuracy(m):
+        with torch.inference_mode():
+            return (m(images).argmax(1) == labels).float().mean().item()
+
+    def compute(rate, method):
+        rate = round(rate, 4)
+        if method == "unstructured":
+            k = round(rate * len(ranked))
+            threshold = ranked[k - 1].item() if k else -1.0
+            with torch.no_grad():
+                for n, m in layers.items():
+                    m.weight.copy_(originals[n] * (originals[n].abs() > threshold))
+            m = work
+            gz = _gzip_size([l.weight for l in layers.values()] + others)
+            raw = dense_bytes  # the tensors are as large as ever: zeros take 4 bytes too
+        else:
+            if rate not in structured_cache:
+                structured_cache[rate] = prune.structured(base, rate)
+            m = structured_cache[rate]
+            raw = len(measure.state_dict_bytes(m))
+            gz = _gzip_size(list(m.state_dict().values()))
+        acc = accuracy(m)
+        med, _ = measure.latency(m, 1, min_run_time=latency_s)
+        seen[method][rate] = acc
+        return {"accuracy": acc, "nonzero": measure.count_nonzero(m),
+                "params": measure.count_params(m), "bytes": raw, "gzip_bytes": gz,
+                "latency_b1_ms": med}
+
+    def render(r, panel):
+        print(f"{r['method']} pruning at rate {r['rate']:.2f}: accuracy {100 * r['accuracy']:.1f} % "
+              f"on {len(labels)} {subset_name} images\n"
+              f"non-zero weights {r['nonzero']:,} of {r['params']:,} · bytes {r['bytes'] / 1e6:.1f} MB "
+              f"· gzip -1 {r['gzip_bytes'] / 1e6:.1f} MB · batch-1 latency {r['latency_b1_ms']:.1f} ms")
+        fig, ax = plt.subplots(figsize=(5.5, 3))
+        for method, pts in seen.items():
+            if pts:
+                xs = sorted(pts)
+                ax.plot(xs, [100 * pts[x] for x in xs], "o-", label=method)
+        ax.set_xlim(-0.02, 0.97)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("prune rate")
+        ax.set_ylabel(f"accuracy on {len(labels)} images (%)")
+        ax.legend(loc="lower left")
+        ax.grid(alpha=0.3)
+        plt.show()
+
+    controls = {
+        "rate": W.FloatSlider(value=0.0, min=0.0, max=0.95, step=rates_step,
+                              description="prune rate", continuous_update=False),
+        "method": W.ToggleButtons(options=["unstructured", "structured"], value="unstructured"),
+    }
+    return Panel(controls, compute, render, title="Prune the teacher")

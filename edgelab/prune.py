@@ -1,0 +1,205 @@
+"""Pruning: magnitude masks, a per-layer sensitivity scan, and structured channel pruning.
+
+Unstructured pruning zeroes single weights and keeps them zero with ``torch.nn.utils.prune``
+masks; the tensors stay dense, so neither the file nor dense inference shrinks. Structured
+pruning removes whole channels with torch-pruning's dependency graph, so every coupled layer
+(the residual adds, the batch norms, the next convolution's inputs) shrinks with them.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune as tprune
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
+
+
+def check_rate(rate: float) -> float:
+    if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise ValueError(f"prune rate must be in [0, 1) (0 keeps every weight, 0.9 removes "
+                         f"90 %), got {rate!r}")
+    return float(rate)
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Conv2d and Linear by name; an error if the model has none."""
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to prune; "
+                         "pruning works on the weights of those layers")
+    return layers
+
+
+def clone(model: nn.Module) -> nn.Module:
+    """A deep copy that also works on a masked model (its masked ``weight`` is a computed
+    tensor, which ``copy.deepcopy`` refuses)."""
+    masked = [m for m in model.modules() if hasattr(m, "weight_orig") and hasattr(m, "weight_mask")]
+    saved = [m.weight for m in masked]
+    try:
+        for m in masked:
+            m.weight = m.weight.detach()
+        return copy.deepcopy(model)
+    finally:
+        for m, w in zip(masked, saved):
+            m.weight = w
+
+
+# -- the mechanics the exercise teaches ------------------------------------------------------
+
+def magnitude_threshold(weight: torch.Tensor, rate: float) -> float:
+    """The largest magnitude that is pruned: the k-th smallest |w|, k = round(rate * n).
+
+    Rate 0 prunes nothing and returns 0.0."""
+    rate = check_rate(rate)
+    k = round(rate * weight.numel())
+    if k == 0:
+        return 0.0
+    return weight.detach().abs().flatten().kthvalue(k).values.item()
+
+
+def magnitude_mask(weight: torch.Tensor, rate: float) -> torch.Tensor:
+    """A bool mask that keeps the ``n - round(rate * n)`` largest-magnitude weights.
+
+    Counting, not comparing with the threshold, keeps the rate exact when magnitudes tie."""
+    rate = check_rate(rate)
+    n = weight.numel()
+    keep = n - round(rate * n)
+    mask = torch.zeros(n, dtype=torch.bool)
+    if keep:
+        mask[weight.detach().abs().flatten().topk(keep).indices] = True
+    return mask.view_as(weight)
+
+
+# -- unstructured pruning of a whole model ---------------------------------------------------
+
+def unstructured(model: nn.Module, rate: float | dict[str, float], scope: str = "global",
+                 inplace: bool = False, mask_fn=magnitude_mask) -> nn.Module:
+    """Zero the smallest weights and attach masks (``torch.nn.utils.prune``) that keep them zero.
+
+    ``scope="global"`` ranks all weights of all layers together (one threshold), ``"layer"``
+    prunes every layer at ``rate``; a dict ``{layer name: rate}`` is a per-layer plan."""
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    model = model if inplace else clone(model)
+    layers = prunable_layers(model)
+    if isinstance(rate, dict):
+        unknown = set(rate) - set(layers)
+        if unknown:
+            raise ValueError(f"no prunable layer named {sorted(unknown)}; known: {list(layers)}")
+        plan = {name: check_rate(r) for name, r in rate.items()}
+    elif scope == "layer":
+        plan = {name: check_rate(rate) for name in layers}
+    else:
+        check_rate(rate)
+        flat = torch.cat([m.weight.detach().flatten() for m in layers.values()])
+        keep = mask_fn(flat, rate)
+        start = 0
+        for name, m in layers.items():
+            n = m.weight.numel()
+            tprune.custom_from_mask(m, "weight", keep[start:start + n].view_as(m.weight))
+            start += n
+        return model
+    for name, r in plan.items():
+        m = layers[name]
+        tprune.custom_from_mask(m, "weight", mask_fn(m.weight, r))
+    return model
+
+
+def remove_masks(model: nn.Module) -> nn.Module:
+    """Make the zeros permanent and drop the masks: the model becomes a plain dense model."""
+    for m in model.modules():
+        if tprune.is_pruned(m) and hasattr(m, "weight_mask"):
+            tprune.remove(m, "weight")
+    return model
+
+
+def sparsity(model: nn.Module) -> float:
+    """Fraction of zero weights over all Conv2d / Linear weights."""
+    weights = [m.weight for m in prunable_layers(model).values()]
+    total = sum(w.numel() for w in weights)
+    return sum(int((w == 0).sum()) for w in weights) / total
+
+
+# -- sensitivity ------------------------------------------------------------------------------
+
+@torch.no_grad()
+def sensitivity_scan(model: nn.Module, rates, images: torch.Tensor, labels: torch.Tensor,
+                     layers=None, progress: bool = True) -> dict[str, list[float]]:
+    """Accuracy on (images, labels) when one layer at a time is pruned at each rate."""
+    from tqdm.auto import tqdm
+
+    rates = [check_rate(r) for r in rates]
+    model = model.eval()
+    all_layers = prunable_layers(model)
+    names = list(layers or all_layers)
+    out = {}
+    for name in tqdm(names, desc="sensitivity", disable=not progress):
+        w = all_layers[name].weight
+        original = w.detach().clone()
+        accs = []
+        for r in rates:
+            w.mul_(magnitude_mask(original, r))
+            accs.append((model(images).argmax(1) == labels).float().mean().item())
+            w.copy_(original)
+        out[name] = accs
+    return out
+
+
+def sensitivity_plan(scan: dict[str, list[float]], rates, sizes: dict[str, int],
+                     target: float) -> dict[str, float]:
+    """Per-layer rates at an overall sparsity of about ``target``: the layers whose accuracy
+    holds up best take the highest rates.
+
+    For a tolerated accuracy drop d, each layer gets the highest scanned rate whose accuracy
+    stays within d of its best; d is found by bisection so the weighted sparsity meets target."""
+    check_rate(target)
+    total = sum(sizes.values())
+
+    def plan_for(drop):
+        plan = {}
+        for name, accs in scan.items():
+            ok = [r for r, a in zip(rates, accs) if a >= max(accs) - drop]
+            plan[name] = max(ok) if ok else 0.0
+        return plan
+
+    def overall(plan):
+        return sum(plan[n] * sizes[n] for n in plan) / total
+
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if overall(plan_for(mid)) < target:
+            lo = mid
+        else:
+            hi = mid
+    plan = plan_for(hi)
+    # Scanned rates are coarse: scale the plan so it lands on the target sparsity exactly.
+    scale = target / max(overall(plan), 1e-9)
+    return {n: min(r * scale, 0.99) for n, r in plan.items()}
+
+
+# -- structured (channel) pruning with torch-pruning ----------------------------------------
+
+def structured(model: nn.Module, rate: float, example=None, keep=None, inplace: bool = False,
+               importance: str = "l2") -> nn.Module:
+    """Remove ``rate`` of the channels of every prunable layer (the classifier is kept whole).
+
+    Magnitude importance (L2 norm of each channel's weights) ranks channels inside each
+    dependency group; torch-pruning's graph shrinks every coupled layer with them."""
+    import torch_pruning as tp
+
+    rate = check_rate(rate)
+    model = model if inplace else clone(model)
+    layers = prunable_layers(model)
+    example = example if example is not None else torch.zeros(1, 1, 28, 28)
+    if keep is None:  # the final classifier: its outputs are the classes
+        keep = [m for m in layers.values() if isinstance(m, nn.Linear)][-1:]
+    if rate == 0:
+        return model.eval()
+    imp = tp.importance.MagnitudeImportance(p=2 if importance == "l2" else 1)
+    pruner = tp.pruner.MagnitudePruner(model.eval(), example, importance=imp,
+                                       pruning_ratio=rate, ignored_layers=list(keep))
+    pruner.step()
+    return model.eval()
