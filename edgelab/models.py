@@ -19,6 +19,7 @@ CHECKPOINT_DIR = REPO_ROOT / "data" / "checkpoints"
 # sha256 of every shipped checkpoint, so a swapped file *and* card are both caught.
 SHIPPED_SHA256: dict[str, str] = {
     "teacher": "6fa9d1ddcaefa32a4ca528e9ec49533aa79739d4d0d3f340c6dd0afbd90d0d54",
+    "pruned50": "305db8bf4d0e8b2adeb270141430ae6ea35f35637675f498a920f92b0a037fd7",
 }
 
 

@@ -124,7 +124,7 @@ RECIPES = {
                 "batch_size": 128, "flip": True, "seed": 0},
     # 01_pruning: half the channels of every layer removed, then a recovery fine-tune.
     "pruned50": {"arch": {"name": "resnet18-structured", "rate": 0.5}, "init": "teacher",
-                 "epochs": 4, "lr": 0.05, "weight_decay": 5e-4, "batch_size": 128,
+                 "epochs": 8, "lr": 0.05, "weight_decay": 5e-4, "batch_size": 128,
                  "flip": True, "seed": 0},
 }
 
