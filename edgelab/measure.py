@@ -121,6 +121,23 @@ def latency(model, batch_size: int = 1, min_run_time: float = 1.0,
     return _timer_stats(fn, min_run_time, threads)
 
 
+def quick_latency(model, runs: int = 10) -> float:
+    """Median ms of a few batch-1 runs after one warm-up: for sliders, where a second matters
+    more than the last percent of precision. Records use ``latency()``."""
+    import time
+
+    x, _ = data.tensors("test", limit=1)
+    model = model.cpu().eval()
+    times = []
+    with torch.inference_mode():
+        model(x)
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
 def predict_logits(model, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
     """Logits for normalised images, for a torch module or an ONNX Runtime session."""
     outs = []

@@ -90,7 +90,7 @@ def _gzip_size(tensors, level: int = 1) -> int:
         return sum(pool.map(one, tensors))
 
 
-def prune_panel(model, images, labels, rates_step: float = 0.05, latency_s: float = 0.1,
+def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: int = 10,
                 subset_name: str = "validation"):
     """A prune-rate slider (0 to 0.95) and a method toggle, answering on a fixed subset.
 
@@ -138,7 +138,7 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_s: floa
             raw = len(measure.state_dict_bytes(m))
             gz = _gzip_size(list(m.state_dict().values()))
         acc = accuracy(m)
-        med, _ = measure.latency(m, 1, min_run_time=latency_s)
+        med = measure.quick_latency(m, latency_runs)
         seen[method][rate] = acc
         return {"accuracy": acc, "nonzero": measure.count_nonzero(m),
                 "params": measure.count_params(m), "bytes": raw, "gzip_bytes": gz,
