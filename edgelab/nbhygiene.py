@@ -29,6 +29,9 @@ def problems(nb, name: str = "notebook") -> list[str]:
         out.append(f"{name}: kernel is {kernel!r}, should be 'python3'")
     if not any("parameters" in c.metadata.get("tags", []) for c in nb.cells):
         out.append(f"{name}: no cell tagged 'parameters'")
+    if not any(is_checked(c) for c in nb.cells):
+        out.append(f"{name}: no cell marked {CHECK_MARK}: nbval needs one deterministic output "
+                   "to compare (a parameter count, say)")
     for i, cell in enumerate(nb.cells):
         where = f"{name} cell {i}"
         if ABSOLUTE_PATH.search(cell.source):

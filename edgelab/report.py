@@ -135,11 +135,44 @@ def _widget_response(res):
     return f"{ws[name]['median_s']:.2f} s ({name})", ws[name]["median_s"] <= 1.0
 
 
+def _pair(res, notebook, name, runtime="torch"):
+    """The teacher and a model of one notebook, both measured there on the full test set."""
+    rs = [r for r in res["records"] if r["notebook"] == notebook and r["runtime"] == runtime]
+    try:
+        t, m = find(rs, "teacher"), find(rs, name)
+    except KeyError:
+        return None
+    return (t, m) if t["test_images"] == m["test_images"] == 10000 else None
+
+
+def _structured50_speed(res):
+    pair = _pair(res, "01_pruning", "structured-50-finetuned")
+    if pair is None:
+        return None
+    ratio = pair[0]["latency_b1_ms"] / pair[1]["latency_b1_ms"]
+    return f"{ratio:.2f}x", ratio >= 2.0
+
+
+def _accuracy_gap(notebook, name, max_pt):
+    def target(res):
+        pair = _pair(res, notebook, name)
+        if pair is None:
+            return None
+        gap = 100 * (pair[0]["accuracy"] - pair[1]["accuracy"])
+        return f"{gap:+.2f} pt below the teacher", gap <= max_pt
+    return target
+
+
 TARGETS = [
     ("teacher ≥ 93.0 % on the full 10k test set", _teacher_accuracy),
     ("each notebook ≤ 5 min at defaults (≤ 1 min smoke)", _slowest_notebook),
     ("peak memory ≤ 1.5 GB per notebook", _peak_memory),
     ("slider median response ≤ 1 s per move", _widget_response),
+    ("01: 50 % structured + fine-tune ≥ 2x faster at batch 1", _structured50_speed),
+    ("01: 50 % structured + fine-tune within 0.5 pt",
+     _accuracy_gap("01_pruning", "structured-50-finetuned", 0.5)),
+    ("01: 50 % unstructured, masked fine-tune within 0.3 pt",
+     _accuracy_gap("01_pruning", "unstructured-50-finetuned", 0.3)),
 ]
 
 

@@ -28,6 +28,8 @@ def test_policy_catches_stray_outputs_errors_paths_and_the_kernel():
     nb = nb_with(new_code_cell("SMOKE = True"), stray, err, path)
     nb.metadata["kernelspec"] = {"name": "venv-kernel"}
     found = "\n".join(nbhygiene.problems(nb))
+    assert "no cell marked" not in found
+    assert "no cell marked" in "\n".join(nbhygiene.problems(nb_with(new_code_cell("SMOKE = 1"))))
     assert "kernel is 'venv-kernel'" in found and "not marked" in found
     assert "error output (ZeroDivisionError)" in found and "absolute path" in found
 

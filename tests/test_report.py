@@ -59,3 +59,14 @@ def test_table_takes_ratios_against_the_baseline_in_the_same_runtime():
     int8 = next(line for line in text.splitlines() if line.strip().startswith("int8"))
     assert "4.00" in half and "-1.00" in half
     assert "4.00" in int8 and "+0.00" in int8
+
+
+def test_pruning_targets_compare_against_the_teacher_of_the_same_notebook():
+    records = [dict(rec("teacher", 0.937, 400, 10.0), notebook="01_pruning"),
+               dict(rec("structured-50-finetuned", 0.934, 100, 4.0), notebook="01_pruning"),
+               dict(rec("unstructured-50-finetuned", 0.930, 400, 10.0), notebook="01_pruning")]
+    res = {"run": {"smoke": False}, "records": records, "notebooks": {}, "widgets": {}}
+    rows = {d: (m, ok) for d, m, ok in report.check_targets(res)}
+    assert rows["01: 50 % structured + fine-tune ≥ 2x faster at batch 1"] == ("2.50x", True)
+    assert rows["01: 50 % structured + fine-tune within 0.5 pt"][1] is True
+    assert rows["01: 50 % unstructured, masked fine-tune within 0.3 pt"][1] is False
