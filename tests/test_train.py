@@ -50,3 +50,13 @@ def test_evaluate_returns_a_fraction_in_eval_mode():
     model = models.student(widths=(4,), blocks=1).train()
     acc = train.evaluate(model, data.loader("test", 500, limit=1000), torch.device("cpu"))
     assert 0.0 <= acc <= 1.0 and model.training
+
+
+def test_finetune_steps_trains_in_place_and_leaves_the_model_on_the_cpu_in_eval_mode():
+    torch.manual_seed(0)
+    model = models.student(widths=(4,), blocks=1)
+    before = model.fc.weight.detach().clone()
+    out = train.finetune_steps(model, steps=2, lr=0.05, batch_size=16)
+    assert out is model and not model.training
+    assert next(model.parameters()).device.type == "cpu"
+    assert not torch.equal(before, model.fc.weight)
