@@ -177,6 +177,19 @@ def quantized_engine(preferred=("x86", "fbgemm", "onednn", "qnnpack")) -> str:
         "whose int8 kernels work on every platform it ships for.")
 
 
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise), so
+    models deleted in earlier cells stop counting towards the notebook's resident memory."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc (macOS, Windows): nothing to trim
+        pass
+
+
 @contextlib.contextmanager
 def quiet():
     """Silence the deprecation warnings of torch.ao.quantization once they have been shown."""
@@ -207,26 +220,32 @@ def quantizable_teacher(teacher: nn.Module) -> nn.Module:
 def dynamic(model: nn.Module, layers=(nn.Linear, nn.Conv2d)) -> nn.Module:
     """``torch.ao.quantization.quantize_dynamic``: weights to int8 now, activations scaled at run
     time. It only has kernels for Linear and recurrent layers; other types are left as they are."""
+    release_memory()
     with quiet():
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), set(layers),
                                                       dtype=torch.qint8)
 
 
-def eager_qconfig(per_channel: bool, qat: bool = False):
-    """x86 defaults: histogram observer for activations (uint8), MinMax for weights (int8),
-    per output channel or per tensor."""
+def eager_qconfig(per_channel: bool, qat: bool = False, weight_bits: int = 8):
+    """x86 defaults: histogram observer for activations (uint8), MinMax for weights (signed,
+    symmetric, ``weight_bits`` wide, stored in int8), per output channel or per tensor."""
     tq = torch.ao.quantization
+    check_bits(weight_bits)
+    if weight_bits > 8:
+        raise ValueError(f"PyTorch's int8 kernels hold at most 8-bit weights, got {weight_bits}")
+    qmin, qmax = -(2 ** (weight_bits - 1)), 2 ** (weight_bits - 1) - 1
+    scheme = torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric
     with quiet():
         base = tq.get_default_qat_qconfig("x86") if qat else tq.get_default_qconfig("x86")
-        if per_channel:
-            return base
         if qat:
-            weight = tq.FakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver,
-                                               quant_min=-128, quant_max=127, dtype=torch.qint8,
-                                               qscheme=torch.per_tensor_symmetric)
+            observer = (tq.MovingAveragePerChannelMinMaxObserver if per_channel
+                        else tq.MovingAverageMinMaxObserver)
+            weight = tq.FakeQuantize.with_args(observer=observer, quant_min=qmin, quant_max=qmax,
+                                               dtype=torch.qint8, qscheme=scheme)
         else:
-            weight = tq.MinMaxObserver.with_args(dtype=torch.qint8,
-                                                 qscheme=torch.per_tensor_symmetric)
+            observer = tq.PerChannelMinMaxObserver if per_channel else tq.MinMaxObserver
+            weight = observer.with_args(dtype=torch.qint8, qscheme=scheme, quant_min=qmin,
+                                        quant_max=qmax)
         return tq.QConfig(activation=base.activation, weight=weight)
 
 
@@ -245,13 +264,14 @@ def calibrate(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> n
     return model
 
 
-def eager_prepare(teacher: nn.Module, per_channel: bool = True) -> nn.Module:
+def eager_prepare(teacher: nn.Module, per_channel: bool = True, weight_bits: int = 8) -> nn.Module:
     """Fuse Conv+BN(+ReLU), attach observers (a copy; the teacher is untouched)."""
+    release_memory()
     quantized_engine()
     m = quantizable_teacher(teacher)
     with quiet():
         m.fuse_model()
-        m.qconfig = eager_qconfig(per_channel)
+        m.qconfig = eager_qconfig(per_channel, weight_bits=weight_bits)
         torch.ao.quantization.prepare(m, inplace=True)
     return m
 
@@ -262,19 +282,21 @@ def eager_convert(prepared: nn.Module) -> nn.Module:
         return torch.ao.quantization.convert(prepared.eval(), inplace=False)
 
 
-def eager_static(teacher: nn.Module, images: torch.Tensor, per_channel: bool = True) -> nn.Module:
+def eager_static(teacher: nn.Module, images: torch.Tensor, per_channel: bool = True,
+                 weight_bits: int = 8) -> nn.Module:
     """Post-training static quantization with the eager flow: fuse, observe, calibrate, convert."""
     _check_calibration(images)
-    return eager_convert(calibrate(eager_prepare(teacher, per_channel), images))
+    return eager_convert(calibrate(eager_prepare(teacher, per_channel, weight_bits), images))
 
 
-def qat_prepare(teacher: nn.Module, per_channel: bool = True) -> nn.Module:
+def qat_prepare(teacher: nn.Module, per_channel: bool = True, weight_bits: int = 8) -> nn.Module:
     """Fuse Conv+BN(+ReLU) for training and insert fake-quantize modules (a copy)."""
+    release_memory()
     quantized_engine()
     m = quantizable_teacher(teacher).train()
     with quiet():
         m.fuse_model(is_qat=True)
-        m.qconfig = eager_qconfig(per_channel, qat=True)
+        m.qconfig = eager_qconfig(per_channel, qat=True, weight_bits=weight_bits)
         torch.ao.quantization.prepare_qat(m, inplace=True)
     return m
 
@@ -312,11 +334,15 @@ def pt2e_static(teacher: nn.Module, images: torch.Tensor, example: torch.Tensor 
     """The current PyTorch path (torchao PT2E): export the graph, annotate it with the x86
     Inductor quantizer (uint8 activations, per-channel int8 weights), insert observers,
     calibrate, convert to quantize/dequantize ops. ``torch.compile`` then fuses those into int8
-    kernels. Returns the converted (uncompiled) graph module."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    kernels (see ``compile_fixed``). Returns the converted, uncompiled graph module.
 
+    On a Raspberry Pi the same flow takes an ARM quantizer instead: ExecuTorch's
+    ``XNNPACKQuantizer`` (executorch.backends.xnnpack.quantizer.xnnpack_quantizer)."""
+    release_memory()
     _check_calibration(images)
+    with _quiet_logs("torch.utils._pytree"):   # torchao's import-time registration chatter
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
     m = quantizable_teacher(teacher)
     example = images[:2] if example is None else example
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -329,6 +355,80 @@ def pt2e_static(teacher: nn.Module, images: torch.Tensor, example: torch.Tensor 
         return convert_pt2e(prepared)
 
 
+def graph_bytes(gm: nn.Module) -> bytes:
+    """What a converted PT2E graph ships: the tensors its nodes read (int8 weights, scales,
+    fp32 biases), saved like a state dict; the original fp32 parameters it no longer uses are
+    left out."""
+    used = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            obj = gm
+            for part in str(node.target).split("."):
+                obj = getattr(obj, part)
+            if isinstance(obj, torch.Tensor):
+                used[str(node.target)] = obj.detach()
+    buf = io.BytesIO()
+    torch.save(used, buf)
+    return buf.getvalue()
+
+
+def deprecation_notice() -> str | None:
+    """The first line of the migration notice torch.ao.quantization prints, if it does."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.Linear(2, 2)), {nn.Linear})
+    for w in caught:
+        text = str(w.message).strip()
+        if "migrat" in text.lower() or "deprecat" in text.lower():
+            return " ".join(text.split())
+    return None
+
+
+class FixedBatches(nn.Module):
+    """Feeds a compiled model only the shapes it was compiled for: batch 1, or chunks of
+    ``batch`` (the last one padded). Each new shape would cost another compile."""
+
+    def __init__(self, compiled, batch: int = 64):
+        super().__init__()
+        self.compiled, self.batch = compiled, batch
+
+    def train(self, mode: bool = True):
+        # an exported graph refuses train()/eval(); this one is for inference only
+        self.training = mode
+        return self
+
+    def forward(self, x):
+        if len(x) == 1:
+            return self.compiled(x)
+        outs = []
+        for start in range(0, len(x), self.batch):
+            chunk = x[start:start + self.batch]
+            n = len(chunk)
+            if n < self.batch:
+                chunk = torch.cat([chunk, chunk.new_zeros((self.batch - n, *chunk.shape[1:]))])
+            outs.append(self.compiled(chunk)[:n])
+        return torch.cat(outs)
+
+
+def compile_fixed(model: nn.Module, batch: int = 64) -> tuple[nn.Module, float]:
+    """``torch.compile`` with Inductor's weight freezing (needed to pick the int8 kernels) and
+    static shapes, compiled now for batch 1 and ``batch``; returns the model and the seconds the
+    two compiles took (cold the first time in a process; Inductor caches on disk)."""
+    release_memory()
+    import torch._inductor.config as inductor_config
+
+    logging.getLogger("torch._inductor").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="torch._inductor")
+    inductor_config.freezing = True
+    compiled = torch.compile(model, dynamic=False)
+    wrapped = FixedBatches(compiled, batch)
+    t0 = time.perf_counter()
+    with torch.inference_mode(), quiet():   # measure() runs models under inference_mode
+        wrapped(torch.zeros(1, 1, 28, 28))
+        wrapped(torch.zeros(batch, 1, 28, 28))
+    return wrapped, time.perf_counter() - t0
+
+
 # --------------------------------------------------------------------------------------------
 # ONNX and ONNX Runtime
 # --------------------------------------------------------------------------------------------
@@ -336,6 +436,7 @@ def pt2e_static(teacher: nn.Module, images: torch.Tensor, example: torch.Tensor 
 def export_onnx(model: nn.Module, path, example: torch.Tensor | None = None) -> Path:
     """Export with the dynamo exporter: one self-contained ``.onnx`` file, dynamic batch size,
     input ``image`` (N, 1, 28, 28), output ``logits``; written atomically."""
+    release_memory()
     path = Path(path)
     example = torch.zeros(2, 1, 28, 28) if example is None else example
     model = model.cpu().eval()
@@ -371,6 +472,9 @@ def session(path, threads: int | None = None):
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    # Idle worker threads sleep instead of spinning: a little slower on an idle machine, far
+    # steadier on a shared one (spinning threads fight over the cores).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -378,6 +482,7 @@ def ort_static(fp32_path, out_path, images: torch.Tensor, per_channel: bool = Tr
                activations: str = "uint8", batch_size: int = 64) -> Path:
     """ONNX Runtime post-training static quantization in QDQ format: int8 weights (per channel
     or per tensor), ``uint8`` or ``int8`` activations calibrated (MinMax) on ``images``."""
+    release_memory()
     from onnxruntime import quantization as oq
 
     _check_calibration(images)
@@ -403,7 +508,9 @@ def ort_static(fp32_path, out_path, images: torch.Tensor, per_channel: bool = Tr
                            activation_type=oq.QuantType.QUInt8 if activations == "uint8"
                            else oq.QuantType.QInt8,
                            weight_type=oq.QuantType.QInt8,
-                           calibrate_method=oq.CalibrationMethod.MinMax)
+                           calibrate_method=oq.CalibrationMethod.MinMax,
+                           # keep at most a few batches of intermediate outputs in memory
+                           extra_options={"CalibMaxIntermediateOutputs": 2})
     pre.unlink(missing_ok=True)
     os.replace(tmp, out_path)
     return out_path

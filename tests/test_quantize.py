@@ -249,3 +249,48 @@ def test_onnx_export_and_ort_static_on_a_tiny_model(tmp_path):
     out8 = quantize.session(int8, threads=1).run(None, {"image": x.numpy()})[0]
     assert out8.shape == (5, 10)
     assert not list(tmp_path.glob(".*"))       # no temporary files left behind
+
+
+def test_eager_qconfig_refuses_weights_wider_than_int8():
+    with pytest.raises(ValueError, match="at most 8-bit"):
+        quantize.eager_qconfig(per_channel=True, weight_bits=12)
+    with pytest.raises(ValueError, match="from 2 to 16"):
+        quantize.eager_qconfig(per_channel=True, weight_bits=1)
+
+
+def test_fixed_batches_feeds_only_batch_1_and_full_chunks():
+    seen = []
+
+    def model(x):
+        seen.append(len(x))
+        return x.flatten(1)[:, :3] * 2
+
+    wrapped = quantize.FixedBatches(model, batch=4)
+    x = torch.randn(10, 1, 28, 28)
+    out = wrapped(x)
+    assert torch.allclose(out, x.flatten(1)[:, :3] * 2)
+    assert wrapped(x[:1]).shape == (1, 3)
+    assert set(seen) == {1, 4}
+    assert wrapped.eval() is wrapped and not wrapped.training
+
+
+def test_int8_static_bars_pick_the_best_model_per_runtime():
+    from edgelab import report
+
+    def rec(name, runtime, acc, size, b64, tags):
+        return {"name": name, "runtime": runtime, "accuracy": acc, "bytes": size,
+                "latency_b64_ms": b64, "tags": tags}
+    records = [
+        rec("teacher", "torch", 0.937, 44_000_000, 100.0, ["baseline", "fp32"]),
+        rec("ptq-w4", "torch", 0.900, 11_000_000, 20.0, ["int8", "static"]),     # too inaccurate
+        rec("ptq", "torch", 0.935, 11_000_000, 40.0, ["int8", "static"]),
+        rec("dynamic", "torch", 0.937, 44_000_000, 100.0, ["int8", "dynamic"]),  # not static
+        rec("teacher", "onnxruntime", 0.937, 44_000_000, 80.0, ["baseline", "fp32", "onnx"]),
+        rec("ort-s8", "onnxruntime", 0.936, 11_000_000, 90.0, ["int8", "static", "onnx"]),
+    ]
+    bars = report.int8_static_bars(records)
+    assert bars["torch"]["name"] == "ptq" and bars["torch"]["met"]
+    assert bars["torch"]["faster_b64"] == pytest.approx(2.5)
+    assert bars["onnxruntime"]["name"] == "ort-s8" and not bars["onnxruntime"]["met"]
+    res = {"run": {"smoke": False}, "records": [dict(r, notebook="02_quantization") for r in records]}
+    assert [ok for _, _, ok in report.check_targets(res)[-2:]] == [True, False]
