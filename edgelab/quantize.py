@@ -508,9 +508,7 @@ def ort_static(fp32_path, out_path, images: torch.Tensor, per_channel: bool = Tr
                            activation_type=oq.QuantType.QUInt8 if activations == "uint8"
                            else oq.QuantType.QInt8,
                            weight_type=oq.QuantType.QInt8,
-                           calibrate_method=oq.CalibrationMethod.MinMax,
-                           # keep at most a few batches of intermediate outputs in memory
-                           extra_options={"CalibMaxIntermediateOutputs": 2})
+                           calibrate_method=oq.CalibrationMethod.MinMax)
     pre.unlink(missing_ok=True)
     os.replace(tmp, out_path)
     return out_path

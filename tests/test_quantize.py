@@ -295,3 +295,10 @@ def test_int8_static_bars_pick_the_best_model_per_runtime():
     res = {"run": {"smoke": False}, "records": [dict(r, notebook="02_quantization") for r in records]}
     assert [fn(res)[1] for _, fn in report.TARGETS[-2:]] == [True, False]
     assert all(fn(dict(res, run={"smoke": True})) is None for _, fn in report.TARGETS[-2:])
+
+
+def test_ort_static_calibrates_over_several_batches(tmp_path):
+    fp32 = quantize.export_onnx(tiny_cnn(), tmp_path / "tiny.onnx")
+    out = quantize.ort_static(fp32, tmp_path / "tiny-int8.onnx", torch.randn(40, 1, 28, 28),
+                              batch_size=8)
+    assert out.is_file()
