@@ -149,3 +149,136 @@ def magnitude_threshold(fn, quiet: bool = False):
     """Check ``fn(weight, rate) -> float``: the largest pruned magnitude."""
     from .prune import magnitude_threshold as reference
     return verdict(run_cases("magnitude_threshold", fn, _threshold_cases()), fn, reference, quiet)
+
+
+# --------------------------------------------------------------------------------------------
+# 02_quantization: quantize, then dequantize (fake quantization), asymmetric, per tensor or axis
+# --------------------------------------------------------------------------------------------
+
+def _qdq_cases():
+    import torch
+
+    def close(a, b, tol=1e-6):
+        return a.shape == b.shape and bool(torch.allclose(a, b, atol=tol, rtol=0))
+
+    def returns_floats_of_the_same_shape(fn):
+        x = torch.linspace(-1.0, 2.0, 12).reshape(3, 4)
+        out = fn(x.clone(), 8)
+        assert isinstance(out, torch.Tensor), f"returned {type(out).__name__}, not a tensor"
+        assert out.shape == x.shape, f"shape {tuple(out.shape)}, expected {tuple(x.shape)}"
+        assert out.is_floating_point(), (f"returned {out.dtype}: dequantize back to floats "
+                                         "((q - zero_point) * scale)")
+
+    def leaves_the_input_alone(fn):
+        x = torch.tensor([-0.7, 0.1, 0.45, 1.3])
+        before = x.clone()
+        fn(x, 4)
+        assert torch.equal(x, before), "the input tensor was modified in place"
+
+    def zero_is_exact(fn):
+        # range [-0.37, 1.0]: -min/scale = 4.05 is not an integer. The zero point must be
+        # rounded to one (4), else 0.0 falls between two levels or the levels drift off the
+        # grid of whole steps from 0.
+        x = torch.tensor([-0.37, 0.0, 0.2, 0.0, 1.0])
+        out = fn(x, 4)
+        assert out[1] == 0 and out[3] == 0, (
+            f"0.0 came back as {out[1].item():.4g}: round the zero point to an integer, so that "
+            "0.0 is exactly one of the levels")
+        steps = out / (1.37 / 15)
+        off = (steps - steps.round()).abs().max().item()
+        assert off < 1e-3, (
+            f"a value came back {off:.2f} of a step off the grid of whole steps from 0.0: round "
+            "the zero point to an integer before using it, so that every code is an integer")
+
+    def rounds_to_nearest(fn):
+        x = torch.linspace(-1.0, 1.2, 101)
+        out = fn(x, 4)
+        scale = 2.2 / 15
+        err = (out - x).abs().max().item()
+        assert err <= scale / 2 * (1 + 1e-4), (
+            f"an error of {err:.3f} where at most half a step ({scale / 2:.3f}) is possible: "
+            "round to the nearest level (torch.round), not floor or truncate, and spread the "
+            "range over 2**bits - 1 steps")
+
+    def uses_all_levels_and_no_more(fn):
+        x = torch.linspace(-1.0, 3.0, 1000)
+        for bits in (2, 3, 8):
+            levels = fn(x, bits).unique().numel()
+            assert levels <= 2 ** bits, (
+                f"{levels} distinct values at {bits} bits, more than 2**{bits} = {2 ** bits}: "
+                "clamp the integers to [0, 2**bits - 1]")
+            assert levels >= 2 ** bits - 1, (
+                f"only {levels} distinct values at {bits} bits: the scale should spread the "
+                "range over all 2**bits - 1 steps, scale = (max - min) / (2**bits - 1)")
+
+    def clamps_to_the_top_code(fn):
+        # scale 1, zero point round(1.5) = 2: the top value 1.5 rounds to 2, plus 2 = code 4,
+        # one past the top code 3 of 2 bits. Only the clamp keeps it at 3, i.e. 1.0.
+        x = torch.tensor([-1.5, 0.0, 1.45, 1.5])
+        out = fn(x, 2)
+        top = out.max().item()
+        assert abs(top - 1.0) < 1e-5, (
+            f"the largest value came back as {top:.4g}, expected 1.0: after rounding and adding "
+            "the zero point, clamp the codes to [0, 2**bits - 1] (here the top value lands on "
+            "code 4 of a 2-bit range 0..3)")
+
+    def constant_zero_tensor(fn):
+        x = torch.zeros(3, 3)
+        out = fn(x, 8)
+        assert torch.isfinite(out).all(), ("an all-zero tensor (a pruned filter) gave "
+                                           "NaN or inf: guard against a scale of 0")
+        assert torch.equal(out, x), "an all-zero tensor should come back as zeros"
+
+    def per_channel_axis_0(fn):
+        # a conv weight (out, in, k, k): one filter 1000x smaller than the other
+        w = torch.stack([torch.linspace(-1.0, 1.0, 18).reshape(2, 3, 3),
+                         torch.linspace(-1e-3, 2e-3, 18).reshape(2, 3, 3)])
+        out = fn(w, 4, axis=0)
+        assert out.shape == w.shape, f"shape {tuple(out.shape)}, expected {tuple(w.shape)}"
+        small_err = (out[1] - w[1]).abs().max().item()
+        step = 3e-3 / 15
+        assert small_err <= step / 2 + 1e-7, (
+            f"with axis=0 the small filter's error is {small_err:.2e}, more than half its own "
+            f"step ({step / 2:.1e}): each slice along `axis` needs its own min, max, scale and "
+            "zero point (reduce over every other dimension, keepdim=True)")
+
+    def per_channel_axis_1(fn):
+        x = torch.tensor([[0.0, -10.0, 0.001], [1.0, 9.0, -0.002], [0.5, 0.0, 0.0]])
+        out = fn(x, 6, axis=1)
+        assert out.shape == x.shape, f"shape {tuple(out.shape)}, expected {tuple(x.shape)}"
+        for col, rng in ((0, 1.0), (1, 19.0), (2, 0.003)):
+            err = (out[:, col] - x[:, col]).abs().max().item()
+            assert err <= rng / 63 / 2 * (1 + 1e-4), (
+                f"with axis=1, column {col} is off by {err:.3g}: the scales must be per column "
+                "here (axis=1), not per row or per tensor")
+
+    def per_tensor_by_default(fn):
+        x = torch.tensor([[-1.0, 0.0, 1.2], [0.01, 0.02, 0.03]])
+        out = fn(x, 4)
+        assert torch.equal(out[1], torch.zeros(3)), (
+            "with axis=None one scale covers the whole tensor, so the small second row "
+            f"(0.01..0.03) rounds to 0, but it came back as {out[1].tolist()}")
+
+    return [
+        ("returns floats of the same shape", returns_floats_of_the_same_shape),
+        ("leaves the input alone", leaves_the_input_alone),
+        ("0.0 is exactly representable", zero_is_exact),
+        ("rounds to the nearest level", rounds_to_nearest),
+        ("2**bits levels, no more", uses_all_levels_and_no_more),
+        ("codes clamped to [0, 2**bits - 1]", clamps_to_the_top_code),
+        ("an all-zero tensor", constant_zero_tensor),
+        ("one scale per tensor by default", per_tensor_by_default),
+        ("per channel along axis 0 (conv filters)", per_channel_axis_0),
+        ("per channel along axis 1", per_channel_axis_1),
+    ]
+
+
+def quantize_dequantize(fn: Callable, quiet: bool = False) -> Callable:
+    """Check the learner's ``fn(x, bits, axis=None)``: asymmetric fake quantization (quantize to
+    ``bits``-bit unsigned codes, then dequantize), per tensor or per slice along ``axis``."""
+    from . import quantize
+
+    def reference(x, bits, axis=None):
+        return quantize.quantize_dequantize(x, bits, axis=axis, symmetric=False)
+
+    return verdict(run_cases("quantize_dequantize", fn, _qdq_cases()), fn, reference, quiet)

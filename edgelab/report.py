@@ -219,3 +219,60 @@ def _json_default(o):
     if isinstance(o, float) and math.isnan(o):
         return None
     return str(o)
+
+
+# --------------------------------------------------------------------------------------------
+# 02_quantization: the best static int8 model against the fp32 teacher, runtime by runtime
+# --------------------------------------------------------------------------------------------
+
+INT8_SMALLER, INT8_FASTER_B64, INT8_MAX_DROP_PT = 3.5, 1.5, 0.5
+
+
+def int8_static_bars(records: list[dict], notebook: str | None = None) -> dict[str, dict]:
+    """For each runtime with an fp32 teacher and static int8 models: the best of them (within
+    the accuracy margin if any is, then fastest at batch 64), its ratios and whether it meets
+    the bars (≥ 3.5x smaller, ≥ 1.5x faster at batch 64, within 0.5 pt)."""
+    out = {}
+    recs = [r for r in records if notebook is None or r.get("notebook") == notebook]
+    for runtime in sorted({r["runtime"] for r in recs}):
+        try:
+            base = find(recs, "teacher", runtime)
+        except KeyError:
+            continue
+        rows = []
+        for r in recs:
+            tags = set(r.get("tags", []))
+            if r["runtime"] != runtime or not {"int8", "static"} <= tags:
+                continue
+            if not r.get("latency_b64_ms") or not r.get("bytes"):
+                continue
+            smaller = base["bytes"] / r["bytes"]
+            faster = base["latency_b64_ms"] / r["latency_b64_ms"]
+            delta = 100 * (r["accuracy"] - base["accuracy"])
+            met = smaller >= INT8_SMALLER and faster >= INT8_FASTER_B64 and delta >= -INT8_MAX_DROP_PT
+            rows.append({"name": r["name"], "smaller": smaller, "faster_b64": faster,
+                         "delta_pt": delta, "met": met})
+        if rows:
+            out[runtime] = max(rows, key=lambda b: (b["met"], b["delta_pt"] >= -INT8_MAX_DROP_PT,
+                                                     b["faster_b64"]))
+    return out
+
+
+def _int8_bars(runtime):
+    def target(res):
+        if res["run"].get("smoke"):
+            return None
+        bars = int8_static_bars(res["records"], "02_quantization")
+        if runtime not in bars:
+            return None
+        b = bars[runtime]
+        return (f"{b['name']}: {b['smaller']:.2f}x, {b['faster_b64']:.2f}x, {b['delta_pt']:+.2f} pt",
+                b["met"])
+    return target
+
+
+TARGETS += [
+    ("int8 static (torch) ≥ 3.5x smaller, ≥ 1.5x faster b64, within 0.5 pt", _int8_bars("torch")),
+    ("int8 static (ONNX Runtime) ≥ 3.5x smaller, ≥ 1.5x faster b64, within 0.5 pt",
+     _int8_bars("onnxruntime")),
+]

@@ -169,3 +169,52 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
         "method": W.ToggleButtons(options=["unstructured", "structured"], value="unstructured"),
     }
     return Panel(controls, compute, render, title="Prune the teacher")
+
+
+def bits_panel(model, images, labels, bits: int = 8, per_channel: bool = True,
+               batch_size: int = 500) -> Panel:
+    """Weight bit width (2–8) and per-tensor / per-channel scales, applied as fake quantization
+    to every Conv/Linear weight of a copy of ``model``; shows accuracy on ``images`` (a fixed
+    subset: say how many) and the bytes the weights would take. Activations stay fp32.
+
+    ``panel.set(bits=4, granularity="per-tensor")`` moves the controls; ``panel.sweep("bits",
+    range(8, 1, -1))`` times each move."""
+    import copy
+
+    import torch
+
+    from . import quantize
+
+    work = copy.deepcopy(model).cpu().eval()
+    source = {k: w.detach().clone() for k, w in quantize.quantizable_weights(work).items()}
+    fp32_bytes = quantize.float_bytes(work)
+
+    def accuracy() -> float:
+        correct = 0
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                logits = work(images[start:start + batch_size])
+                correct += int((logits.argmax(1) == labels[start:start + batch_size]).sum())
+        return correct / len(images)
+
+    def compute(bits, granularity):
+        pc = granularity == "per-channel"
+        quantize.fake_quantize_weights(work, bits, pc, source)
+        size = quantize.weight_bytes(work, bits, pc)
+        return {"accuracy": accuracy(), "bytes": size, "fp32_bytes": fp32_bytes,
+                "images": len(images)}
+
+    def render(r, _panel):
+        print(f"{r['bits']}-bit weights, {r['granularity']} scales: "
+              f"accuracy {100 * r['accuracy']:.1f} % on {r['images']} test images, "
+              f"weights {r['bytes'] / 1e6:.2f} MB ({r['fp32_bytes'] / r['bytes']:.1f}x smaller "
+              "than fp32)")
+
+    controls = {
+        "bits": W.IntSlider(value=bits, min=2, max=8, step=1, description="weight bits",
+                            continuous_update=False),
+        "granularity": W.ToggleButtons(options=["per-tensor", "per-channel"],
+                                       value="per-channel" if per_channel else "per-tensor",
+                                       description="scales"),
+    }
+    return Panel(controls, compute, render, title="Fake-quantized weights")

@@ -1,0 +1,552 @@
+"""Quantization plumbing for notebook 02: the affine math, fake quantization of weights, PyTorch's
+dynamic / static / QAT flows (eager ``torch.ao.quantization`` and PT2E from torchao), and
+ONNX Runtime's static int8.
+
+The notebook shows the idea of each step in its own cells; this module holds what would clutter
+them. Everything runs on the CPU and never touches the network.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .data import REPO_ROOT
+from .models import atomic_write_bytes
+
+MIN_BITS, MAX_BITS = 2, 16
+CACHE = REPO_ROOT / "build" / "cache" / "quantize"
+
+
+# --------------------------------------------------------------------------------------------
+# The affine math
+# --------------------------------------------------------------------------------------------
+
+def check_bits(bits) -> int:
+    """``bits`` as an int, or a ValueError that names the supported range."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
+    return bits
+
+
+def int_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    """The integer codes: unsigned [0, 2^b - 1] (asymmetric) or signed ±(2^(b-1) - 1) (symmetric).
+
+    The symmetric range drops -2^(b-1) so that +x and -x get codes of the same size."""
+    check_bits(bits)
+    if symmetric:
+        return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
+    return 0, 2 ** bits - 1
+
+
+def _reduce_dims(x: torch.Tensor, axis: int | None) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(x.dim()))
+    axis = axis % x.dim()
+    return tuple(d for d in range(x.dim()) if d != axis)
+
+
+def qparams(x: torch.Tensor, bits: int = 8, axis: int | None = None,
+            symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point for ``x``: one pair (``axis=None``) or one per slice along ``axis``.
+
+    Both come back shaped to broadcast against ``x``. The range is widened to include 0, and the
+    zero point is rounded to an integer, so that 0.0 is exactly representable (padding and ReLU
+    produce many exact zeros)."""
+    qmin, qmax = int_range(bits, symmetric)
+    dims = _reduce_dims(x, axis)
+    x = x.detach().float()
+    if symmetric:
+        amax = x.abs().amax(dim=dims, keepdim=True)
+        scale = amax / qmax
+        zero_point = torch.zeros_like(scale)
+    else:
+        lo = x.amin(dim=dims, keepdim=True).clamp(max=0)
+        hi = x.amax(dim=dims, keepdim=True).clamp(min=0)
+        scale = (hi - lo) / (qmax - qmin)
+        zero_point = None
+    # A constant-zero tensor (a pruned filter) has no range: any positive scale works.
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    if zero_point is None:
+        zero_point = (qmin - lo / scale).round().clamp(qmin, qmax)
+    return scale, zero_point
+
+
+def quantize(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int) -> torch.Tensor:
+    """Float -> integer codes: divide by the scale, round to nearest, shift, clamp."""
+    return (torch.round(x / scale) + zero_point).clamp(qmin, qmax)
+
+
+def dequantize(q: torch.Tensor, scale, zero_point) -> torch.Tensor:
+    """Integer codes -> float: undo the shift, multiply by the scale."""
+    return (q - zero_point) * scale
+
+
+def quantize_dequantize(x: torch.Tensor, bits: int = 8, axis: int | None = None,
+                        symmetric: bool = False) -> torch.Tensor:
+    """Fake quantization: round ``x`` to the ``2**bits`` levels it would have as integers, and
+    return floats again. The reference the notebook's exercise is checked against."""
+    scale, zero_point = qparams(x, bits, axis, symmetric)
+    qmin, qmax = int_range(bits, symmetric)
+    return dequantize(quantize(x.float(), scale, zero_point, qmin, qmax), scale, zero_point).to(x.dtype)
+
+
+def relative_error(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """‖x - x̂‖ / ‖x‖: how much of the tensor quantization lost."""
+    x, x_hat = x.detach().float(), x_hat.detach().float()
+    return float((x - x_hat).norm() / x.norm().clamp(min=1e-12))
+
+
+# --------------------------------------------------------------------------------------------
+# Fake-quantized weights (the bit-width slider)
+# --------------------------------------------------------------------------------------------
+
+def quantizable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weight of every Conv2d and Linear, by its state-dict key (what int8 kernels store)."""
+    return {f"{name}.weight": m.weight for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def weight_bytes(model: nn.Module, bits: int, per_channel: bool) -> int:
+    """Bytes the weights would take at ``bits`` per Conv/Linear weight (packed), with one fp32
+    scale (symmetric: no zero point) per tensor or per output channel; everything else stays
+    fp32 (biases, batch norm)."""
+    check_bits(bits)
+    quantized = quantizable_weights(model)
+    total_bits = 0
+    for key, t in model.state_dict().items():
+        if key in quantized:
+            total_bits += t.numel() * bits + 32 * (t.shape[0] if per_channel else 1)
+        elif t.is_floating_point():
+            total_bits += t.numel() * 32
+    return (total_bits + 7) // 8
+
+
+def float_bytes(model: nn.Module) -> int:
+    """Bytes of every floating-point tensor of the state dict at 4 bytes each (no file format)."""
+    return sum(4 * t.numel() for t in model.state_dict().values() if t.is_floating_point())
+
+
+def fake_quantize_weights(model: nn.Module, bits: int, per_channel: bool,
+                          source: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Replace each Conv/Linear weight of ``model`` (in place) by its symmetric fake-quantized
+    copy; ``source`` holds the original weights so that repeated calls do not compound."""
+    check_bits(bits)
+    weights = quantizable_weights(model)
+    source = source if source is not None else {k: w.detach().clone() for k, w in weights.items()}
+    with torch.no_grad():
+        for key, w in weights.items():
+            w.copy_(quantize_dequantize(source[key], bits, axis=0 if per_channel else None,
+                                        symmetric=True))
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Engines, and PyTorch's deprecation chatter
+# --------------------------------------------------------------------------------------------
+
+class NoQuantizedEngine(RuntimeError):
+    pass
+
+
+def _supported_engines() -> list[str]:
+    return list(torch.backends.quantized.supported_engines)
+
+
+def quantized_engine(preferred=("x86", "fbgemm", "onednn", "qnnpack")) -> str:
+    """Select PyTorch's int8 CPU kernels (x86 on Intel/AMD, qnnpack on ARM) or raise
+    NoQuantizedEngine with what to do instead; some wheels (macOS) ship without any."""
+    engines = [e for e in _supported_engines() if e != "none"]
+    for e in preferred:
+        if e in engines:
+            torch.backends.quantized.engine = e
+            return e
+    raise NoQuantizedEngine(
+        "this PyTorch build has no quantized CPU engine "
+        f"(torch.backends.quantized.supported_engines = {_supported_engines()}),"
+        " so PyTorch int8 models cannot run here. The notebook carries on with ONNX Runtime, "
+        "whose int8 kernels work on every platform it ships for.")
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise), so
+    models deleted in earlier cells stop counting towards the notebook's resident memory."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc (macOS, Windows): nothing to trim
+        pass
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence the deprecation warnings of torch.ao.quantization once they have been shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch flows on the teacher
+# --------------------------------------------------------------------------------------------
+
+def quantizable_teacher(teacher: nn.Module) -> nn.Module:
+    """The teacher's weights in torchvision's quantizable ResNet18.
+
+    Same layers and state-dict keys, but each residual add goes through a ``FloatFunctional``
+    (an op the eager flow can observe and replace), each ReLU module is used once (the fusion
+    patterns of both eager and PT2E need that), and QuantStub / DeQuantStub mark where int8
+    starts and ends."""
+    from torchvision.models.quantization import resnet18 as qresnet18
+
+    q = qresnet18(weights=None, quantize=False, num_classes=teacher.fc.out_features)
+    q.conv1 = nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    q.load_state_dict(teacher.state_dict())
+    return q.eval()
+
+
+def dynamic(model: nn.Module, layers=(nn.Linear, nn.Conv2d)) -> nn.Module:
+    """``torch.ao.quantization.quantize_dynamic``: weights to int8 now, activations scaled at run
+    time. It only has kernels for Linear and recurrent layers; other types are left as they are."""
+    release_memory()
+    with quiet():
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), set(layers),
+                                                      dtype=torch.qint8)
+
+
+def eager_qconfig(per_channel: bool, qat: bool = False, weight_bits: int = 8):
+    """x86 defaults: histogram observer for activations (uint8), MinMax for weights (signed,
+    symmetric, ``weight_bits`` wide, stored in int8), per output channel or per tensor."""
+    tq = torch.ao.quantization
+    check_bits(weight_bits)
+    if weight_bits > 8:
+        raise ValueError(f"PyTorch's int8 kernels hold at most 8-bit weights, got {weight_bits}")
+    qmin, qmax = -(2 ** (weight_bits - 1)), 2 ** (weight_bits - 1) - 1
+    scheme = torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric
+    with quiet():
+        base = tq.get_default_qat_qconfig("x86") if qat else tq.get_default_qconfig("x86")
+        if qat:
+            observer = (tq.MovingAveragePerChannelMinMaxObserver if per_channel
+                        else tq.MovingAverageMinMaxObserver)
+            weight = tq.FakeQuantize.with_args(observer=observer, quant_min=qmin, quant_max=qmax,
+                                               dtype=torch.qint8, qscheme=scheme)
+        else:
+            observer = tq.PerChannelMinMaxObserver if per_channel else tq.MinMaxObserver
+            weight = observer.with_args(dtype=torch.qint8, qscheme=scheme, quant_min=qmin,
+                                        quant_max=qmax)
+        return tq.QConfig(activation=base.activation, weight=weight)
+
+
+def _check_calibration(images) -> None:
+    if images is None or len(images) == 0:
+        raise ValueError("static quantization needs calibration images to set the activation "
+                         "ranges, got 0; pass e.g. edgelab.data.calibration_set(256)")
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> nn.Module:
+    """Run the calibration images through a prepared model so its observers see real ranges."""
+    _check_calibration(images)
+    for start in range(0, len(images), batch_size):
+        model(images[start:start + batch_size])
+    return model
+
+
+def eager_prepare(teacher: nn.Module, per_channel: bool = True, weight_bits: int = 8) -> nn.Module:
+    """Fuse Conv+BN(+ReLU), attach observers (a copy; the teacher is untouched)."""
+    release_memory()
+    quantized_engine()
+    m = quantizable_teacher(teacher)
+    with quiet():
+        m.fuse_model()
+        m.qconfig = eager_qconfig(per_channel, weight_bits=weight_bits)
+        torch.ao.quantization.prepare(m, inplace=True)
+    return m
+
+
+def eager_convert(prepared: nn.Module) -> nn.Module:
+    """Swap observed float modules for int8 ones with the ranges the observers saw."""
+    with quiet():
+        return torch.ao.quantization.convert(prepared.eval(), inplace=False)
+
+
+def eager_static(teacher: nn.Module, images: torch.Tensor, per_channel: bool = True,
+                 weight_bits: int = 8) -> nn.Module:
+    """Post-training static quantization with the eager flow: fuse, observe, calibrate, convert."""
+    _check_calibration(images)
+    return eager_convert(calibrate(eager_prepare(teacher, per_channel, weight_bits), images))
+
+
+def qat_prepare(teacher: nn.Module, per_channel: bool = True, weight_bits: int = 8) -> nn.Module:
+    """Fuse Conv+BN(+ReLU) for training and insert fake-quantize modules (a copy)."""
+    release_memory()
+    quantized_engine()
+    m = quantizable_teacher(teacher).train()
+    with quiet():
+        m.fuse_model(is_qat=True)
+        m.qconfig = eager_qconfig(per_channel, qat=True, weight_bits=weight_bits)
+        torch.ao.quantization.prepare_qat(m, inplace=True)
+    return m
+
+
+def qat_finetune(prepared: nn.Module, batches, steps: int, lr: float = 1e-3,
+                 freeze_bn_after: float = 0.5, observe_until: float = 0.75) -> list[float]:
+    """A short fine-tune with fake quantization in the forward pass: the weights learn to sit
+    well on the int8 grid. Batch-norm statistics freeze halfway, the observers after 3/4 of the
+    steps (the usual recipe), so the last steps train against fixed ranges."""
+    import torch.nn.functional as F
+
+    if steps < 1:
+        raise ValueError(f"QAT needs at least 1 step, got {steps}")
+    opt = torch.optim.SGD(prepared.parameters(), lr=lr, momentum=0.9)
+    prepared.train()
+    losses, step = [], 0
+    while step < steps:
+        for x, y in batches:
+            if step == int(freeze_bn_after * steps):
+                prepared.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
+            if step == int(observe_until * steps):
+                prepared.apply(torch.ao.quantization.disable_observer)
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(prepared(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+            if step >= steps:
+                break
+    return losses
+
+
+def pt2e_static(teacher: nn.Module, images: torch.Tensor, example: torch.Tensor | None = None):
+    """The current PyTorch path (torchao PT2E): export the graph, annotate it with the x86
+    Inductor quantizer (uint8 activations, per-channel int8 weights), insert observers,
+    calibrate, convert to quantize/dequantize ops. ``torch.compile`` then fuses those into int8
+    kernels (see ``compile_fixed``). Returns the converted, uncompiled graph module.
+
+    On a Raspberry Pi the same flow takes an ARM quantizer instead: ExecuTorch's
+    ``XNNPACKQuantizer`` (executorch.backends.xnnpack.quantizer.xnnpack_quantizer)."""
+    release_memory()
+    _check_calibration(images)
+    with _quiet_logs("torch.utils._pytree"):   # torchao's import-time registration chatter
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    m = quantizable_teacher(teacher)
+    example = images[:2] if example is None else example
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with quiet():
+        exported = torch.export.export(m, (example,), dynamic_shapes=({0: batch},)).module()
+        quantizer = xiq.X86InductorQuantizer().set_global(
+            xiq.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(exported, quantizer)
+        calibrate(prepared, images)
+        return convert_pt2e(prepared)
+
+
+def graph_bytes(gm: nn.Module) -> bytes:
+    """What a converted PT2E graph ships: the tensors its nodes read (int8 weights, scales,
+    fp32 biases), saved like a state dict; the original fp32 parameters it no longer uses are
+    left out."""
+    used = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            obj = gm
+            for part in str(node.target).split("."):
+                obj = getattr(obj, part)
+            if isinstance(obj, torch.Tensor):
+                used[str(node.target)] = obj.detach()
+    buf = io.BytesIO()
+    torch.save(used, buf)
+    return buf.getvalue()
+
+
+def deprecation_notice() -> str | None:
+    """The first line of the migration notice torch.ao.quantization prints, if it does."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.Linear(2, 2)), {nn.Linear})
+    for w in caught:
+        text = str(w.message).strip()
+        if "migrat" in text.lower() or "deprecat" in text.lower():
+            return " ".join(text.split())
+    return None
+
+
+class FixedBatches(nn.Module):
+    """Feeds a compiled model only the shapes it was compiled for: batch 1, or chunks of
+    ``batch`` (the last one padded). Each new shape would cost another compile."""
+
+    def __init__(self, compiled, batch: int = 64):
+        super().__init__()
+        self.compiled, self.batch = compiled, batch
+
+    def train(self, mode: bool = True):
+        # an exported graph refuses train()/eval(); this one is for inference only
+        self.training = mode
+        return self
+
+    def forward(self, x):
+        if len(x) == 1:
+            return self.compiled(x)
+        outs = []
+        for start in range(0, len(x), self.batch):
+            chunk = x[start:start + self.batch]
+            n = len(chunk)
+            if n < self.batch:
+                chunk = torch.cat([chunk, chunk.new_zeros((self.batch - n, *chunk.shape[1:]))])
+            outs.append(self.compiled(chunk)[:n])
+        return torch.cat(outs)
+
+
+def compile_fixed(model: nn.Module, batch: int = 64) -> tuple[nn.Module, float]:
+    """``torch.compile`` with Inductor's weight freezing (needed to pick the int8 kernels) and
+    static shapes, compiled now for batch 1 and ``batch``; returns the model and the seconds the
+    two compiles took (cold the first time in a process; Inductor caches on disk)."""
+    release_memory()
+    import torch._inductor.config as inductor_config
+
+    logging.getLogger("torch._inductor").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="torch._inductor")
+    inductor_config.freezing = True
+    compiled = torch.compile(model, dynamic=False)
+    wrapped = FixedBatches(compiled, batch)
+    t0 = time.perf_counter()
+    with torch.inference_mode(), quiet():   # measure() runs models under inference_mode
+        wrapped(torch.zeros(1, 1, 28, 28))
+        wrapped(torch.zeros(batch, 1, 28, 28))
+    return wrapped, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX and ONNX Runtime
+# --------------------------------------------------------------------------------------------
+
+def export_onnx(model: nn.Module, path, example: torch.Tensor | None = None) -> Path:
+    """Export with the dynamo exporter: one self-contained ``.onnx`` file, dynamic batch size,
+    input ``image`` (N, 1, 28, 28), output ``logits``; written atomically."""
+    release_memory()
+    path = Path(path)
+    example = torch.zeros(2, 1, 28, 28) if example is None else example
+    model = model.cpu().eval()
+    with quiet(), _quiet_logs("torch.onnx", "onnxscript"), \
+            contextlib.redirect_stdout(io.StringIO()):
+        program = torch.onnx.export(model, (example,), input_names=["image"],
+                                    output_names=["logits"], dynamo=True,
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                    external_data=False)
+    atomic_write_bytes(path, program.model_proto.SerializeToString())
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_logs(*names):
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def session(path, threads: int | None = None):
+    """An ONNX Runtime CPU session with all graph optimizations, ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    # Idle worker threads sleep instead of spinning: a little slower on an idle machine, far
+    # steadier on a shared one (spinning threads fight over the cores).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_static(fp32_path, out_path, images: torch.Tensor, per_channel: bool = True,
+               activations: str = "uint8", batch_size: int = 64) -> Path:
+    """ONNX Runtime post-training static quantization in QDQ format: int8 weights (per channel
+    or per tensor), ``uint8`` or ``int8`` activations calibrated (MinMax) on ``images``."""
+    release_memory()
+    from onnxruntime import quantization as oq
+
+    _check_calibration(images)
+    if activations not in ("uint8", "int8"):
+        raise ValueError(f"activations must be 'uint8' or 'int8', got {activations!r}")
+
+    class Reader(oq.CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"image": images[i:i + batch_size].numpy()}
+                                 for i in range(0, len(images), batch_size)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    pre = out_path.with_name(f".{out_path.name}.pre.onnx")
+    with _quiet_logs("root"):
+        oq.quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        oq.quantize_static(str(pre), str(tmp), Reader(), quant_format=oq.QuantFormat.QDQ,
+                           per_channel=per_channel,
+                           activation_type=oq.QuantType.QUInt8 if activations == "uint8"
+                           else oq.QuantType.QInt8,
+                           weight_type=oq.QuantType.QInt8,
+                           calibrate_method=oq.CalibrationMethod.MinMax)
+    pre.unlink(missing_ok=True)
+    os.replace(tmp, out_path)
+    return out_path
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers for the notebook
+# --------------------------------------------------------------------------------------------
+
+def module_types(model: nn.Module, kinds=("Conv", "Linear")) -> dict[str, int]:
+    """How many modules of each class (by qualified name) whose name contains one of ``kinds``."""
+    out: dict[str, int] = {}
+    for m in model.modules():
+        cls = type(m)
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        if any(k in cls.__name__ for k in kinds) and not cls.__name__.endswith("PackedParams"):
+            out[name] = out.get(name, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def state_key(model: nn.Module, *parts) -> str:
+    """A short hash of a model's weights and any extra parts: a cache key for derived files."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    for p in parts:
+        h.update(repr(p).encode())
+    return h.hexdigest()[:16]
+
+
+class Stopwatch:
+    """``with Stopwatch() as t: ...`` then ``t.s``: wall seconds of a block."""
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.s = time.perf_counter() - self.t0
+        return False

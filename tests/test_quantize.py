@@ -1,0 +1,304 @@
+"""Quantization plumbing (edgelab.quantize), the bit-width panel and the exercise checker.
+
+Fast: tiny tensors and tiny models, no timed asserts."""
+import pytest
+import torch
+import torch.nn as nn
+
+from edgelab import check, quantize, widgets
+
+
+# ---- the affine math ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits", [1, 17, 0, -8, 8.0, "8", None, True])
+def test_bits_outside_2_to_16_is_one_clear_error(bits):
+    with pytest.raises(ValueError, match="from 2 to 16"):
+        quantize.check_bits(bits)
+    with pytest.raises(ValueError, match="from 2 to 16"):
+        quantize.quantize_dequantize(torch.ones(3), bits)
+
+
+def test_bits_at_the_edges_of_the_range_work():
+    x = torch.linspace(-1, 1, 50)
+    assert quantize.quantize_dequantize(x, 2).unique().numel() <= 4
+    assert quantize.relative_error(x, quantize.quantize_dequantize(x, 16)) < 1e-4
+
+
+def test_widgets_and_fake_quantize_reject_bad_bits():
+    m = nn.Sequential(nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="from 2 to 16"):
+        quantize.fake_quantize_weights(m, 1, per_channel=True)
+    with pytest.raises(ValueError, match="from 2 to 16"):
+        quantize.weight_bytes(m, 32 + 1, per_channel=False)
+
+
+def test_integer_ranges():
+    assert quantize.int_range(8, symmetric=False) == (0, 255)
+    assert quantize.int_range(8, symmetric=True) == (-127, 127)
+    assert quantize.int_range(4, symmetric=True) == (-7, 7)
+
+
+def test_zero_is_exactly_representable_asymmetric_and_symmetric():
+    x = torch.tensor([-0.37, 0.0, 0.2, 1.0])
+    for sym in (False, True):
+        assert quantize.quantize_dequantize(x, 4, symmetric=sym)[1] == 0
+
+
+def test_asymmetric_error_is_at_most_half_a_step():
+    x = torch.randn(1000)
+    scale, zp = quantize.qparams(x, 8)
+    assert zp == zp.round() and 0 <= zp <= 255
+    err = (quantize.quantize_dequantize(x, 8) - x).abs().max()
+    assert err <= scale / 2 * (1 + 1e-4)
+
+
+def test_per_channel_scales_follow_the_axis():
+    w = torch.randn(4, 3, 3, 3)
+    w[1] *= 1e-3
+    scale, zp = quantize.qparams(w, 8, axis=0, symmetric=True)
+    assert scale.shape == (4, 1, 1, 1) and torch.all(zp == 0)
+    per_t = quantize.relative_error(w[1], quantize.quantize_dequantize(w, 4, symmetric=True)[1])
+    per_c = quantize.relative_error(w[1], quantize.quantize_dequantize(w, 4, axis=0,
+                                                                      symmetric=True)[1])
+    assert per_c < 0.2 < per_t   # per tensor, the small filter drowns in the big one's steps
+
+
+def test_an_all_zero_tensor_stays_zero():
+    for sym in (False, True):
+        assert torch.equal(quantize.quantize_dequantize(torch.zeros(2, 3), 8, axis=0,
+                                                        symmetric=sym), torch.zeros(2, 3))
+
+
+def test_error_shrinks_with_bits():
+    x = torch.randn(2000)
+    errs = [quantize.relative_error(x, quantize.quantize_dequantize(x, b)) for b in range(2, 9)]
+    assert all(a > b for a, b in zip(errs, errs[1:]))
+
+
+# ---- fake-quantized weights and the slider ------------------------------------------------
+
+def tiny_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+
+
+def test_fake_quantize_weights_does_not_compound_and_levels_match_bits():
+    m = tiny_cnn()
+    source = {k: w.detach().clone() for k, w in quantize.quantizable_weights(m).items()}
+    quantize.fake_quantize_weights(m, 2, per_channel=False, source=source)
+    assert m[0].weight.unique().numel() <= 3       # symmetric 2-bit: -1, 0, +1 steps
+    quantize.fake_quantize_weights(m, 8, per_channel=True, source=source)
+    assert quantize.relative_error(source["0.weight"], m[0].weight) < 0.01
+
+
+def test_weight_bytes_counts_bits_and_scales():
+    m = tiny_cnn()
+    conv, lin = 4 * 9, 10 * 4
+    other = 4 + 4 * 4 + 10       # conv bias, bn weight/bias/mean/var, linear bias (fp32)
+    assert quantize.weight_bytes(m, 8, per_channel=False) == conv + lin + 4 * (2 + other)
+    assert quantize.weight_bytes(m, 4, per_channel=True) == (
+        (conv + lin) * 4 + 32 * (4 + 10) + 32 * other + 7) // 8
+
+
+def test_bits_panel_moves_and_times_its_responses():
+    m = tiny_cnn()
+    x, y = torch.randn(20, 1, 28, 28), torch.randint(0, 10, (20,))
+    panel = widgets.bits_panel(m, x, y, bits=8)
+    assert panel.result["bits"] == 8 and panel.result["images"] == 20
+    r8 = panel.result
+    r2 = panel.set(bits=2, granularity="per-tensor")
+    assert r2["bits"] == 2 and r2["granularity"] == "per-tensor"
+    assert r2["bytes"] < r8["bytes"] and 0 <= r2["accuracy"] <= 1
+    stats = panel.sweep("bits", [8, 6, 4, 3])
+    assert stats["moves"] == 4 and stats["median_s"] >= 0
+    assert panel.history[-1]["bits"] == 3
+    # the model handed in is untouched
+    assert torch.equal(m[0].weight, tiny_cnn()[0].weight)
+
+
+# ---- the exercise checker -----------------------------------------------------------------
+
+def reference(x, bits, axis=None):
+    return quantize.quantize_dequantize(x, bits, axis=axis)
+
+
+def _wrong(*, zp_round=True, rounding=torch.round, clamp=True, steps=lambda b: 2 ** b - 1,
+           axis_override="keep", guard=True, inplace=False):
+    """A learner's attempt with one typical mistake switched on."""
+    def fn(x, bits, axis=None):
+        if axis_override != "keep":
+            axis = axis_override
+        dims = tuple(range(x.dim())) if axis is None else tuple(
+            d for d in range(x.dim()) if d != axis)
+        lo = x.amin(dim=dims, keepdim=True).clamp(max=0)
+        hi = x.amax(dim=dims, keepdim=True).clamp(min=0)
+        scale = (hi - lo) / steps(bits)
+        if guard:
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zp = -lo / scale
+        if zp_round is True:
+            zp = torch.round(zp)
+        q = rounding(x / scale + zp) if zp_round == "late" else rounding(x / scale) + zp
+        if clamp:
+            q = q.clamp(0, 2 ** bits - 1)
+        if inplace:
+            x.copy_((q - zp) * scale)
+            return x
+        return (q - zp) * scale
+    return fn
+
+
+def test_the_checker_passes_the_reference_and_a_correct_attempt(capsys):
+    assert check.quantize_dequantize(reference) is reference
+    assert "all 10 checks passed" in capsys.readouterr().out
+    attempt = _wrong()     # with no mistake switched on it is a correct solution
+    assert check.quantize_dequantize(attempt) is attempt
+
+
+def test_a_stub_is_not_attempted_and_the_reference_takes_over(capsys):
+    def stub(x, bits, axis=None):
+        raise NotImplementedError
+    fn = check.quantize_dequantize(stub)
+    assert fn is not stub
+    assert "not attempted" in capsys.readouterr().out
+    assert torch.equal(fn(torch.tensor([0.0, 1.0]), 8), reference(torch.tensor([0.0, 1.0]), 8))
+
+
+@pytest.mark.parametrize("mistake, expect", [
+    (dict(zp_round=False), "round the zero point"),
+    (dict(zp_round="late"), "round the zero point"),
+    (dict(rounding=torch.floor), "round to the nearest"),
+    (dict(rounding=torch.trunc), "round to the nearest"),
+    (dict(clamp=False), "clamp"),
+    (dict(steps=lambda b: 2 ** b), "half a step"),
+    (dict(guard=False), "scale of 0"),
+    (dict(axis_override=None), "own min, max, scale"),
+    (dict(axis_override=0), "per column"),
+    (dict(inplace=True), "modified in place"),
+])
+def test_the_checker_rejects_typical_mistakes_and_says_what_is_off(mistake, expect, capsys):
+    wrong = _wrong(**mistake)
+    fn = check.quantize_dequantize(wrong)
+    out = capsys.readouterr().out
+    assert fn is not wrong, f"{mistake} was accepted"
+    assert "checks failed" in out and expect in out, out
+
+
+def test_the_checker_rejects_symmetric_and_integer_answers(capsys):
+    def symmetric(x, bits, axis=None):
+        return quantize.quantize_dequantize(x, bits, axis=axis, symmetric=True)
+
+    def codes(x, bits, axis=None):
+        scale, zp = quantize.qparams(x, bits, axis)
+        return quantize.quantize(x, scale, zp, 0, 2 ** bits - 1).to(torch.int32)
+
+    def per_channel_always(x, bits, axis=None):
+        return quantize.quantize_dequantize(x, bits, axis=0 if axis is None else axis)
+
+    for wrong in (symmetric, codes, per_channel_always):
+        assert check.quantize_dequantize(wrong) is not wrong, wrong.__name__
+    out = capsys.readouterr().out
+    assert "dequantize back to floats" in out and "one scale covers the whole tensor" in out
+
+
+# ---- PyTorch flows on a tiny model, errors ------------------------------------------------
+
+def test_zero_calibration_images_is_a_clear_error():
+    m = tiny_cnn()
+    for images in (torch.empty(0, 1, 28, 28), None):
+        with pytest.raises(ValueError, match="calibration images"):
+            quantize.calibrate(m, images)
+        with pytest.raises(ValueError, match="calibration images"):
+            quantize.ort_static("unused.onnx", "unused-int8.onnx", images)
+
+
+def test_dynamic_quantization_skips_convolutions():
+    m = tiny_cnn()
+    d = quantize.dynamic(m)
+    kinds = quantize.module_types(d)
+    assert kinds == {"torch.ao.nn.quantized.dynamic.modules.linear.Linear": 1,
+                     "torch.nn.modules.conv.Conv2d": 1}
+    assert quantize.module_types(m)["torch.nn.modules.linear.Linear"] == 1
+
+
+def test_missing_quantized_engine_says_what_to_do(monkeypatch):
+    monkeypatch.setattr(quantize, "_supported_engines", lambda: ["none"])
+    with pytest.raises(quantize.NoQuantizedEngine, match="ONNX Runtime"):
+        quantize.quantized_engine()
+
+
+def test_quantizable_teacher_keeps_the_weights_and_the_outputs():
+    from edgelab import models
+    t = models.teacher().eval()
+    q = quantize.quantizable_teacher(t)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(t(x), q(x), atol=1e-5)
+
+
+def test_onnx_export_and_ort_static_on_a_tiny_model(tmp_path):
+    m = tiny_cnn()
+    fp32 = quantize.export_onnx(m, tmp_path / "tiny.onnx")
+    sess = quantize.session(fp32, threads=1)
+    x = torch.randn(5, 1, 28, 28)
+    out = sess.run(None, {"image": x.numpy()})[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(out), m(x), atol=1e-4)
+    int8 = quantize.ort_static(fp32, tmp_path / "tiny-int8.onnx", torch.randn(16, 1, 28, 28))
+    out8 = quantize.session(int8, threads=1).run(None, {"image": x.numpy()})[0]
+    assert out8.shape == (5, 10)
+    assert not list(tmp_path.glob(".*"))       # no temporary files left behind
+
+
+def test_eager_qconfig_refuses_weights_wider_than_int8():
+    with pytest.raises(ValueError, match="at most 8-bit"):
+        quantize.eager_qconfig(per_channel=True, weight_bits=12)
+    with pytest.raises(ValueError, match="from 2 to 16"):
+        quantize.eager_qconfig(per_channel=True, weight_bits=1)
+
+
+def test_fixed_batches_feeds_only_batch_1_and_full_chunks():
+    seen = []
+
+    def model(x):
+        seen.append(len(x))
+        return x.flatten(1)[:, :3] * 2
+
+    wrapped = quantize.FixedBatches(model, batch=4)
+    x = torch.randn(10, 1, 28, 28)
+    out = wrapped(x)
+    assert torch.allclose(out, x.flatten(1)[:, :3] * 2)
+    assert wrapped(x[:1]).shape == (1, 3)
+    assert set(seen) == {1, 4}
+    assert wrapped.eval() is wrapped and not wrapped.training
+
+
+def test_int8_static_bars_pick_the_best_model_per_runtime():
+    from edgelab import report
+
+    def rec(name, runtime, acc, size, b64, tags):
+        return {"name": name, "runtime": runtime, "accuracy": acc, "bytes": size,
+                "latency_b64_ms": b64, "tags": tags}
+    records = [
+        rec("teacher", "torch", 0.937, 44_000_000, 100.0, ["baseline", "fp32"]),
+        rec("ptq-w4", "torch", 0.900, 11_000_000, 20.0, ["int8", "static"]),     # too inaccurate
+        rec("ptq", "torch", 0.935, 11_000_000, 40.0, ["int8", "static"]),
+        rec("dynamic", "torch", 0.937, 44_000_000, 100.0, ["int8", "dynamic"]),  # not static
+        rec("teacher", "onnxruntime", 0.937, 44_000_000, 80.0, ["baseline", "fp32", "onnx"]),
+        rec("ort-s8", "onnxruntime", 0.936, 11_000_000, 90.0, ["int8", "static", "onnx"]),
+    ]
+    bars = report.int8_static_bars(records)
+    assert bars["torch"]["name"] == "ptq" and bars["torch"]["met"]
+    assert bars["torch"]["faster_b64"] == pytest.approx(2.5)
+    assert bars["onnxruntime"]["name"] == "ort-s8" and not bars["onnxruntime"]["met"]
+    res = {"run": {"smoke": False}, "records": [dict(r, notebook="02_quantization") for r in records]}
+    assert [fn(res)[1] for _, fn in report.TARGETS[-2:]] == [True, False]
+    assert all(fn(dict(res, run={"smoke": True})) is None for _, fn in report.TARGETS[-2:])
+
+
+def test_ort_static_calibrates_over_several_batches(tmp_path):
+    fp32 = quantize.export_onnx(tiny_cnn(), tmp_path / "tiny.onnx")
+    out = quantize.ort_static(fp32, tmp_path / "tiny-int8.onnx", torch.randn(40, 1, 28, 28),
+                              batch_size=8)
+    assert out.is_file()
