@@ -23,6 +23,19 @@ from . import data
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise), so
+    models deleted in earlier cells stop counting towards the notebook's resident memory."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows): nothing to trim
+        pass
+
+
 def is_onnx_session(model) -> bool:
     return hasattr(model, "get_inputs") and hasattr(model, "run")
 

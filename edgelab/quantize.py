@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .data import REPO_ROOT
+from .measure import release_memory
 from .models import atomic_write_bytes
 
 MIN_BITS, MAX_BITS = 2, 16
@@ -175,19 +176,6 @@ def quantized_engine(preferred=("x86", "fbgemm", "onednn", "qnnpack")) -> str:
         f"(torch.backends.quantized.supported_engines = {_supported_engines()}),"
         " so PyTorch int8 models cannot run here. The notebook carries on with ONNX Runtime, "
         "whose int8 kernels work on every platform it ships for.")
-
-
-def release_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise), so
-    models deleted in earlier cells stop counting towards the notebook's resident memory."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):   # not glibc (macOS, Windows): nothing to trim
-        pass
 
 
 @contextlib.contextmanager

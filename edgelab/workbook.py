@@ -75,11 +75,13 @@ def run_info(smoke: bool) -> dict:
     import torch
     from .models import CHECKPOINT_DIR
 
+    from importlib.metadata import PackageNotFoundError, version
+
     versions = {"python": platform.python_version()}
-    for mod in ("torch", "torchvision", "onnxruntime", "onnx", "torchao", "torch_pruning"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
+    for dist in ("torch", "torchvision", "onnxruntime", "onnx", "torchao", "torch-pruning"):
+        try:  # from the installed metadata: importing torchao just to ask would cost seconds
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
             pass
     cpu = platform.processor() or platform.machine()
     try:
