@@ -77,20 +77,6 @@ class Panel:
 
 # -- 01_pruning: prune rate × method ----------------------------------------------------------
 
-def _gzip_size(tensors) -> int:
-    """gzip-compressed size of the tensors' bytes, layer by layer in two threads (zlib releases
-    the GIL), with zlib's run-length strategy: a valid gzip stream, about 5x faster than the
-    default level on weights and within a few percent of its size, so a slider can afford it."""
-    import zlib
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(t):
-        c = zlib.compressobj(1, zlib.DEFLATED, 31, 8, zlib.Z_RLE)  # 31: gzip container
-        return len(c.compress(t.detach().contiguous().numpy().tobytes()) + c.flush())
-    with ThreadPoolExecutor(2) as pool:
-        return sum(pool.map(one, tensors))
-
-
 def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: int = 10,
                 subset_name: str = "validation"):
     """A prune-rate slider (0 to 0.95) and a method toggle, answering on a fixed subset.
@@ -130,14 +116,14 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
                 for n, m in layers.items():
                     m.weight.copy_(originals[n] * (originals[n].abs() > threshold))
             m = work
-            gz = _gzip_size([l.weight for l in layers.values()] + others)
+            gz = len(measure.gzip_compress([l.weight for l in layers.values()] + others))
             raw = dense_bytes  # the tensors are as large as ever: zeros take 4 bytes too
         else:
             if rate not in structured_cache:
                 structured_cache[rate] = prune.structured(base, rate)
             m = structured_cache[rate]
             raw = len(measure.state_dict_bytes(m))
-            gz = _gzip_size(list(m.state_dict().values()))
+            gz = len(measure.gzip_compress(list(m.state_dict().values())))
         acc = accuracy(m)
         med = measure.quick_latency(m, latency_runs)
         seen[method][rate] = acc
@@ -149,7 +135,7 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
         print(f"{r['method']} pruning at rate {r['rate']:.2f}: accuracy {100 * r['accuracy']:.1f} % "
               f"on {len(labels)} {subset_name} images\n"
               f"non-zero weights {r['nonzero']:,} of {r['params']:,} · bytes {r['bytes'] / 1e6:.1f} MB "
-              f"· gzip (fast) {r['gzip_bytes'] / 1e6:.1f} MB · batch-1 latency {r['latency_b1_ms']:.1f} ms")
+              f"· gzip {r['gzip_bytes'] / 1e6:.1f} MB · batch-1 latency {r['latency_b1_ms']:.1f} ms")
         fig, ax = plt.subplots(figsize=(5.5, 3))
         for method, pts in seen.items():
             if pts:

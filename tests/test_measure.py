@@ -63,3 +63,12 @@ def test_measure_returns_one_complete_record():
     assert 0 < r["latency_b1_ms"] <= r["latency_b1_p90_ms"]
     assert 0 < r["latency_b4_ms"] and r["threads"] >= 1 and r["runtime"] == "torch"
     assert r["tags"] == ["fp32"] and r["notebook"] == "test"
+
+
+def test_gzip_bytes_are_a_valid_gzip_file_of_the_whole_artifact():
+    import gzip
+
+    blob = measure.state_dict_bytes(models.student())
+    packed = measure.gzip_compress([blob], chunk_bytes=100_000)  # several members
+    assert gzip.decompress(packed) == blob
+    assert measure.artifact_sizes(blob) == (len(blob), len(measure.gzip_compress([blob])))
