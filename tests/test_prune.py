@@ -74,15 +74,11 @@ def test_structured_pruning_halves_channels_and_keeps_the_classifier_outputs():
 
 
 def test_pruned_checkpoint_loads_into_the_shape_rebuilt_from_its_rate(tmp_path):
-    p = prune.structured(tiny(), 0.5)
-    card = {"arch": {"name": "student", "widths": [8, 16], "blocks": 1}}
-    # a student has no 'structured' arch; use the teacher's for the real case
     t = models.structured_teacher(0.25)
     models.save_checkpoint(t, tmp_path / "t", {"arch": {"name": "resnet18-structured", "rate": 0.25}})
     loaded = models.load_checkpoint(tmp_path / "t")
     x = torch.randn(1, 1, 28, 28)
     assert torch.equal(loaded(x), t.eval()(x))
-    assert p(x).shape == (1, 10) and card
 
 
 def test_sensitivity_scan_restores_weights_and_the_plan_meets_the_target():
