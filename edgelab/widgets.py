@@ -103,10 +103,6 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
     structured_cache: dict[float, torch.nn.Module] = {}
     seen: dict[str, dict[float, float]] = {"unstructured": {}, "structured": {}}
 
-    def accuracy(m):
-        with torch.inference_mode():
-            return (m(images).argmax(1) == labels).float().mean().item()
-
     def compute(rate, method):
         rate = round(rate, 4)
         if method == "unstructured":
@@ -124,7 +120,7 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
             m = structured_cache[rate]
             raw = len(measure.state_dict_bytes(m))
             gz = len(measure.gzip_compress(list(m.state_dict().values())))
-        acc = accuracy(m)
+        acc = measure.accuracy_on(m, images, labels)
         med = measure.quick_latency(m, latency_runs)
         seen[method][rate] = acc
         return {"accuracy": acc, "nonzero": measure.count_nonzero(m),
@@ -157,8 +153,7 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
     return Panel(controls, compute, render, title="Prune the teacher")
 
 
-def bits_panel(model, images, labels, bits: int = 8, per_channel: bool = True,
-               batch_size: int = 500) -> Panel:
+def bits_panel(model, images, labels, bits: int = 8, per_channel: bool = True) -> Panel:
     """Weight bit width (2–8) and per-tensor / per-channel scales, applied as fake quantization
     to every Conv/Linear weight of a copy of ``model``; shows accuracy on ``images`` (a fixed
     subset: say how many) and the bytes the weights would take. Activations stay fp32.
@@ -167,27 +162,17 @@ def bits_panel(model, images, labels, bits: int = 8, per_channel: bool = True,
     range(8, 1, -1))`` times each move."""
     import copy
 
-    import torch
-
-    from . import quantize
+    from . import measure, quantize
 
     work = copy.deepcopy(model).cpu().eval()
     source = {k: w.detach().clone() for k, w in quantize.quantizable_weights(work).items()}
     fp32_bytes = quantize.float_bytes(work)
 
-    def accuracy() -> float:
-        correct = 0
-        with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                logits = work(images[start:start + batch_size])
-                correct += int((logits.argmax(1) == labels[start:start + batch_size]).sum())
-        return correct / len(images)
-
     def compute(bits, granularity):
         pc = granularity == "per-channel"
         quantize.fake_quantize_weights(work, bits, pc, source)
         size = quantize.weight_bytes(work, bits, pc)
-        return {"accuracy": accuracy(), "bytes": size, "fp32_bytes": fp32_bytes,
+        return {"accuracy": measure.accuracy_on(work, images, labels), "bytes": size, "fp32_bytes": fp32_bytes,
                 "images": len(images)}
 
     def render(r, _panel):
