@@ -31,7 +31,7 @@ run: setup
 	$(PY) -m edgelab.workbook run
 
 test: setup
-	EDGELAB_SMOKE=1 $(PY) -m pytest -p no:cacheprovider tests notebooks --nbval-lax
+	EDGELAB_SMOKE=1 $(PY) -m pytest -p no:cacheprovider tests notebooks --nbval-lax --nbval-cell-timeout=300
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/00_baseline.ipynb

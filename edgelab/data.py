@@ -177,11 +177,15 @@ class Batches:
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
-            x = normalize(self.images[idx])
-            if self.flip:
-                flip = torch.rand(len(idx), generator=self.generator) < 0.5
-                x[flip] = x[flip].flip(-1)
-            yield x, self.labels[idx]
+            flip = (torch.rand(len(idx), generator=self.generator) < 0.5 if self.flip
+                    else torch.zeros(len(idx), dtype=torch.bool))
+            yield self.batch(idx, flip)
+
+    def batch(self, idx: torch.Tensor, flip: torch.Tensor):
+        """The batch of images ``idx``, those where ``flip`` is set mirrored left-right."""
+        x = normalize(self.images[idx])
+        x[flip] = x[flip].flip(-1)
+        return x, self.labels[idx]
 
 
 def loader(split: str, batch_size: int = 128, shuffle: bool | None = None, flip: bool = False,

@@ -84,8 +84,21 @@ def structured_teacher(rate: float, base: nn.Module | None = None) -> nn.Module:
     return structured(base if base is not None else teacher(), rate)
 
 
+def lowrank_teacher(base: nn.Module | None = None, energy: float | None = None,
+                    ranks: dict[str, int] | None = None) -> nn.Module:
+    """The teacher with its 3x3 convolutions factored (see edgelab.lowrank): by ``energy`` from
+    the trained ``base``, or to the given ``ranks`` (a card's; shapes only when no ``base``)."""
+    from . import lowrank
+    if base is None:
+        if ranks is None:
+            raise ValueError("a low-rank teacher without a trained base needs its ranks")
+        return lowrank.factorize(teacher(), ranks=ranks, init=False)
+    return lowrank.factorize(base, ranks=ranks, energy=None if ranks else energy)
+
+
 ARCHS = {
     "resnet18": lambda base=None: teacher(),
+    "resnet18-lowrank": lambda base=None, **kw: lowrank_teacher(base=base, **kw),
     "student": lambda base=None, **kw: student(**kw),
     "resnet18-structured": lambda base=None, **kw: structured_teacher(base=base, **kw),
 }

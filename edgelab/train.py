@@ -52,6 +52,13 @@ def evaluate(model: nn.Module, batches, device=None, progress: bool = False) -> 
     return (predict(model, batches, device, progress).argmax(1) == labels).float().mean().item()
 
 
+def to_device(target, device):
+    """Labels, or a tuple of per-image targets (labels and a teacher's logits), on ``device``."""
+    if isinstance(target, (tuple, list)):
+        return type(target)(t.to(device) for t in target)
+    return target.to(device)
+
+
 def train_step(model, x, y, optimizer, loss_fn=F.cross_entropy) -> float:
     optimizer.zero_grad(set_to_none=True)
     loss = loss_fn(model(x), y)
@@ -121,11 +128,11 @@ def fit(model, batches, epochs: int, lr: float = 0.1, weight_decay: float = 5e-4
         total, n = 0.0, 0
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress)
         for x, y in bar:
-            loss = train_step(model, x.to(device), y.to(device), opt, loss_fn)
+            loss = train_step(model, x.to(device), to_device(y, device), opt, loss_fn)
             sched.step()
             if after_step is not None:
                 after_step(model)
-            total, n = total + loss * len(y), n + len(y)
+            total, n = total + loss * len(x), n + len(x)
             bar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
         history.append(total / n)
         if resume is not None:
@@ -152,7 +159,26 @@ RECIPES = {
     "pruned50": {"arch": {"name": "resnet18-structured", "rate": 0.5}, "init": "teacher",
                  "epochs": 8, "lr": 0.05, "weight_decay": 5e-4, "batch_size": 128,
                  "flip": True, "seed": 0},
+    # 03_distillation: the same student, data, epochs, optimizer and seeds, with and without the
+    # teacher. Each seed ships as <recipe>-s<seed>.
+    "student-scratch": {"arch": {"name": "student"}, "epochs": 8, "lr": 0.1,
+                        "weight_decay": 5e-4, "batch_size": 128, "flip": True, "seed": 0,
+                        "per_seed": True},
+    "student-kd": {"arch": {"name": "student"}, "epochs": 8, "lr": 0.1, "weight_decay": 5e-4,
+                   "batch_size": 128, "flip": True, "seed": 0, "per_seed": True,
+                   "distill": {"teacher": "teacher", "T": 4.0, "alpha": 0.9}},
+    # 04_low_rank: the teacher's 3x3 convolutions factored to keep 55 % of each one's energy
+    # (about 2.2x fewer parameters), then a recovery fine-tune.
+    "lowrank55": {"arch": {"name": "resnet18-lowrank", "energy": 0.55}, "init": "teacher",
+                  "epochs": 3, "lr": 0.02, "weight_decay": 5e-4, "batch_size": 128,
+                  "flip": True, "seed": 0},
 }
+
+
+def default_out(name: str, seed: int | None = None) -> Path:
+    recipe = RECIPES[name]
+    stem = f"{name}-s{recipe['seed'] if seed is None else seed}" if recipe.get("per_seed") else name
+    return REPO_ROOT / "data" / "checkpoints" / stem
 
 
 def train_recipe(name: str, out: Path, epochs: int | None = None, seed: int | None = None,
@@ -168,24 +194,38 @@ def train_recipe(name: str, out: Path, epochs: int | None = None, seed: int | No
     model = build(recipe["arch"], base=base)
     batches = data.loader("train", recipe["batch_size"], flip=recipe["flip"],
                           limit=limit, seed=recipe["seed"])
+    loss_fn = F.cross_entropy
+    if "distill" in recipe:
+        from . import distill
+        kd = recipe["distill"]
+        batches = distill.DistillBatches(
+            batches, distill.teacher_logits(kd["teacher"], "train", limit, progress))
+        loss_fn = distill.loss_fn(kd["T"], kd["alpha"])
     resume = RESUME_DIR / f"{Path(out).name}.resume.pt"
     if fresh and resume.exists():
         resume.unlink()
     device = pick_device()
     t0 = time.time()
     history = fit(model, batches, recipe["epochs"], recipe["lr"], recipe["weight_decay"],
-                  device=device, resume=resume, progress=progress)
+                  loss_fn=loss_fn, device=device, resume=resume, progress=progress)
     wall = time.time() - t0
     test_acc = evaluate(model, data.loader("test", 512), device)
     val_acc = evaluate(model, data.loader("val", 512), device)
+    arch = dict(recipe["arch"])
+    if arch["name"] == "resnet18-lowrank":  # the ranks the energy chose: shapes for loading
+        from .lowrank import ranks_of
+        arch["ranks"] = ranks_of(model)
     card = {
-        "name": Path(out).name, "recipe": name, "arch": recipe["arch"],
+        "name": Path(out).name, "recipe": name, "arch": arch,
         "training": {k: v for k, v in recipe.items() if k != "arch"},
         "train_images": len(batches.images), "loss_per_epoch": history,
         "test_accuracy": test_acc, "test_images": 10000, "val_accuracy": val_acc,
         "seed": recipe["seed"], "epochs": recipe["epochs"],
         "init": ({"name": recipe["init"], "sha256": read_card(recipe["init"])["sha256"]}
                  if "init" in recipe else None),
+        "teacher": ({"name": recipe["distill"]["teacher"],
+                     "sha256": read_card(recipe["distill"]["teacher"])["sha256"]}
+                    if "distill" in recipe else None),
         "wall_time_s": round(wall, 1), "device": str(device),
         "threads": torch.get_num_threads(), "versions": versions(),
         "trained": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -200,17 +240,21 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgelab.train",
                                 description="Retrain a shipped checkpoint from scratch.")
     p.add_argument("recipe", choices=sorted(RECIPES))
-    p.add_argument("--out", type=Path, help="checkpoint path without suffix "
-                   "(default: data/checkpoints/<recipe>)")
+    p.add_argument("--out", type=Path, help="checkpoint path without suffix (default: "
+                   "data/checkpoints/<recipe>, or <recipe>-s<seed> for per-seed recipes)")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, nargs="+", help="one or more seeds, trained in turn")
     p.add_argument("--limit", type=int, help="train on the first N training images only")
     p.add_argument("--fresh", action="store_true", help="ignore a saved partial run")
     args = p.parse_args(argv)
-    out = args.out or (REPO_ROOT / "data" / "checkpoints" / args.recipe)
-    card = train_recipe(args.recipe, out, args.epochs, args.seed, args.limit, fresh=args.fresh)
-    print(json.dumps({k: card[k] for k in ("name", "test_accuracy", "epochs", "wall_time_s",
-                                           "sha256")}, indent=2))
+    seeds = args.seed or [None]
+    if args.out and len(seeds) > 1:
+        p.error("--out names one checkpoint; give one --seed with it")
+    for seed in seeds:
+        out = args.out or default_out(args.recipe, seed)
+        card = train_recipe(args.recipe, out, args.epochs, seed, args.limit, fresh=args.fresh)
+        print(json.dumps({k: card[k] for k in ("name", "test_accuracy", "epochs",
+                                               "wall_time_s", "sha256")}, indent=2))
     return 0
 
 

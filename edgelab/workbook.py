@@ -44,11 +44,17 @@ def _watch_peak(proc: psutil.Process, stop: threading.Event, peak: list[int]) ->
         stop.wait(0.2)
 
 
+# The longest one cell may run before papermill gives up on it: a hung kernel then fails the run
+# with a message instead of stalling CI until its own limit.
+CELL_TIMEOUT_S = {True: 300, False: 900}
+
+
 def execute(nb: Path, out_dir: Path, smoke: bool, extra_env: dict | None = None) -> dict:
     """Run one notebook with papermill; returns its wall time and the kernel's peak RSS."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "papermill", str(nb), str(out_dir / nb.name),
            "-k", "python3", "--cwd", str(nb.parent), "--no-progress-bar",
+           "--execution-timeout", str(CELL_TIMEOUT_S[bool(smoke)]),
            "-p", "SMOKE", str(smoke), "-p", "NOTEBOOK", nb.stem]
     env = dict(os.environ, **(extra_env or {}))
     t0 = time.time()

@@ -1,0 +1,167 @@
+"""Low-rank factorization: replace one layer by two thinner ones whose product approximates it.
+
+A Linear layer's weight W (out x in) is factored with the SVD, W ~ (U_r S_r)(V_r^T): a Linear
+in -> r followed by a Linear r -> out. That costs r * (in + out) parameters instead of in * out,
+so it only saves anything below the break-even rank in * out / (in + out).
+
+Convolutions use channel SVD (Zhang et al., 2015): the k x k kernel of a C_in -> C_out conv,
+reshaped to a C_out x (C_in k k) matrix, is factored the same way into a k x k conv C_in -> r (with
+the original stride and padding) and a 1x1 conv r -> C_out. We chose it over spatial SVD (k x 1
+then 1 x k) and Tucker-2 (1x1, k x k, 1x1) because it needs nothing beyond ``torch.linalg.svd``,
+is exact at full rank, gives two ordinary convolutions that every runtime (ONNX Runtime, the Pi)
+runs fast, and its rank is read off one list of singular values.
+
+The rank of each layer comes from an energy threshold: the smallest r whose singular values keep
+that fraction of the sum of squares (the squared Frobenius norm). Layers where that r would not
+save parameters stay as they are.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+FACTORABLE = (nn.Conv2d, nn.Linear)
+
+
+def check_energy(energy: float) -> float:
+    if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0 < energy <= 1:
+        raise ValueError(f"energy is the fraction of each layer's squared singular values to "
+                         f"keep and must be in (0, 1] (e.g. 0.9), got {energy!r}")
+    return float(energy)
+
+
+def check_rank(rank: int, full: int) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= full:
+        raise ValueError(f"rank must be an integer from 1 to this layer's full rank {full}, "
+                         f"got {rank!r}")
+    return rank
+
+
+def matrix(layer: nn.Module) -> torch.Tensor:
+    """The weight as the matrix that is factored: out x in (Linear), C_out x C_in*k*k (conv)."""
+    if not isinstance(layer, FACTORABLE) or getattr(layer, "groups", 1) != 1:
+        raise TypeError(f"can factor nn.Linear and ungrouped nn.Conv2d, not {layer}")
+    return layer.weight.detach().flatten(1)
+
+
+def full_rank(layer: nn.Module) -> int:
+    return min(matrix(layer).shape)
+
+
+def break_even_rank(layer: nn.Module) -> float:
+    """Above this rank the two factors hold more parameters than the layer itself."""
+    out_f, in_f = matrix(layer).shape
+    return out_f * in_f / (out_f + in_f)
+
+
+def factored_params(layer: nn.Module, rank: int) -> int:
+    out_f, in_f = matrix(layer).shape
+    bias = layer.bias.numel() if layer.bias is not None else 0
+    return rank * (in_f + out_f) + bias
+
+
+def svd(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """U, S, Vh of the layer's matrix."""
+    return torch.linalg.svd(matrix(layer), full_matrices=False)
+
+
+def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
+    """The smallest rank keeping ``energy`` of the sum of squared singular values."""
+    energy = check_energy(energy)
+    kept = (singular_values.double() ** 2).cumsum(0) / (singular_values.double() ** 2).sum()
+    return min(int((kept < energy - 1e-12).sum().item()) + 1, len(singular_values))
+
+
+class Factored(nn.Sequential):
+    """The two layers that replace one: ``[0]`` maps to the rank, ``[1]`` back out."""
+
+    @property
+    def rank(self) -> int:
+        first = self[0]
+        return first.out_features if isinstance(first, nn.Linear) else first.out_channels
+
+
+def factor(layer: nn.Module, rank: int, usv=None, init: bool = True) -> Factored:
+    """Two layers whose product is the best rank-``rank`` approximation of ``layer``
+    (``init=False``: the right shapes only, for loading a checkpoint into)."""
+    rank = check_rank(rank, full_rank(layer))
+    if init:
+        u, s, vh = usv if usv is not None else svd(layer)
+        root = s[:rank].sqrt()  # S split evenly between the factors: balanced for fine-tuning
+        first_w, second_w = root[:, None] * vh[:rank], u[:, :rank] * root
+    bias = layer.bias is not None
+    if isinstance(layer, nn.Linear):
+        first = nn.Linear(layer.in_features, rank, bias=False)
+        second = nn.Linear(rank, layer.out_features, bias=bias)
+        if init:
+            first.weight.data.copy_(first_w)
+            second.weight.data.copy_(second_w)
+    else:
+        first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, layer.stride,
+                          layer.padding, layer.dilation, bias=False,
+                          padding_mode=layer.padding_mode)
+        second = nn.Conv2d(rank, layer.out_channels, 1, bias=bias)
+        if init:
+            first.weight.data.copy_(first_w.reshape(first.weight.shape))
+            second.weight.data.copy_(second_w[:, :, None, None])
+    if bias:
+        second.bias.data.copy_(layer.bias.detach())
+    return Factored(first, second).to(layer.weight.device)
+
+
+def factorable_layers(model: nn.Module, kinds=(nn.Conv2d,), min_kernel: int = 3) -> dict:
+    """The layers a plan may factor: by default ungrouped k x k convolutions with k >= 3 (a 1x1
+    conv or the 10-way classifier saves little), skipping the 1-channel stem."""
+    out = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, kinds) or getattr(m, "groups", 1) != 1:
+            continue
+        if isinstance(m, nn.Conv2d) and (min(m.kernel_size) < min_kernel or m.in_channels == 1):
+            continue
+        out[name] = m
+    return out
+
+
+def decompose(model: nn.Module, layers: dict | None = None) -> dict:
+    """SVDs of every factorable layer, computed once so a rank slider only slices them."""
+    layers = factorable_layers(model) if layers is None else layers
+    return {name: svd(m) for name, m in layers.items()}
+
+
+def plan(model: nn.Module, energy: float, svds: dict | None = None) -> dict[str, int]:
+    """Per-layer ranks for an energy threshold; layers where factoring would not save
+    parameters are left out of the plan."""
+    check_energy(energy)
+    svds = decompose(model) if svds is None else svds
+    layers = dict(model.named_modules())
+    ranks = {}
+    for name, (_, s, _) in svds.items():
+        r = energy_rank(s, energy)
+        if r < break_even_rank(layers[name]):
+            ranks[name] = r
+    return ranks
+
+
+def factorize(model: nn.Module, ranks: dict[str, int] | None = None, energy: float | None = None,
+              svds: dict | None = None, init: bool = True) -> nn.Module:
+    """A copy of ``model`` with the layers in ``ranks`` (or chosen by ``energy``) factored."""
+    if (ranks is None) == (energy is None):
+        raise ValueError("give either ranks={layer: rank} or energy=<fraction in (0, 1]>")
+    if ranks is None:
+        ranks = plan(model, energy, svds)
+    out = copy.deepcopy(model)
+    layers = dict(out.named_modules())
+    for name, rank in ranks.items():
+        if name not in layers:
+            raise KeyError(f"no layer {name!r} in the model")
+        usv = svds.get(name) if svds else None
+        parent, _, attr = name.rpartition(".")
+        setattr(layers[parent] if parent else out, attr, factor(layers[name], rank, usv, init))
+    return out
+
+
+def ranks_of(model: nn.Module) -> dict[str, int]:
+    """The ranks of a factorized model's layers (to rebuild its shape from a checkpoint card)."""
+    return {name: m.rank for name, m in model.named_modules() if isinstance(m, Factored)}
