@@ -282,3 +282,81 @@ def quantize_dequantize(fn: Callable, quiet: bool = False) -> Callable:
         return quantize.quantize_dequantize(x, bits, axis=axis, symmetric=False)
 
     return verdict(run_cases("quantize_dequantize", fn, _qdq_cases()), fn, reference, quiet)
+
+
+# --------------------------------------------------------------------------------------------
+# 03_distillation: the knowledge-distillation loss
+# --------------------------------------------------------------------------------------------
+
+def _kd_cases():
+    import torch
+    import torch.nn.functional as F
+
+    s = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.5, 0.3]])
+    t = torch.tensor([[4.0, 1.0, -2.0], [-1.0, 3.0, 2.0]])
+    y = torch.tensor([0, 2])
+
+    def kl(T):
+        p = F.softmax(t / T, 1)
+        return (p * (p.log() - F.log_softmax(s / T, 1))).sum(1).mean().item()
+
+    def value(fn, T, alpha, s=s, t=t, y=y):
+        out = fn(s, t, y, T, alpha)
+        assert isinstance(out, torch.Tensor) and out.dim() == 0, \
+            f"return one number as a 0-dim tensor (got {getattr(out, 'shape', type(out))})"
+        return out.item()
+
+    def t1_is_plain_kl(fn):
+        got, want = value(fn, 1.0, 1.0), kl(1.0)
+        reverse = (F.softmax(s, 1) * (F.log_softmax(s, 1) - F.log_softmax(t, 1))).sum(1).mean().item()
+        assert abs(got - want) < 1e-5, (
+            f"T = 1, alpha = 1 should give KL(teacher || student) of the plain softmaxes = "
+            f"{want:.5f}, got {got:.5f}"
+            + (" — that is KL(student || teacher): F.kl_div(input, target) wants the student's "
+               "log-probabilities as input and the teacher's probabilities as target"
+               if abs(got - reverse) < 1e-5 else "")
+            + (" — average over the batch (reduction='batchmean'), not over every element"
+               if abs(got - want / 3) < 1e-5 else ""))
+
+    def t_squared(fn):
+        got, want = value(fn, 4.0, 1.0), 16 * kl(4.0)
+        assert abs(got - want) < 1e-4, (
+            f"T = 4, alpha = 1 should give T^2 * KL at T = 4 = {want:.5f}, got {got:.5f}"
+            + (" — multiply the soft term by T^2: softening shrinks its gradients by 1/T^2"
+               if abs(got - kl(4.0)) < 1e-5 else "")
+            + (" — divide the logits by T before the softmax (both student and teacher)"
+               if abs(got - 16 * kl(1.0)) < 1e-4 else ""))
+
+    def alpha_zero_is_cross_entropy(fn):
+        got, want = value(fn, 4.0, 0.0), F.cross_entropy(s, y).item()
+        assert abs(got - want) < 1e-5, (
+            f"alpha = 0 should be the plain cross-entropy with the labels ({want:.5f}), got "
+            f"{got:.5f}" + (" — the hard term uses the student's logits without T"
+                            if abs(got - F.cross_entropy(s / 4, y).item()) < 1e-5 else ""))
+
+    def alpha_mixes(fn):
+        got = value(fn, 2.0, 0.25)
+        want = 0.25 * 4 * kl(2.0) + 0.75 * F.cross_entropy(s, y).item()
+        assert abs(got - want) < 1e-4, (
+            f"alpha = 0.25, T = 2: 0.25 * T^2 * KL + 0.75 * CE = {want:.5f}, got {got:.5f}"
+            " — alpha weighs the teacher's soft term, 1 - alpha the labels")
+
+    def teacher_gets_no_gradient(fn):
+        tt = t.clone().requires_grad_(True)
+        ss = s.clone().requires_grad_(True)
+        fn(ss, tt, y, 4.0, 0.9).backward()
+        assert tt.grad is None or not tt.grad.abs().sum() > 0, \
+            "the loss sends gradients into the teacher's logits: .detach() them (the teacher is frozen)"
+        assert ss.grad is not None and ss.grad.abs().sum() > 0, "the student's logits get no gradient"
+
+    return [("T = 1 equals KL of the plain softmaxes", t1_is_plain_kl),
+            ("the soft term is scaled by T^2", t_squared),
+            ("alpha = 0 gives pure cross-entropy", alpha_zero_is_cross_entropy),
+            ("alpha mixes the two terms", alpha_mixes),
+            ("the teacher gets no gradient", teacher_gets_no_gradient)]
+
+
+def kd_loss(fn: Callable, quiet: bool = False) -> Callable:
+    """Check the learner's ``fn(student_logits, teacher_logits, labels, T, alpha)``."""
+    from .distill import kd_loss as reference
+    return verdict(run_cases("kd_loss", fn, _kd_cases()), fn, reference, quiet)

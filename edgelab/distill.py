@@ -86,8 +86,11 @@ def teacher_logits(name: str = "teacher", split: str = "train", limit: int | Non
 
     sha = read_card(name)["sha256"]
     path = CACHE / f"{Path(name).name}-{sha[:16]}-{split}-{limit or 'all'}.pt"
+    everything = CACHE / f"{Path(name).name}-{sha[:16]}-{split}-all.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
+    if limit is not None and everything.is_file():  # the first N images are a prefix of all
+        return torch.load(everything, weights_only=True)[:limit]
     teacher = load_checkpoint(name).eval()
     images, _ = data.load().split(split)
     if limit is not None:

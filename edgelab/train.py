@@ -161,10 +161,10 @@ RECIPES = {
                  "flip": True, "seed": 0},
     # 03_distillation: the same student, data, epochs, optimizer and seeds, with and without the
     # teacher. Each seed ships as <recipe>-s<seed>.
-    "student-scratch": {"arch": {"name": "student"}, "epochs": 8, "lr": 0.1,
+    "student-scratch": {"arch": {"name": "student"}, "epochs": 5, "lr": 0.1,
                         "weight_decay": 5e-4, "batch_size": 128, "flip": True, "seed": 0,
                         "per_seed": True},
-    "student-kd": {"arch": {"name": "student"}, "epochs": 8, "lr": 0.1, "weight_decay": 5e-4,
+    "student-kd": {"arch": {"name": "student"}, "epochs": 5, "lr": 0.1, "weight_decay": 5e-4,
                    "batch_size": 128, "flip": True, "seed": 0, "per_seed": True,
                    "distill": {"teacher": "teacher", "T": 4.0, "alpha": 0.9}},
     # 04_low_rank: the teacher's 3x3 convolutions factored to keep 55 % of each one's energy

@@ -1,0 +1,119 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgelab import check, data, distill, train
+
+S = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.5, 0.3]])
+T_ = torch.tensor([[4.0, 1.0, -2.0], [-1.0, 3.0, 2.0]])
+Y = torch.tensor([0, 2])
+
+
+def test_kd_loss_at_t1_and_alpha1_is_kl_of_the_plain_softmaxes():
+    want = F.kl_div(F.log_softmax(S, 1), F.softmax(T_, 1), reduction="batchmean")
+    assert torch.allclose(distill.kd_loss(S, T_, Y, T=1.0, alpha=1.0), want)
+
+
+def test_soft_term_is_scaled_by_t_squared():
+    T = 3.0
+    kl = F.kl_div(F.log_softmax(S / T, 1), F.softmax(T_ / T, 1), reduction="batchmean")
+    assert torch.allclose(distill.loss_terms(S, T_, Y, T=T)["soft"], T * T * kl)
+
+
+def test_alpha_zero_is_plain_cross_entropy_and_alpha_mixes():
+    assert torch.allclose(distill.kd_loss(S, T_, Y, T=4.0, alpha=0.0), F.cross_entropy(S, Y))
+    terms = distill.loss_terms(S, T_, Y, T=2.0, alpha=0.3)
+    assert torch.allclose(terms["total"], 0.3 * terms["soft"] + 0.7 * terms["hard"])
+
+
+def test_the_teacher_gets_no_gradient():
+    s, t = S.clone().requires_grad_(), T_.clone().requires_grad_()
+    distill.kd_loss(s, t, Y).backward()
+    assert t.grad is None and s.grad.abs().sum() > 0
+
+
+def test_the_seed_loss_ignores_labels_and_temperature():
+    assert torch.allclose(distill.seed_loss(S, T_, Y), distill.kd_loss(S, T_, Y, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("T", [0, -1.0, float("nan"), "4", True])
+def test_bad_temperature_is_a_clear_error(T):
+    with pytest.raises(ValueError, match="temperature T must be a number > 0"):
+        distill.kd_loss(S, T_, Y, T=T)
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, None])
+def test_alpha_outside_0_1_is_a_clear_error(alpha):
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+        distill.loss_fn(4.0, alpha)
+
+
+def test_distill_batches_give_the_mirrored_logits_for_mirrored_images():
+    n = 16
+    images = torch.zeros(n, 28, 28, dtype=torch.uint8)
+    images[:, :, 0] = 255  # a bright left column: mirrored, it is on the right
+    labels = torch.arange(n) % 10
+    logits = torch.stack([torch.full((n, 3), 1.0), torch.full((n, 3), -1.0)], dim=1)
+    logits[:, :, 0] = torch.arange(n, dtype=torch.float)[:, None]  # image index, both columns
+    base = data.Batches(images, labels, batch_size=4, shuffle=True, flip=True, seed=3)
+    seen = 0
+    for x, (y, t) in distill.DistillBatches(base, logits):
+        mirrored = x[:, 0, 0, -1] > x[:, 0, 0, 0]
+        assert torch.equal(t[:, 1] < 0, mirrored)  # logits' column 1 = the mirrored image's
+        assert torch.equal(labels[t[:, 0].long()], y)  # and they belong to these images
+        seen += len(y)
+    assert seen == n
+
+
+def test_distill_batches_refuse_logits_of_another_length():
+    base = data.Batches(torch.zeros(4, 28, 28, dtype=torch.uint8), torch.zeros(4).long())
+    with pytest.raises(ValueError, match="3 teacher logits for 4 images"):
+        distill.DistillBatches(base, torch.zeros(3, 2, 10))
+
+
+def test_teacher_logits_are_cached_by_the_checkpoints_hash(tmp_path, monkeypatch):
+    monkeypatch.setattr(distill, "CACHE", tmp_path)
+    first = distill.teacher_logits("teacher", "train", limit=4, progress=False)
+    assert first.shape == (4, 2, 10)
+    assert len(list(tmp_path.glob("teacher-*-train-4.pt"))) == 1
+
+    def no_loading(*_a, **_k):
+        raise AssertionError("the cached logits should have been used")
+    monkeypatch.setattr("edgelab.models.load_checkpoint", no_loading)
+    assert torch.equal(distill.teacher_logits("teacher", "train", limit=4), first)
+
+
+def test_checker_accepts_the_reference_and_explains_a_missing_t_squared(capsys):
+    assert check.kd_loss(distill.kd_loss, quiet=True) is distill.kd_loss
+
+    def no_t_squared(s, t, y, T, alpha):
+        soft = F.kl_div(F.log_softmax(s / T, 1), F.softmax(t.detach() / T, 1),
+                        reduction="batchmean")
+        return alpha * soft + (1 - alpha) * F.cross_entropy(s, y)
+    assert check.kd_loss(no_t_squared) is distill.kd_loss
+    assert "multiply the soft term by T^2" in capsys.readouterr().out
+
+
+def test_checker_names_the_reversed_kl_and_a_stub():
+    def reversed_kl(s, t, y, T, alpha):
+        p = F.log_softmax(s / T, 1)
+        return alpha * T * T * (p.exp() * (p - F.log_softmax(t.detach() / T, 1))).sum(1).mean() \
+            + (1 - alpha) * F.cross_entropy(s, y)
+    outcome = check.run_cases("kd_loss", reversed_kl, check._kd_cases())
+    assert any("KL(student || teacher)" in f for f in outcome.failures)
+
+    def stub(*_):
+        raise NotImplementedError
+    assert not check.run_cases("kd_loss", stub, check._kd_cases()).attempted
+
+
+def test_student_recipes_differ_only_in_the_loss():
+    scratch, kd = dict(train.RECIPES["student-scratch"]), dict(train.RECIPES["student-kd"])
+    assert "distill" in kd and "distill" not in scratch
+    kd.pop("distill")
+    assert kd == scratch
+
+
+def test_per_seed_recipes_ship_one_checkpoint_per_seed():
+    assert train.default_out("student-kd", 2).name == "student-kd-s2"
+    assert train.default_out("teacher").name == "teacher"
