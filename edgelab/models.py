@@ -20,6 +20,9 @@ CHECKPOINT_DIR = REPO_ROOT / "data" / "checkpoints"
 SHIPPED_SHA256: dict[str, str] = {
     "teacher": "6fa9d1ddcaefa32a4ca528e9ec49533aa79739d4d0d3f340c6dd0afbd90d0d54",
     "pruned50": "305db8bf4d0e8b2adeb270141430ae6ea35f35637675f498a920f92b0a037fd7",
+    "lowrank55": "3a84864a7ed519030490d04285df24e371c938c99f6208a949f463b98b4333b9",
+    "student-kd-s0": "89bd2b993e73ef53957781dd5cd9eff6c48fe9df1772ac4d02c0b8bb5957a1e0",
+    "student-scratch-s0": "81756b649191fb914a4e9567bda0578f00ff5c7cb00bf6667f82f62a0467e612",
 }
 
 
