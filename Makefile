@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgelab-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# An offline room: once `make wheelhouse` has completed, set-up installs from it alone.
+WHEELHOUSE := wheelhouse
+OFFLINE := $(if $(wildcard $(WHEELHOUSE)/.complete),--no-index --find-links $(WHEELHOUSE))
 
 .PHONY: setup data run test lab clean
 
@@ -13,32 +16,68 @@ setup: $(STAMP) data
 # The venv is rebuilt only when the pins change; re-running is a no-op.
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check $(OFFLINE) -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check $(OFFLINE) --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (edgelab)" >/dev/null
 	touch $@
 
-# Fashion-MNIST: found and verified, or installed from Debian's package where apt exists.
+# Fashion-MNIST: found and verified, else copied from the wheelhouse, else installed from
+# Debian's package where apt exists.
 data: $(STAMP)
 	@$(PY) -m edgelab.data check 2>/dev/null || { \
-	  if command -v apt-get >/dev/null; then \
+	  if [ -d $(WHEELHOUSE)/data ]; then \
+	    echo "Fashion-MNIST not found: copying it from $(WHEELHOUSE)/data"; \
+	    mkdir -p data/fashion-mnist && cp $(WHEELHOUSE)/data/* data/fashion-mnist/; \
+	  elif command -v apt-get >/dev/null; then \
 	    echo "Fashion-MNIST not found: installing Debian's dataset-fashion-mnist"; \
 	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
 	  fi; \
 	  $(PY) -m edgelab.data check; }
 
-run: setup
+# As root, `make run` also sets up the emulated Pi CPU that 05 and 06 check the bundle on.
+run: setup $(if $(SUDO),,pi-rootfs)
 	$(PY) -m edgelab.workbook run
 
-test: setup
+test: setup pi-rootfs browser
 	EDGELAB_SMOKE=1 $(PY) -m pytest -p no:cacheprovider tests notebooks --nbval-lax --nbval-cell-timeout=300
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/00_baseline.ipynb
 
+# Debian's Chromium for the real-browser test (tests/test_browser.py); installed once.
+.PHONY: browser
+browser:
+	@test -x /usr/bin/chromium || { \
+	  echo "Chromium not found: installing Debian's chromium"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
+# Every wheel (for this OS, CPU and Python) and the dataset in one folder for a USB stick;
+# see docs/facilitator.md. .complete marks a finished download: set-up then goes offline.
+.PHONY: wheelhouse
+wheelhouse: data
+	rm -f $(WHEELHOUSE)/.complete
+	$(PY) -m pip download --quiet --disable-pip-version-check -d $(WHEELHOUSE) \
+	  -r requirements.txt -c constraints.txt "setuptools>=68"
+	mkdir -p $(WHEELHOUSE)/data
+	cp -L "$$($(PY) -c 'from edgelab.data import find_data_dir; print(find_data_dir())')"/*-ubyte* $(WHEELHOUSE)/data/
+	touch $(WHEELHOUSE)/.complete
+	@du -sh $(WHEELHOUSE)
+
 clean:
 	rm -rf build .pytest_cache
+	[ ! -e "$(PI_ROOTFS)" ] && [ ! -e "$(PI_ROOTFS_TMP)" ] || $(SUDO) rm -rf --one-file-system \
+	  "$(PI_ROOTFS)" "$(PI_ROOTFS_TMP)" "$(PI_ROOTFS_TMP:.tmp=.lock)"
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+# The arm64 "Pi CPU" the bundle is verified on (edgelab/pi_rootfs.py): qemu-user-static,
+# debootstrap, an arm64 Debian root filesystem with the bundle's pinned wheels, built once
+# (minutes) under ~/.cache/edgelab; after that, only the binfmt handler (lost at each boot) is
+# checked. Needs root.
+PI_ROOTFS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/edgelab/pi-rootfs-bookworm-arm64
+PI_ROOTFS_TMP := $(dir $(PI_ROOTFS)).$(notdir $(PI_ROOTFS)).tmp
+.PHONY: pi-rootfs
+pi-rootfs: $(STAMP)
+	$(SUDO) env EDGELAB_PI_ROOTFS="$(PI_ROOTFS)" $(PY) -m edgelab.pi_rootfs
 
 # Apply the committed-notebook policy: run the notebooks in smoke mode, then keep only the
 # outputs of cells marked NBVAL_CHECK_OUTPUT (see edgelab/nbhygiene.py).

@@ -108,6 +108,30 @@ def plot(records: list[dict], x: str = "bytes", y: str = "accuracy", ax=None, lo
     return ax
 
 
+def pareto_front(records: list[dict], cost: str, y: str = "accuracy") -> list[dict]:
+    """The records no other record beats on both ``cost`` (lower is better) and ``y`` (higher
+    is better), cheapest first."""
+    pts = sorted((r for r in records if r.get(cost) is not None), key=lambda r: (r[cost], -r[y]))
+    front, best = [], float("-inf")
+    for r in pts:
+        if r[y] > best:
+            front.append(r)
+            best = r[y]
+    return front
+
+
+def pareto_plot(records: list[dict], x: str = "bytes", y: str = "accuracy", ax=None):
+    """``plot`` with the Pareto frontier drawn through the models worth choosing."""
+    ax = plot(records, x, y, ax)
+    most = max(r["test_images"] for r in records)
+    front = pareto_front([r for r in records if r["test_images"] == most], x, y)
+    scale = 100 if y == "accuracy" else 1
+    ax.step([r[x] for r in front], [scale * r[y] for r in front], where="post", color="black",
+            lw=1, ls="--", label="Pareto frontier")
+    ax.legend(loc="lower right", fontsize=8)
+    return ax
+
+
 # The workbook's stated targets, each a function of the assembled results that returns
 # (measured, met) or None where the run has nothing to judge it by.
 def _teacher_accuracy(res):
@@ -172,6 +196,44 @@ def _accuracy_gap(notebook, name, max_pt):
     return target
 
 
+def _student_int8(res):
+    """03: the best student in int8 against the fp32 teacher, both on the full test set."""
+    rs = [r for r in res["records"] if r["notebook"] == "03_distillation"
+          and r["test_images"] == 10000]
+    teachers = [r for r in rs if r["name"] == "teacher"]
+    int8 = [r for r in rs if {"student", "int8"} <= set(r["tags"])]
+    if not teachers or not int8:
+        return None
+    t, m = teachers[0], int8[0]
+    ratio, gap = t["bytes"] / m["bytes"], 100 * (t["accuracy"] - m["accuracy"])
+    return f"{ratio:.0f}x smaller, {gap:+.2f} pt below", ratio >= 100 and gap <= 3.0
+
+
+def _deployable(res):
+    """06: the model tagged ``deployable`` against the fp32 teacher, both in ONNX Runtime."""
+    rs = [r for r in res["records"] if r["notebook"] == "06_pipeline"
+          and r["runtime"] == "onnxruntime" and r["test_images"] == 10000]
+    teachers = [r for r in rs if r["name"] == "teacher"]
+    picks = [r for r in rs if "deployable" in r["tags"]]
+    if not teachers or not picks:
+        return None
+    t, m = teachers[0], picks[0]
+    smaller, faster = t["bytes"] / m["bytes"], t["latency_b1_ms"] / m["latency_b1_ms"]
+    gap = 100 * (t["accuracy"] - m["accuracy"])
+    return (f"{m['name']}: {smaller:.1f}x smaller, {faster:.1f}x faster, {gap:+.2f} pt",
+            smaller >= 15 and faster >= 5 and gap <= 1.0)
+
+
+def _lowrank(res):
+    """04: the fine-tuned low-rank teacher against the teacher, both on the full test set."""
+    pair = _pair(res, "04_low_rank", "lowrank-55-finetuned")
+    if pair is None:
+        return None
+    fewer = pair[0]["params"] / pair[1]["params"]
+    gap = 100 * (pair[0]["accuracy"] - pair[1]["accuracy"])
+    return f"{fewer:.2f}x fewer, {gap:+.2f} pt below", fewer >= 2.0 and gap <= 1.0
+
+
 TARGETS = [
     ("teacher ≥ 93.0 % on the full 10k test set", _teacher_accuracy),
     ("each notebook ≤ 5 min at defaults (≤ 1 min smoke)", _slowest_notebook),
@@ -182,6 +244,10 @@ TARGETS = [
      _accuracy_gap("01_pruning", "structured-50-finetuned", 0.5)),
     ("01: 50 % unstructured, masked fine-tune within 0.3 pt",
      _accuracy_gap("01_pruning", "unstructured-50-finetuned", 0.3)),
+    ("03: best student, int8, ≥ 100x smaller than the teacher within 3 pt", _student_int8),
+    ("04: low-rank teacher ≥ 2x fewer parameters within 1 pt", _lowrank),
+    ("06: deployable model ≥ 15x smaller, ≥ 5x faster (ORT, batch 1), within 1.0 pt",
+     _deployable),
 ]
 
 
@@ -276,3 +342,17 @@ TARGETS += [
     ("int8 static (ONNX Runtime) ≥ 3.5x smaller, ≥ 1.5x faster b64, within 0.5 pt",
      _int8_bars("onnxruntime")),
 ]
+
+
+def _arm64_match(res):
+    """05: the Pi bundle's predictions on the emulated Cortex-A72 against x86's."""
+    checks = [r["bundle"]["arm64"] for r in res["records"]
+              if r.get("notebook") == "05_deploy_pi" and (r.get("bundle") or {}).get("arm64")]
+    if not checks:
+        return None
+    a = checks[0]
+    return f"{a['images'] - a['mismatches']} of {a['images']} images equal", a["match"]
+
+
+TARGETS += [("05: Pi bundle on an emulated Cortex-A72 equals x86 on every checked image",
+             _arm64_match)]

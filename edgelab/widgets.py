@@ -189,3 +189,127 @@ def bits_panel(model, images, labels, bits: int = 8, per_channel: bool = True) -
                                        description="scales"),
     }
     return Panel(controls, compute, render, title="Fake-quantized weights")
+
+
+# -- 03_distillation: temperature × alpha ----------------------------------------------------
+
+def distill_panel(teacher_logits, student_logits, labels, class_names, T: float = 4.0,
+                  alpha: float = 0.9) -> Panel:
+    """Temperature and alpha sliders over precomputed logits of a few test images: the
+    teacher's and the student's softened distributions for the chosen image, and the loss
+    terms on all of them. Nothing runs a model, so every move is instant."""
+    import matplotlib.pyplot as plt
+
+    from . import distill
+
+    names = [f"#{i}: {class_names[int(y)]}" for i, y in enumerate(labels)]
+
+    def compute(T, alpha, image):
+        i = names.index(image)
+        terms = distill.loss_terms(student_logits, teacher_logits, labels, T, alpha)
+        return {"teacher_p": distill.soften(teacher_logits[i], T).tolist(),
+                "student_p": distill.soften(student_logits[i], T).tolist(),
+                **{k: v.item() for k, v in terms.items()}}
+
+    def render(r, _panel):
+        print(f"T = {r['T']:.1f}, alpha = {r['alpha']:.2f} on {len(labels)} test images: "
+              f"soft term (T² · KL) {r['soft']:.3f} · hard term (CE) {r['hard']:.3f} · "
+              f"loss {r['total']:.3f}")
+        fig, ax = plt.subplots(figsize=(8, 2.8))
+        x = range(len(class_names))
+        ax.bar([i - 0.2 for i in x], r["teacher_p"], 0.4, label="teacher")
+        ax.bar([i + 0.2 for i in x], r["student_p"], 0.4, label="student")
+        ax.set_xticks(list(x), class_names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"probability at T = {r['T']:.1f}")
+        ax.set_title(f"image {r['image']}", fontsize=9)
+        ax.legend()
+        plt.show()
+
+    controls = {
+        "T": W.FloatSlider(value=T, min=1.0, max=20.0, step=0.5, description="temperature T",
+                           continuous_update=False),
+        "alpha": W.FloatSlider(value=alpha, min=0.0, max=1.0, step=0.05, description="alpha",
+                               continuous_update=False),
+        "image": W.Dropdown(options=names, value=names[0], description="image"),
+    }
+    return Panel(controls, compute, render, title="Softened outputs and the distillation loss")
+
+
+# -- 04_low_rank: energy kept -> per-layer ranks ----------------------------------------------
+
+def lowrank_panel(model, images, labels, energy: float = 0.9, step: float = 0.05,
+                  latency_runs: int = 10, subset_name: str = "validation", svds=None) -> Panel:
+    """An energy slider (0.3 to 1): every factorable conv of ``model`` keeps the smallest rank
+    holding that fraction of its squared singular values (``lowrank.plan``; layers where that
+    saves no parameters stay whole). Shows parameters, MACs, accuracy on ``images`` (a fixed
+    subset: ``subset_name`` says which), batch-1 latency, and accuracy against parameters for
+    every energy visited so far.
+
+    The SVDs are taken once (``lowrank.decompose``, or pass ``svds``), so a move only slices them
+    into factors swapped into one working copy; each energy's numbers are cached."""
+    import copy
+
+    import matplotlib.pyplot as plt
+
+    from . import lowrank, measure
+
+    base = model.cpu().eval()
+    svds = lowrank.decompose(base) if svds is None else svds
+    originals = {name: base.get_submodule(name) for name in svds}
+    # a copy that shares the factorable layers with ``base`` (only read): half the memory
+    work = copy.deepcopy(base, memo={id(m): m for m in originals.values()}).eval()
+    original = {"params": measure.count_params(base), "macs": measure.count_macs(base),
+                "accuracy": measure.accuracy_on(base, images, labels)}
+    seen: dict[float, dict] = {}
+
+    def swap_in(ranks):
+        for name, layer in originals.items():
+            parent, _, attr = name.rpartition(".")
+            new = lowrank.factor(layer, ranks[name], svds[name]) if name in ranks else layer
+            setattr(work.get_submodule(parent) if parent else work, attr, new)
+
+    def compute(energy):
+        energy = round(energy, 4)
+        if energy not in seen:
+            ranks = lowrank.plan(base, energy, svds)
+            swap_in(ranks)
+            seen[energy] = {"ranks": ranks, "factored": len(ranks), "layers": len(svds),
+                            "params": measure.count_params(work), "macs": measure.count_macs(work),
+                            "accuracy": measure.accuracy_on(work, images, labels),
+                            "latency_b1_ms": measure.quick_latency(work, latency_runs),
+                            "images": len(labels)}
+        return seen[energy]
+
+    def render(r, _panel):
+        ranks = sorted(r["ranks"].values())
+        span = f" (ranks {ranks[0]}–{ranks[-1]})" if ranks else ""
+        print(f"energy kept {r['energy']:.2f}: {r['factored']} of {r['layers']} convolutions "
+              f"factored{span}\nparameters {r['params'] / 1e6:.2f} M "
+              f"({original['params'] / r['params']:.2f}x fewer) · MACs {r['macs'] / 1e6:.1f} M "
+              f"({original['macs'] / r['macs']:.2f}x fewer) · accuracy {100 * r['accuracy']:.1f} % "
+              f"on {r['images']} {subset_name} images (original {100 * original['accuracy']:.1f} %)"
+              f" · batch-1 latency {r['latency_b1_ms']:.1f} ms")
+        fig, ax = plt.subplots(figsize=(5.5, 3))
+        pts = sorted(seen.items(), key=lambda kv: kv[1]["params"])
+        ax.plot([p["params"] / 1e6 for _, p in pts], [100 * p["accuracy"] for _, p in pts], "o-",
+                label="factored (energy kept)")
+        for e, p in pts:
+            ax.annotate(f"{e:g}", (p["params"] / 1e6, 100 * p["accuracy"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, -10))
+        ax.plot(r["params"] / 1e6, 100 * r["accuracy"], "o", ms=11, mfc="none", mec="C3")
+        ax.plot(original["params"] / 1e6, 100 * original["accuracy"], "k*", ms=10,
+                label="original")
+        ax.set_xlim(0, 1.08 * original["params"] / 1e6)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("parameters (M)")
+        ax.set_ylabel(f"accuracy on {r['images']} images (%)")
+        ax.legend(loc="lower right", fontsize=8)
+        ax.grid(alpha=0.3)
+        plt.show()
+        plt.close(fig)  # one figure per move: without a notebook to close them they pile up
+
+    controls = {"energy": W.FloatSlider(value=energy, min=0.3, max=1.0, step=step,
+                                        description="energy kept", readout_format=".2f",
+                                        continuous_update=False)}
+    return Panel(controls, compute, render, title="Factor the convolutions by energy kept")

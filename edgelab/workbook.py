@@ -30,16 +30,31 @@ def notebooks() -> list[Path]:
     return sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
-def _watch_peak(proc: psutil.Process, stop: threading.Event, peak: list[int]) -> None:
-    """Largest RSS of any descendant of ``proc`` (the kernel), sampled every 0.2 s."""
+def _watch_peak(proc: psutil.Process, stop: threading.Event, peak: list[int],
+                cap: int | None = None) -> None:
+    """Peak RSS of the kernel, sampled every 0.2 s: ``peak[0]`` the largest single descendant of
+    ``proc``, ``peak[1]`` the sum over all of them (what a container's memory limit sees). Past
+    ``cap`` bytes the whole tree is killed, as Binder's out-of-memory killer would; ``peak[2]`` = 1."""
     while not stop.is_set():
         try:
-            for child in proc.children(recursive=True):
+            children = proc.children(recursive=True)
+        except psutil.Error:
+            return
+        total = 0
+        for child in children:
+            try:
+                rss = child.memory_info().rss
+            except psutil.Error:
+                continue
+            peak[0], total = max(peak[0], rss), total + rss
+        peak[1] = max(peak[1], total)
+        if cap and total > cap:
+            peak[2] = 1
+            for p in children + [proc]:
                 try:
-                    peak[0] = max(peak[0], child.memory_info().rss)
+                    p.kill()
                 except psutil.Error:
                     pass
-        except psutil.Error:
             return
         stop.wait(0.2)
 
@@ -49,24 +64,34 @@ def _watch_peak(proc: psutil.Process, stop: threading.Event, peak: list[int]) ->
 CELL_TIMEOUT_S = {True: 300, False: 900}
 
 
-def execute(nb: Path, out_dir: Path, smoke: bool, extra_env: dict | None = None) -> dict:
-    """Run one notebook with papermill; returns its wall time and the kernel's peak RSS."""
+def execute(nb: Path, out_dir: Path, smoke: bool, extra_env: dict | None = None,
+            cpus: str | None = None, memory_cap_mb: int | None = None) -> dict:
+    """Run one notebook with papermill; returns its wall time and the kernel's peak RSS.
+
+    ``cpus`` ("0", "0,1") pins papermill and its kernel to those CPUs with ``taskset``;
+    ``memory_cap_mb`` kills the kernel when its process tree's RSS goes past it (``ulimit -v``
+    would break ``import torch``). Together they stand in for Binder's 1 CPU and 2 GB."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "papermill", str(nb), str(out_dir / nb.name),
-           "-k", "python3", "--cwd", str(nb.parent), "--no-progress-bar",
-           "--execution-timeout", str(CELL_TIMEOUT_S[bool(smoke)]),
-           "-p", "SMOKE", str(smoke), "-p", "NOTEBOOK", nb.stem]
+    cmd = ["taskset", "-c", cpus] if cpus else []
+    cmd += [sys.executable, "-m", "papermill", str(nb), str(out_dir / nb.name),
+            "-k", "python3", "--cwd", str(nb.parent), "--no-progress-bar",
+            "--execution-timeout", str(CELL_TIMEOUT_S[bool(smoke)]),
+            "-p", "SMOKE", str(smoke), "-p", "NOTEBOOK", nb.stem]
     env = dict(os.environ, **(extra_env or {}))
     t0 = time.time()
     proc = subprocess.Popen(cmd, env=env)
-    stop, peak = threading.Event(), [0]
-    watcher = threading.Thread(target=_watch_peak, args=(psutil.Process(proc.pid), stop, peak))
+    stop, peak = threading.Event(), [0, 0, 0]
+    cap = memory_cap_mb * 2**20 if memory_cap_mb else None
+    watcher = threading.Thread(target=_watch_peak, args=(psutil.Process(proc.pid), stop, peak, cap))
     watcher.start()
     rc = proc.wait()
     stop.set()
     watcher.join()
-    return {"seconds": round(time.time() - t0, 1), "peak_rss_mb": round(peak[0] / 2**20),
-            "ok": rc == 0}
+    meta = {"seconds": round(time.time() - t0, 1), "peak_rss_mb": round(peak[0] / 2**20),
+            "peak_tree_mb": round(peak[1] / 2**20), "ok": rc == 0 and not peak[2]}
+    if memory_cap_mb:
+        meta["over_cap"] = bool(peak[2])
+    return meta
 
 
 def _commit() -> str | None:

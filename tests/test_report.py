@@ -70,3 +70,11 @@ def test_pruning_targets_compare_against_the_teacher_of_the_same_notebook():
     assert rows["01: 50 % structured + fine-tune ≥ 2x faster at batch 1"] == ("2.50x", True)
     assert rows["01: 50 % structured + fine-tune within 0.5 pt"][1] is True
     assert rows["01: 50 % unstructured, masked fine-tune within 0.3 pt"][1] is False
+
+
+def test_pareto_front_keeps_only_models_no_other_beats_on_both_axes():
+    from edgelab import report
+    recs = [{"name": n, "bytes": b, "accuracy": a} for n, b, a in
+            [("big", 100, 0.94), ("mid", 30, 0.93), ("worse", 40, 0.92), ("tiny", 1, 0.90),
+             ("tie-but-bigger", 35, 0.93)]]
+    assert [r["name"] for r in report.pareto_front(recs, "bytes")] == ["tiny", "mid", "big"]

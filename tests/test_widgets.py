@@ -48,3 +48,41 @@ def test_structured_method_shrinks_parameters_and_bytes(prune_panel):
     half = prune_panel.set(method="structured", rate=0.5)
     assert half["params"] < 0.4 * dense["params"] and half["bytes"] < 0.6 * dense["bytes"]
     assert 0 <= half["accuracy"] <= 1 and half["latency_b1_ms"] > 0
+
+
+def test_distill_panel_flattens_both_distributions_as_t_rises():
+    import torch
+
+    from edgelab import data
+    t_logits = torch.tensor([[6.0, 1.0, 0.0] + [0.0] * 7, [0.0, 5.0, 2.0] + [0.0] * 7])
+    s_logits = torch.tensor([[3.0, 1.0, 0.5] + [0.0] * 7, [0.5, 2.0, 1.0] + [0.0] * 7])
+    panel = widgets.distill_panel(t_logits, s_logits, torch.tensor([0, 1]), data.CLASSES)
+    cold = panel.set(T=1.0)
+    hot = panel.set(T=10.0)
+    assert max(hot["teacher_p"]) < max(cold["teacher_p"])
+    assert max(hot["student_p"]) < max(cold["student_p"])
+    assert panel.set(alpha=0.0)["total"] == pytest.approx(hot["hard"])
+    second = panel.set(image=panel.controls["image"].options[1])
+    assert max(second["teacher_p"]) != max(hot["teacher_p"])
+    assert panel.sweep("T", [2.0, 4.0])["moves"] == 2
+
+
+def test_lowrank_panel_trades_parameters_for_accuracy_and_caches_each_energy():
+    from edgelab import lowrank
+    from edgelab.measure import count_params
+    torch.manual_seed(0)
+    model = models.student(widths=(8, 16), blocks=1).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    svds = lowrank.decompose(model)
+    panel = widgets.lowrank_panel(model, x, y, energy=1.0, latency_runs=2, svds=svds)
+    whole = panel.result
+    assert whole["factored"] == 0 and whole["params"] == count_params(model)
+    low = panel.set(energy=0.3)
+    assert low["factored"] > 0 and low["ranks"] == lowrank.plan(model, 0.3, svds)
+    assert low["params"] < whole["params"] and low["macs"] < whole["macs"]
+    assert 0 <= low["accuracy"] <= 1 and low["latency_b1_ms"] > 0 and low["images"] == 32
+    assert panel.set(energy=1.0)["params"] == whole["params"]  # the original layers swap back
+    assert panel.sweep("energy", [0.5, 0.3])["moves"] == 2
+    assert panel.history[-1] == low  # a visited energy comes from the cache
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

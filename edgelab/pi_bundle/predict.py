@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Classify clothing images with the bundled ONNX model (Fashion-MNIST classes).
+
+Needs only onnxruntime, numpy and Pillow, so it runs on a Raspberry Pi (or any machine) from
+this folder alone. Examples:
+
+    python predict.py shirt.png boot.jpg      # one line per image: file, class, confidence
+    python predict.py photos/                 # every image file in a folder
+    python predict.py --json photos/          # machine-readable, with the logits
+    python predict.py --benchmark             # latency of the model on this machine
+
+The model was trained on 28x28 grayscale images of a single garment, light on a dark
+background (Fashion-MNIST). Other images are converted to grayscale and resized to 28x28, with
+a note; a dark garment photographed on a white background should be inverted (``--invert``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm",
+                  ".ppm"}
+
+
+class InputError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def load_labels(path: Path) -> dict:
+    """labels.json: class names and how an image becomes the model's input."""
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"no labels file at {path}: predict.py needs labels.json next to it")
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} is not valid JSON ({e})")
+    if not isinstance(meta, dict) or not isinstance(meta.get("labels"), list):
+        raise InputError(f"{path} must hold an object with a 'labels' list")
+    meta.setdefault("input", {})
+    meta["input"].setdefault("size", [28, 28])
+    meta["input"].setdefault("mean", 0.0)
+    meta["input"].setdefault("std", 1.0)
+    return meta
+
+
+def open_session(model: Path, threads: int):
+    import onnxruntime as ort
+
+    if not model.is_file():
+        raise InputError(f"no model at {model}: predict.py needs model.onnx next to it "
+                         "(or pass --model PATH)")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """The image files named, folders expanded to the image files inside them (sorted)."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            inside = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise InputError(f"folder {p} holds no image files "
+                                 f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+            files += inside
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InputError(f"no such file or folder: {p}")
+    return files
+
+
+def preprocess(path: Path, meta: dict, invert: bool = False, notes=None):
+    """One image file -> float32 array (1, H, W), normalised like the training images.
+
+    Colour becomes grayscale (Pillow's 'L': luminance) and other sizes are resized to the model's
+    (bilinear); each conversion is reported through ``notes``."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    width, height = meta["input"]["size"]
+    try:
+        with Image.open(path) as img:
+            img.load()
+            original = f"{img.width}x{img.height} {img.mode}"
+            changed = []
+            if img.mode != "L":
+                img = img.convert("L")
+                changed.append("converted to grayscale")
+            if img.size != (width, height):
+                img = img.resize((width, height), Image.Resampling.BILINEAR)
+                changed.append(f"resized to {width}x{height}")
+            pixels = np.asarray(img, dtype=np.float32)
+    except UnidentifiedImageError:
+        raise InputError(f"{path} is not an image Pillow can read "
+                         f"(use PNG, JPEG, BMP, ...; the model wants {width}x{height} grayscale)")
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e}")
+    if changed and notes is not None:
+        notes.append(f"note: {path} is {original}; {' and '.join(changed)} "
+                     f"(the model was trained on {width}x{height} grayscale)")
+    if invert:
+        pixels = 255.0 - pixels
+    x = (pixels / np.float32(255.0) - np.float32(meta["input"]["mean"])) / np.float32(
+        meta["input"]["std"])
+    return x[None].astype(np.float32)
+
+
+def softmax(z):
+    import numpy as np
+
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def classify(session, files: list[Path], meta: dict, batch: int, invert: bool, notes: list):
+    """[(file, logits)] for every file, run ``batch`` images at a time."""
+    import numpy as np
+
+    name = session.get_inputs()[0].name
+    out = []
+    for start in range(0, len(files), batch):
+        chunk = files[start:start + batch]
+        x = np.stack([preprocess(f, meta, invert, notes) for f in chunk])
+        logits = session.run(None, {name: x})[0]
+        out += list(zip(chunk, logits))
+    return out
+
+
+def benchmark(session, meta: dict, files: list[Path], batch: int, runs: int, invert: bool):
+    """Median and 90th-percentile latency (ms) of one call on a batch, after warm-up runs."""
+    import numpy as np
+
+    width, height = meta["input"]["size"]
+    if files:
+        notes: list = []
+        images = [preprocess(f, meta, invert, notes) for f in files[:batch]]
+        x = np.stack([images[i % len(images)] for i in range(batch)])
+    else:   # no image given: a fixed pseudo-random one (timing does not depend on the pixels)
+        x = np.random.default_rng(0).standard_normal((batch, 1, height, width)).astype(np.float32)
+    feed = {session.get_inputs()[0].name: x}
+    for _ in range(max(3, runs // 10)):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return times[len(times) // 2], times[min(len(times) - 1, int(0.9 * len(times)))]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("images", nargs="*", help="image files or folders of images")
+    p.add_argument("--model", type=Path, default=HERE / "model.onnx")
+    p.add_argument("--labels", type=Path, default=HERE / "labels.json")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--batch", type=int, default=64, help="images per model call")
+    p.add_argument("--invert", action="store_true",
+                   help="invert the images first (dark garment on a light background)")
+    p.add_argument("--json", action="store_true", help="print one JSON object, with logits")
+    p.add_argument("--benchmark", action="store_true",
+                   help="time the model (on the images given, or on a random batch)")
+    p.add_argument("--runs", type=int, default=100, help="timed runs in --benchmark mode")
+    args = p.parse_args(argv)
+
+    try:
+        if args.threads < 1 or args.batch < 1 or args.runs < 1:
+            raise InputError("--threads, --batch and --runs must be at least 1")
+        if not args.images and not args.benchmark:
+            raise InputError("give image files or folders to classify, or --benchmark "
+                             "(see --help)")
+        meta = load_labels(args.labels)
+        files = image_files(args.images)
+        session = open_session(args.model, args.threads)
+        import onnxruntime as ort
+
+        env = {"machine": platform.machine(), "onnxruntime": ort.__version__,
+               "threads": args.threads}
+        if args.benchmark:
+            med, p90 = benchmark(session, meta, files, args.batch, args.runs, args.invert)
+            result = dict(env, batch=args.batch, runs=args.runs, median_ms=med, p90_ms=p90)
+            if args.json:
+                print(json.dumps(result))
+            else:
+                print(f"{platform.machine()}, onnxruntime {ort.__version__}, {args.threads} "
+                      f"thread{'s' if args.threads > 1 else ''}, batch {args.batch}: "
+                      f"median {med:.3g} ms, p90 {p90:.3g} ms ({args.runs} runs)")
+            return 0
+        notes: list = []
+        results = classify(session, files, meta, args.batch, args.invert, notes)
+    except InputError as e:
+        print(f"predict.py: error: {e}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(note, file=sys.stderr)
+    labels = meta["labels"]
+    if args.json:
+        rows = []
+        for f, logits in results:
+            probs = softmax(logits)
+            k = int(logits.argmax())
+            rows.append({"file": str(f), "index": k, "label": labels[k],
+                         "probability": float(probs[k]), "logits": [float(v) for v in logits]})
+        print(json.dumps(dict(env, predictions=rows)))
+    else:
+        for f, logits in results:
+            probs = softmax(logits)
+            k = int(logits.argmax())
+            print(f"{f}: {labels[k]} ({100 * probs[k]:.1f} %)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

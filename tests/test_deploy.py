@@ -1,0 +1,218 @@
+"""Deployment (edgelab.deploy): ONNX export and its check, the Raspberry Pi bundle and its
+predict.py, and the bundle verified on an emulated Cortex-A72 (qemu). The arm64 test is never
+skipped: `make test` sets the emulator up (`make pi-rootfs`) and the check must pass."""
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from edgelab import data, deploy, measure, quantize
+
+
+def tiny_cnn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+
+
+class DataDependent(nn.Module):
+    """A branch on a tensor's value: torch.export cannot capture it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x):
+        if x.mean() > 0:
+            return self.fc(x.flatten(1))
+        return -self.fc(x.flatten(1))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_cnn()
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny, tmp_path_factory):
+    return deploy.export(tiny, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_onnx, tmp_path_factory):
+    return deploy.build_bundle(tiny_onnx, tmp_path_factory.mktemp("b") / "pi_bundle", name="tiny",
+                               accuracy=0.1, test_images=100)
+
+
+# ---- export -------------------------------------------------------------------------------
+
+def test_export_of_a_tiny_model_matches_torch_with_any_batch_size(tiny, tiny_onnx):
+    import onnx
+
+    model = onnx.load(str(tiny_onnx))
+    assert not any(t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL
+                   for t in model.graph.initializer), "weights must be inside the one .onnx file"
+    assert not list(tiny_onnx.parent.glob("*.data")), "no external-data file next to it"
+    result = deploy.check_export(tiny, tiny_onnx, data.tensors("test", limit=64)[0])
+    assert result["max_abs_diff"] < 1e-4 and result["same_top1"] == 1.0
+    sess = quantize.session(tiny_onnx, threads=1)
+    for n in (1, 3):
+        x = data.tensors("test", limit=n)[0]
+        got = sess.run(None, {"image": x.numpy()})[0]
+        with torch.inference_mode():
+            np.testing.assert_allclose(got, tiny(x).numpy(), atol=1e-4)
+
+
+def test_a_model_that_cannot_be_traced_is_one_clear_error(tmp_path):
+    with pytest.raises(deploy.ExportError, match="could not export DataDependent to ONNX") as e:
+        deploy.export(DataDependent(), tmp_path / "bad.onnx")
+    text = str(e.value)
+    assert "data-dependent" in text and "Python branches on tensor values" in text
+    assert "\x1b[" not in text and len(text.splitlines()) == 2
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_export_needs_a_module(tmp_path):
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        deploy.export(lambda x: x, tmp_path / "f.onnx")
+
+
+def test_check_export_catches_a_file_from_another_model(tiny_onnx):
+    with pytest.raises(AssertionError, match="differ from PyTorch's"):
+        deploy.check_export(tiny_cnn(seed=1), tiny_onnx, data.tensors("test", limit=16)[0])
+
+
+def test_latency_grid_has_a_row_per_thread_count_and_batch_size(tiny_onnx):
+    rows = deploy.latency_grid(tiny_onnx, threads=(1, 2), batch_sizes=(1, 4), min_run_time=0.01)
+    assert [(r["threads"], r["batch"]) for r in rows] == [(1, 1), (1, 4), (2, 1), (2, 4)]
+    assert all(r["median_ms"] > 0 and r["per_image_ms"] <= r["median_ms"] for r in rows)
+
+
+# ---- the bundle ---------------------------------------------------------------------------
+
+def test_bundle_has_every_file_and_check_bundle_names_a_missing_one(bundle, tmp_path):
+    sizes = deploy.check_bundle(bundle)
+    assert set(sizes) == set(deploy.BUNDLE_FILES) and all(n > 0 for n in sizes.values())
+    assert (bundle / "predict.py").read_text() == (deploy.TEMPLATE / "predict.py").read_text()
+    readme = (bundle / "README.md").read_text()
+    assert "{{" not in readme and "10.00 %" in readme and "not measured here" in readme
+    for name in deploy.BUNDLE_FILES:
+        broken = tmp_path / name.replace(".", "_")
+        shutil.copytree(bundle, broken)
+        (broken / name).unlink()
+        with pytest.raises(deploy.BundleError, match=f"missing {re.escape(name)}"):
+            deploy.check_bundle(broken)
+    with pytest.raises(deploy.BundleError, match="no bundle folder"):
+        deploy.check_bundle(tmp_path / "nowhere")
+
+
+def test_build_bundle_rejects_a_model_it_cannot_serve(tiny_onnx, tmp_path):
+    with pytest.raises(ValueError, match="10 outputs but 3 labels"):
+        deploy.build_bundle(tiny_onnx, tmp_path / "b", labels=["a", "b", "c"])
+    with pytest.raises(FileNotFoundError, match="no ONNX model"):
+        deploy.build_bundle(tmp_path / "missing.onnx", tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_labels_json_carries_the_training_normalisation(bundle):
+    meta = json.loads((bundle / "labels.json").read_text())
+    assert meta["labels"] == list(data.CLASSES)
+    assert (meta["input"]["mean"], meta["input"]["std"]) == (data.MEAN, data.STD)
+    assert meta["input"]["size"] == [28, 28]
+
+
+def test_requirements_pin_exact_versions_of_what_predict_needs():
+    pins = dict(line.split("==") for line in (deploy.TEMPLATE / "requirements.txt").read_text()
+                .splitlines() if line and not line.startswith("#"))
+    assert {"onnxruntime", "numpy", "Pillow"} <= set(pins)
+    assert all(re.fullmatch(r"\d+(\.\d+)+", v) for v in pins.values())
+    imports = set(re.findall(r"^\s*(?:import|from) (\w+)", (deploy.TEMPLATE / "predict.py")
+                             .read_text(), re.M))
+    assert imports - {"__future__", "argparse", "json", "os", "platform", "sys", "time",
+                      "pathlib"} == {"onnxruntime", "numpy", "PIL"}
+
+
+# ---- predict.py ---------------------------------------------------------------------------
+
+def test_predict_on_test_pngs_equals_onnxruntime_on_the_test_tensors(bundle, tmp_path):
+    paths, _ = deploy.write_test_pngs(tmp_path / "imgs", 12)
+    run = deploy.run_predict(bundle, ["--json", "--threads", "1", str(tmp_path / "imgs")])
+    assert run.returncode == 0, run.stderr
+    preds = json.loads(run.stdout)["predictions"]
+    assert [p["file"] for p in preds] == [str(p) for p in paths]
+    x = data.tensors("test", limit=12)[0]
+    expected = measure.predict_logits(quantize.session(bundle / "model.onnx"), x).numpy()
+    np.testing.assert_allclose(np.array([p["logits"] for p in preds]), expected, atol=1e-5)
+    assert run.stderr == ""   # 28x28 grayscale: nothing to convert
+
+
+def test_predict_converts_a_colour_image_of_another_size_and_says_so(bundle, tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (120, 90, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "photo.jpg")
+    run = deploy.run_predict(bundle, [str(tmp_path / "photo.jpg")])
+    assert run.returncode == 0, run.stderr
+    classes = "|".join(map(re.escape, data.CLASSES))
+    assert re.match(r".*photo\.jpg: (" + classes + r") \(", run.stdout)
+    assert "90x120 RGB; converted to grayscale and resized to 28x28" in run.stderr
+
+
+def test_predict_names_a_bad_path_or_a_file_that_is_not_an_image(bundle, tmp_path):
+    run = deploy.run_predict(bundle, [str(tmp_path / "nope.png")])
+    assert run.returncode == 2 and "no such file or folder: " in run.stderr
+    assert "nope.png" in run.stderr
+    (tmp_path / "text.png").write_text("not an image")
+    run = deploy.run_predict(bundle, [str(tmp_path / "text.png")])
+    assert run.returncode == 2 and "not an image Pillow can read" in run.stderr
+    assert "28x28 grayscale" in run.stderr and "Traceback" not in run.stderr
+    run = deploy.run_predict(bundle, [])
+    assert run.returncode == 2 and "--benchmark" in run.stderr
+
+
+def test_predict_benchmark_mode_reports_latency(bundle):
+    run = deploy.run_predict(bundle, ["--benchmark", "--json", "--runs", "5", "--batch", "2",
+                                      "--threads", "1"])
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["batch"] == 2 and out["runs"] == 5 and 0 < out["median_ms"] <= out["p90_ms"]
+
+
+# ---- the emulated Pi CPU ------------------------------------------------------------------
+
+def test_debian_mirror_is_read_from_apt_sources(tmp_path, monkeypatch):
+    monkeypatch.delenv("EDGELAB_DEBIAN_MIRROR", raising=False)
+    (tmp_path / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm\n")
+    assert deploy.debian_mirror([tmp_path / "debian.sources"]) == "http://mirror.example/debian"
+    (tmp_path / "sources.list").write_text(
+        "deb [arch=amd64] http://old.example/debian bookworm main\n")
+    assert deploy.debian_mirror([tmp_path / "sources.list"]) == "http://old.example/debian"
+    assert deploy.debian_mirror([tmp_path / "none"]) == deploy.DEFAULT_MIRROR
+
+
+def test_the_bundle_predicts_the_same_on_an_emulated_cortex_a72(bundle):
+    ok, why = deploy.arm64_available()
+    assert ok, f"the arm64 check must run in `make test` (run `make pi-rootfs` first): {why}"
+    res = deploy.verify_arm64(bundle, images=16)
+    assert res["machine"] == "aarch64" and res["python"].startswith("3.11")
+    assert res["cpu"]["qemu_cpu"] == "cortex-a72"
+    assert not res["cpu"]["dotprod"] and not res["cpu"]["atomics"], res["cpu"]  # Armv8.0, an A72
+    assert res["match"] and res["mismatches"] == 0 and res["images"] == 16
+    assert res["max_abs_logit_diff"] < 1e-4
+
+
+def test_the_arm64_bar_reads_the_bundle_record_of_05():
+    from edgelab import report
+
+    rec = {"notebook": "05_deploy_pi", "name": "pruned50-int8",
+           "bundle": {"arm64": {"images": 300, "mismatches": 0, "match": True}}}
+    assert report._arm64_match({"records": [rec]}) == ("300 of 300 images equal", True)
+    rec["bundle"]["arm64"] = {"images": 300, "mismatches": 2, "match": False}
+    assert report._arm64_match({"records": [rec]})[1] is False
+    assert report._arm64_match({"records": [dict(rec, bundle={"arm64": None})]}) is None
