@@ -93,6 +93,7 @@ def test_notebook_runs_on_one_cpu_within_binder_memory(nb, tmp_path):
                             extra_env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                                        "EDGELAB_RESULTS": str(tmp_path / "results")})
     peak = f"peak {meta['peak_tree_mb']} MB (kernel process tree, smoke mode, 1 CPU)"
+    print(f"{nb.stem}: {meta['seconds']:.0f} s, {peak}")  # shown with pytest -s or -rP
     assert not meta["over_cap"], (
         f"{nb.name} went over Binder's {BINDER_MEMORY_MB} MB and was stopped: {peak}")
     assert meta["ok"], f"{nb.name} failed on 1 CPU ({peak}); see {tmp_path / 'executed' / nb.name}"
