@@ -77,20 +77,11 @@ def export(model: nn.Module, path, example: torch.Tensor | None = None) -> Path:
             "of logits.") from e
 
 
-@contextlib.contextmanager
 def _quiet_torch_logs():
     """torch.export logs the graph it captured and its guesses when it fails; the ExportError
     says what matters."""
     names = [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] == "torch"]
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+    return quantize._quiet_logs(*names, level=logging.CRITICAL)
 
 
 def check_export(model: nn.Module, path, images: torch.Tensor | None = None,

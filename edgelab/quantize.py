@@ -439,11 +439,11 @@ def export_onnx(model: nn.Module, path, example: torch.Tensor | None = None) -> 
 
 
 @contextlib.contextmanager
-def _quiet_logs(*names):
+def _quiet_logs(*names, level: int = logging.ERROR):
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(level)
     try:
         yield
     finally:
