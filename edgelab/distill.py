@@ -82,11 +82,10 @@ def teacher_logits(name: str = "teacher", split: str = "train", limit: int | Non
                    progress: bool = True) -> torch.Tensor:
     """The teacher's logits for every image of ``split``: shape (N, 2, classes), [:, 0] for the
     image as stored and [:, 1] for it mirrored. Cached under build/cache/distill/."""
-    from .models import load_checkpoint, read_card
+    from .models import atomic_write_bytes, load_checkpoint, read_card
 
-    sha = read_card(name)["sha256"]
-    path = CACHE / f"{Path(name).name}-{sha[:16]}-{split}-{limit or 'all'}.pt"
-    everything = CACHE / f"{Path(name).name}-{sha[:16]}-{split}-all.pt"
+    stem = f"{Path(name).name}-{read_card(name)['sha256'][:16]}-{split}"
+    path, everything = CACHE / f"{stem}-{limit or 'all'}.pt", CACHE / f"{stem}-all.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
     if limit is not None and everything.is_file():  # the first N images are a prefix of all
@@ -101,7 +100,6 @@ def teacher_logits(name: str = "teacher", split: str = "train", limit: int | Non
             x = data.normalize(images[start:start + 500])
             out.append(torch.stack([teacher(x), teacher(x.flip(-1))], dim=1))
     logits = torch.cat(out)
-    from .models import atomic_write_bytes
     buf = io.BytesIO()
     torch.save(logits, buf)
     atomic_write_bytes(path, buf.getvalue())
