@@ -36,15 +36,20 @@ class Panel:
         self._update()
 
     def _update(self) -> None:
+        import matplotlib.pyplot as plt
+
         t0 = time.perf_counter()
         self.status.value = "<i>computing…</i>"
         values = self.values()
         self.result = dict(self.compute(**values), **values)
         self.history.append(self.result)
         if self.render is not None:
+            figures = set(plt.get_fignums())
             with self.output:
                 self.output.clear_output(wait=True)
                 self.render(self.result, self)
+            for n in set(plt.get_fignums()) - figures:  # shown: a slider makes one per move
+                plt.close(n)
         elapsed = time.perf_counter() - t0
         self.response_times.append(elapsed)
         self.status.value = f"<small>updated in {elapsed:.2f} s</small>"
@@ -97,7 +102,7 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
     layers = prune.prunable_layers(work)
     originals = {n: m.weight.detach().clone() for n, m in layers.items()}
     ranked = torch.cat([w.abs().flatten() for w in originals.values()]).sort().values
-    dense_bytes = len(measure.state_dict_bytes(base))
+    dense_bytes = measure.saved_sizes(base)[0]
     others = [t for k, t in base.state_dict().items()
               if not any(k == f"{n}.weight" for n in layers) and t.dtype.is_floating_point]
     structured_cache: dict[float, torch.nn.Module] = {}
@@ -118,7 +123,7 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
             if rate not in structured_cache:
                 structured_cache[rate] = prune.structured(base, rate)
             m = structured_cache[rate]
-            raw = len(measure.state_dict_bytes(m))
+            raw = measure.saved_sizes(m)[0]
             gz = len(measure.gzip_compress(list(m.state_dict().values())))
         acc = measure.accuracy_on(m, images, labels)
         med = measure.quick_latency(m, latency_runs)
@@ -307,7 +312,6 @@ def lowrank_panel(model, images, labels, energy: float = 0.9, step: float = 0.05
         ax.legend(loc="lower right", fontsize=8)
         ax.grid(alpha=0.3)
         plt.show()
-        plt.close(fig)  # one figure per move: without a notebook to close them they pile up
 
     controls = {"energy": W.FloatSlider(value=energy, min=0.3, max=1.0, step=step,
                                         description="energy kept", readout_format=".2f",

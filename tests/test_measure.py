@@ -2,7 +2,7 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
-from edgelab import measure, models
+from edgelab import data, measure, models
 
 
 def tiny_cnn():
@@ -72,3 +72,43 @@ def test_gzip_bytes_are_a_valid_gzip_file_of_the_whole_artifact():
     packed = measure.gzip_compress([blob], chunk_bytes=100_000)  # several members
     assert gzip.decompress(packed) == blob
     assert measure.artifact_sizes(blob) == (len(blob), len(measure.gzip_compress([blob])))
+
+
+def test_saved_sizes_equal_the_sizes_of_the_saved_bytes_without_keeping_them(monkeypatch):
+    m = models.student()
+    for chunk in (measure.GZIP_CHUNK, 100_000):  # one gzip member, then several
+        monkeypatch.setattr(measure, "GZIP_CHUNK", chunk)
+        blob = measure.state_dict_bytes(m)
+        assert measure.saved_sizes(m) == (len(blob), len(measure.gzip_compress([blob], chunk)))
+
+
+def test_gzip_compress_takes_tensors_of_any_dtype_as_their_raw_bytes():
+    import gzip
+
+    parts = [torch.randn(5, 3), torch.ones(4, dtype=torch.bfloat16), torch.tensor(2.0), b"end"]
+    raw = b"".join(p if isinstance(p, bytes) else p.reshape(-1).view(torch.uint8).numpy().tobytes()
+                   for p in parts)
+    assert gzip.decompress(measure.gzip_compress(parts)) == raw
+
+
+def test_accuracy_batch_by_batch_equals_accuracy_on_the_whole_tensor():
+    m = tiny_cnn()
+    x, y = data.tensors("test", limit=300)
+    acc, n = measure.accuracy(m, limit=300)
+    assert n == 300 and abs(acc - measure.accuracy_on(m, x, y)) < 1e-6
+
+
+def test_release_after_every_cell_registers_once_in_ipython_and_is_a_no_op_elsewhere():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    measure.release_after_every_cell()  # plain Python: nothing to hook, no error
+    shell = InteractiveShell.instance()
+    try:
+        measure.release_after_every_cell()
+        measure.release_after_every_cell()
+        hooks = [h for h in shell.events.callbacks["post_run_cell"]
+                 if h.__name__ == "_release_after_cell"]
+        assert len(hooks) == 1
+        shell.run_cell("x = 1")  # the hook runs after a cell without error
+    finally:
+        InteractiveShell.clear_instance()

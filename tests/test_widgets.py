@@ -21,6 +21,20 @@ def test_panel_names_its_controls_when_asked_for_an_unknown_one():
         panel.set(y=1)
 
 
+def test_panel_closes_the_figure_each_move_draws_and_no_other():
+    import matplotlib.pyplot as plt
+
+    mine = plt.figure()  # a learner's own figure stays open
+
+    def render(r, _panel):
+        plt.subplots()
+        plt.show()
+    panel = widgets.Panel({"x": W.IntSlider(value=1)}, lambda x: {}, render=render)
+    panel.sweep("x", [2, 3, 4])
+    assert plt.get_fignums() == [mine.number]
+    plt.close(mine)
+
+
 def test_timing_without_moves_says_why():
     panel = widgets.Panel({"x": W.IntSlider(value=3)}, lambda x: {})
     with pytest.raises(ValueError, match="no moves"):
