@@ -88,8 +88,9 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
 
     Unstructured: one global magnitude threshold from weights sorted once; the model stays
     dense, so its raw bytes and latency should not move while gzip and non-zeros do.
-    Structured: torch-pruning removes channels; each rate's pruned model is cached."""
+    Structured: torch-pruning removes channels; the last three rates' models are cached."""
     import copy
+    from collections import OrderedDict
 
     import ipywidgets as W
     import matplotlib.pyplot as plt
@@ -100,12 +101,12 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
     base = model.eval()
     work = copy.deepcopy(base).eval()
     layers = prune.prunable_layers(work)
-    originals = {n: m.weight.detach().clone() for n, m in layers.items()}
+    originals = {n: m.weight.detach() for n, m in prune.prunable_layers(base).items()}
     ranked = torch.cat([w.abs().flatten() for w in originals.values()]).sort().values
     dense_bytes = measure.saved_sizes(base)[0]
     others = [t for k, t in base.state_dict().items()
               if not any(k == f"{n}.weight" for n in layers) and t.dtype.is_floating_point]
-    structured_cache: dict[float, torch.nn.Module] = {}
+    structured_cache: OrderedDict[float, torch.nn.Module] = OrderedDict()  # the last few rates
     seen: dict[str, dict[float, float]] = {"unstructured": {}, "structured": {}}
 
     def compute(rate, method):
@@ -122,6 +123,9 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
         else:
             if rate not in structured_cache:
                 structured_cache[rate] = prune.structured(base, rate)
+                while len(structured_cache) > 3:  # bounded: Binder has 2 GB for everything
+                    structured_cache.popitem(last=False)
+            structured_cache.move_to_end(rate)
             m = structured_cache[rate]
             raw = measure.saved_sizes(m)[0]
             gz = len(measure.gzip_compress(list(m.state_dict().values())))
