@@ -146,8 +146,8 @@ class _SizeOnly(io.RawIOBase):
     """A write-only file that keeps only the size of what is saved to it, raw and gzipped: a
     record needs no copy of a model's tens of MB (a save into memory peaks at about three)."""
 
-    def __init__(self):
-        self.raw, self.gz, self.pending = 0, 0, bytearray()
+    def __init__(self, gzip: bool = True):
+        self.gzip, self.raw, self.gz, self.pending = gzip, 0, 0, bytearray()
 
     def writable(self):
         return True
@@ -155,6 +155,8 @@ class _SizeOnly(io.RawIOBase):
     def write(self, b):
         n = memoryview(b).nbytes
         self.raw += n
+        if not self.gzip:
+            return n
         self.pending += b
         while len(self.pending) >= GZIP_CHUNK:  # the same members gzip_compress() cuts
             self.gz += len(_gzip_member(memoryview(self.pending)[:GZIP_CHUNK]))
@@ -162,7 +164,7 @@ class _SizeOnly(io.RawIOBase):
         return n
 
     def sizes(self) -> tuple[int, int]:
-        if self.pending or not self.raw:
+        if self.gzip and (self.pending or not self.raw):
             self.gz += len(_gzip_member(bytes(self.pending)))
             self.pending = bytearray()
         return self.raw, self.gz
@@ -173,6 +175,13 @@ def saved_sizes(model: nn.Module) -> tuple[int, int]:
     out = _SizeOnly()
     torch.save(model.state_dict(), out)
     return out.sizes()
+
+
+def saved_size(model: nn.Module) -> int:
+    """``len(state_dict_bytes(model))``, neither holding nor compressing the bytes."""
+    out = _SizeOnly(gzip=False)
+    torch.save(model.state_dict(), out)
+    return out.raw
 
 
 def _gzip_member(piece) -> bytes:

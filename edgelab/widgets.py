@@ -103,7 +103,7 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
     layers = prune.prunable_layers(work)
     originals = {n: m.weight.detach() for n, m in prune.prunable_layers(base).items()}
     ranked = torch.cat([w.abs().flatten() for w in originals.values()]).sort().values
-    dense_bytes = measure.saved_sizes(base)[0]
+    dense_bytes = measure.saved_size(base)
     others = [t for k, t in base.state_dict().items()
               if not any(k == f"{n}.weight" for n in layers) and t.dtype.is_floating_point]
     structured_cache: OrderedDict[float, torch.nn.Module] = OrderedDict()  # the last few rates
@@ -127,7 +127,7 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
                     structured_cache.popitem(last=False)
             structured_cache.move_to_end(rate)
             m = structured_cache[rate]
-            raw = measure.saved_sizes(m)[0]
+            raw = measure.saved_size(m)
             gz = len(measure.gzip_compress(list(m.state_dict().values())))
         acc = measure.accuracy_on(m, images, labels)
         med = measure.quick_latency(m, latency_runs)

@@ -80,6 +80,7 @@ def test_saved_sizes_equal_the_sizes_of_the_saved_bytes_without_keeping_them(mon
         monkeypatch.setattr(measure, "GZIP_CHUNK", chunk)
         blob = measure.state_dict_bytes(m)
         assert measure.saved_sizes(m) == (len(blob), len(measure.gzip_compress([blob], chunk)))
+        assert measure.saved_size(m) == len(blob)
 
 
 def test_gzip_compress_takes_tensors_of_any_dtype_as_their_raw_bytes():
