@@ -199,19 +199,32 @@ def gzip_compress(chunks, chunk_bytes: int = GZIP_CHUNK) -> bytes:
     of its size, so a slider can afford it, and every record and slider in the workbook uses it."""
     from concurrent.futures import ThreadPoolExecutor
 
-    pieces = []  # views, not copies: a model's bytes are tens of MB
+    with ThreadPoolExecutor(2) as pool:
+        return b"".join(pool.map(_gzip_member, _pieces(chunks, chunk_bytes)))
+
+
+def gzip_size(chunks, chunk_bytes: int = GZIP_CHUNK) -> int:
+    """``len(gzip_compress(chunks))``, keeping no compressed bytes (tens of MB for a model)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        return sum(pool.map(lambda piece: len(_gzip_member(piece)), _pieces(chunks, chunk_bytes)))
+
+
+def _pieces(chunks, chunk_bytes: int) -> list[memoryview]:
+    """Each chunk's bytes cut into ``chunk_bytes`` pieces: views, not copies."""
+    pieces = []
     for c in chunks:
         if isinstance(c, torch.Tensor):
             c = c.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
         c = memoryview(c).cast("B")
         pieces += [c[i:i + chunk_bytes] for i in range(0, max(len(c), 1), chunk_bytes)]
-    with ThreadPoolExecutor(2) as pool:
-        return b"".join(pool.map(_gzip_member, pieces))
+    return pieces
 
 
 def artifact_sizes(blob: bytes) -> tuple[int, int]:
     """Raw and gzip-compressed size; gzip shows what zeros and repeats are worth on the wire."""
-    return len(blob), len(gzip_compress([blob]))
+    return len(blob), gzip_size([blob])
 
 
 def _timer_stats(fn, min_run_time: float, threads: int) -> tuple[float, float]:

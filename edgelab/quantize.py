@@ -479,7 +479,7 @@ def session(path, threads: int | None = None):
 
 
 def ort_static(fp32_path, out_path, images: torch.Tensor, per_channel: bool = True,
-               activations: str = "uint8", batch_size: int = 64) -> Path:
+               activations: str = "uint8", batch_size: int = 16) -> Path:
     """ONNX Runtime post-training static quantization in QDQ format: int8 weights (per channel
     or per tensor), ``uint8`` or ``int8`` activations calibrated (MinMax) on ``images``."""
     release_memory()

@@ -102,7 +102,15 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
     work = copy.deepcopy(base).eval()
     layers = prune.prunable_layers(work)
     originals = {n: m.weight.detach() for n, m in prune.prunable_layers(base).items()}
-    ranked = torch.cat([w.abs().flatten() for w in originals.values()]).sort().values
+    magnitudes = lambda: torch.cat([w.abs().flatten() for w in originals.values()])  # noqa: E731
+    n_weights = sum(w.numel() for w in originals.values())
+    # The threshold of every slider position from one sort, then the sorted copy (as large as
+    # the model) is dropped; a rate off the slider's steps costs one kthvalue.
+    ranked = magnitudes().sort().values
+    thresholds = {r: ranked[k - 1].item() if k else -1.0
+                  for r in (round(i * rates_step, 4) for i in range(int(0.95 / rates_step + 1e-9) + 1))
+                  for k in [round(r * n_weights)]}
+    del ranked
     dense_bytes = measure.saved_size(base)
     others = [t for k, t in base.state_dict().items()
               if not any(k == f"{n}.weight" for n in layers) and t.dtype.is_floating_point]
@@ -112,13 +120,15 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
     def compute(rate, method):
         rate = round(rate, 4)
         if method == "unstructured":
-            k = round(rate * len(ranked))
-            threshold = ranked[k - 1].item() if k else -1.0
+            if rate not in thresholds:
+                k = round(rate * n_weights)
+                thresholds[rate] = magnitudes().kthvalue(k).values.item() if k else -1.0
+            threshold = thresholds[rate]
             with torch.no_grad():
                 for n, m in layers.items():
                     m.weight.copy_(originals[n] * (originals[n].abs() > threshold))
             m = work
-            gz = len(measure.gzip_compress([l.weight for l in layers.values()] + others))
+            gz = measure.gzip_size([l.weight for l in layers.values()] + others)
             raw = dense_bytes  # the tensors are as large as ever: zeros take 4 bytes too
         else:
             if rate not in structured_cache:
@@ -128,7 +138,7 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
             structured_cache.move_to_end(rate)
             m = structured_cache[rate]
             raw = measure.saved_size(m)
-            gz = len(measure.gzip_compress(list(m.state_dict().values())))
+            gz = measure.gzip_size(list(m.state_dict().values()))
         acc = measure.accuracy_on(m, images, labels)
         med = measure.quick_latency(m, latency_runs)
         seen[method][rate] = acc
@@ -174,7 +184,8 @@ def bits_panel(model, images, labels, bits: int = 8, per_channel: bool = True) -
     from . import measure, quantize
 
     work = copy.deepcopy(model).cpu().eval()
-    source = {k: w.detach().clone() for k, w in quantize.quantizable_weights(work).items()}
+    # the untouched weights to quantize from: the model's own (on the CPU), not a second copy
+    source = {k: w.detach().cpu() for k, w in quantize.quantizable_weights(model).items()}
     fp32_bytes = quantize.float_bytes(work)
 
     def compute(bits, granularity):

@@ -90,6 +90,7 @@ def test_gzip_compress_takes_tensors_of_any_dtype_as_their_raw_bytes():
     raw = b"".join(p if isinstance(p, bytes) else p.reshape(-1).view(torch.uint8).numpy().tobytes()
                    for p in parts)
     assert gzip.decompress(measure.gzip_compress(parts)) == raw
+    assert measure.gzip_size(parts) == len(measure.gzip_compress(parts))
 
 
 def test_accuracy_batch_by_batch_equals_accuracy_on_the_whole_tensor():
