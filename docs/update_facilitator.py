@@ -23,6 +23,9 @@ def timings_block(res: dict) -> str:
     run = res["run"]
     if run.get("smoke"):
         raise SystemExit(f"{RESULTS} is from a smoke run; the guide quotes defaults: run `make run`")
+    if run.get("only"):
+        raise SystemExit(f"{RESULTS} is from a partial run (--only {' '.join(run['only'])}); the "
+                         "guide quotes one full run: run `make run`")
     rows = ["| notebook | run time at defaults | peak memory (kernel) |", "|---|---:|---:|"]
     for name, nb in sorted(res["notebooks"].items()):
         peak = nb.get("peak_tree_mb", nb.get("peak_rss_mb"))

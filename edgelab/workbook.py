@@ -30,11 +30,23 @@ def notebooks() -> list[Path]:
     return sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
+def _pss(p: psutil.Process) -> int:
+    """Proportional set size: pages shared between processes (a fork, shared libraries) split
+    among them, so a sum over the tree counts each page once, as a container limit does.
+    Falls back to RSS where the OS has no PSS."""
+    try:
+        return p.memory_full_info().pss
+    except (AttributeError, psutil.AccessDenied):
+        return p.memory_info().rss
+
+
 def _watch_peak(proc: psutil.Process, stop: threading.Event, peak: list[int],
                 cap: int | None = None) -> None:
-    """Peak RSS of the kernel, sampled every 0.2 s: ``peak[0]`` the largest single descendant of
-    ``proc``, ``peak[1]`` the sum over all of them (what a container's memory limit sees). Past
-    ``cap`` bytes the whole tree is killed, as Binder's out-of-memory killer would; ``peak[2]`` = 1."""
+    """Peak memory of the kernel, sampled every 0.2 s: ``peak[0]`` the largest RSS of a single
+    descendant of ``proc``, ``peak[1]`` the largest PSS summed over all of them (what a container's
+    memory limit sees; a sum of RSS would count a forked child's shared pages twice). Past ``cap``
+    bytes of that sum the whole tree is killed, as Binder's out-of-memory killer would;
+    ``peak[2]`` = 1."""
     while not stop.is_set():
         try:
             children = proc.children(recursive=True)
@@ -43,10 +55,10 @@ def _watch_peak(proc: psutil.Process, stop: threading.Event, peak: list[int],
         total = 0
         for child in children:
             try:
-                rss = child.memory_info().rss
+                peak[0] = max(peak[0], child.memory_info().rss)
+                total += _pss(child)
             except psutil.Error:
                 continue
-            peak[0], total = max(peak[0], rss), total + rss
         peak[1] = max(peak[1], total)
         if cap and total > cap:
             peak[2] = 1
@@ -70,7 +82,7 @@ def execute(nb: Path, out_dir: Path, smoke: bool, extra_env: dict | None = None,
     """Run one notebook with papermill; returns its wall time and the kernel's peak RSS.
 
     ``cpus`` ("0", "0,1") pins papermill and its kernel to those CPUs with ``taskset``;
-    ``memory_cap_mb`` kills the kernel when its process tree's RSS goes past it (``ulimit -v``
+    ``memory_cap_mb`` kills the kernel when its process tree's PSS goes past it (``ulimit -v``
     would break ``import torch``). Together they stand in for Binder's 1 CPU and 2 GB.
 
     A failed run is repeated up to ``retries`` times (not one stopped by the memory cap): now and
@@ -146,21 +158,52 @@ def run_info(smoke: bool) -> dict:
             "commit": _commit(), "versions": versions, "checkpoints": checkpoints}
 
 
+def _previous_metas(smoke: bool, keep: set[str]) -> dict:
+    """The per-notebook metadata of the last run, for the notebooks in ``keep`` whose results are
+    still on disk, if that run was in the same mode (smoke results never mix with full ones)."""
+    try:
+        prev = json.loads((report.BUILD / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if prev.get("run", {}).get("smoke") != smoke:
+        return {}
+    return {k: v for k, v in prev.get("notebooks", {}).items()
+            if k in keep and (report.RESULTS_DIR / f"{k}.json").exists()}
+
+
 def run(smoke: bool = False, only: list[str] | None = None) -> int:
-    shutil.rmtree(report.RESULTS_DIR, ignore_errors=True)
+    """Execute the notebooks and assemble ``build/results.json``. With ``only``, just those run;
+    the other notebooks' results of the last run in the same mode are kept."""
+    names = [nb.stem for nb in notebooks()]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        raise SystemExit(f"no notebook named {', '.join(unknown)}; valid: {', '.join(names)}")
+    selected = [nb for nb in notebooks() if not only or nb.stem in only]
+    metas = _previous_metas(smoke, set(names) - set(only)) if only else {}
+    if metas:
+        for nb in selected:
+            (report.RESULTS_DIR / f"{nb.stem}.json").unlink(missing_ok=True)
+        for path in report.RESULTS_DIR.glob("*.json"):   # results without metadata: stale
+            if path.stem not in metas and path.stem not in only:
+                path.unlink()
+    else:
+        shutil.rmtree(report.RESULTS_DIR, ignore_errors=True)
     info = run_info(smoke)
-    metas, failed = {}, []
-    for nb in notebooks():
-        if only and nb.stem not in only:
-            continue
+    if only:
+        info["only"], info["kept"] = sorted(only), sorted(metas)
+    failed = []
+    for nb in selected:
         print(f"\n=== {nb.stem} (SMOKE={smoke}) ===", flush=True)
         meta = execute(nb, EXECUTED, smoke)
         print(f"    {meta['seconds']:.0f} s, peak {meta['peak_rss_mb']} MB", flush=True)
         if not meta.pop("ok"):
             failed.append(nb.stem)
         metas[nb.stem] = meta
+    metas = {k: metas[k] for k in names if k in metas}
     res = report.assemble(info, metas)
-    print(f"\nbuild/results.json: {len(res['records'])} records from {len(metas)} notebooks\n")
+    print(f"\nbuild/results.json: {len(res['records'])} records from {len(metas)} notebooks"
+          + (f" ({', '.join(info['kept'])} kept from the last run)" if only and metas.keys() - set(only) else "")
+          + "\n")
     print(report.targets_table(res))
     if failed:
         print(f"\nFAILED: {', '.join(failed)} (see build/executed/)", file=sys.stderr)
