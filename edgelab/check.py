@@ -360,3 +360,83 @@ def kd_loss(fn: Callable, quiet: bool = False) -> Callable:
     """Check the learner's ``fn(student_logits, teacher_logits, labels, T, alpha)``."""
     from .distill import kd_loss as reference
     return verdict(run_cases("kd_loss", fn, _kd_cases()), fn, reference, quiet)
+
+
+# --------------------------------------------------------------------------------------------
+# 05_deploy_pi: the preprocessing the Pi must repeat
+# --------------------------------------------------------------------------------------------
+
+def _preprocess_cases():
+    import numpy as np
+
+    pixels = np.array([[[0, 255], [51, 102]]], dtype=np.uint8)     # (1, 2, 2): 0, 1, 0.2, 0.4
+    mean, std = 0.2, 0.4
+    want = np.array([[[[-0.5, 2.0], [0.0, 0.5]]]], dtype=np.float32)
+
+    def returns_float32_nchw(fn):
+        x = fn(pixels.copy(), mean, std)
+        assert isinstance(x, np.ndarray), (
+            f"return a NumPy array (got {type(x).__name__}): ONNX Runtime is fed NumPy")
+        assert x.dtype == np.float32, (
+            f"return float32 (got {x.dtype}): the model's input is tensor(float), and ONNX "
+            "Runtime refuses float64 with 'Unexpected input data type'; use .astype(np.float32)")
+        assert x.shape == (1, 1, 2, 2), (
+            f"(N, H, W) = (1, 2, 2) pixels must become (N, 1, H, W) = (1, 1, 2, 2), got "
+            f"{x.shape}: add the channel axis, e.g. x[:, None]")
+
+    def values(fn):
+        x = np.asarray(fn(pixels.copy(), mean, std), dtype=np.float64).reshape(want.shape)
+        if np.allclose(x, want, atol=1e-6):
+            return
+        raw = pixels[:, None].astype(np.float64)
+        hints = [(raw, "these are the raw pixels"),
+                 ((raw - mean) / std, "divide by 255 first: the mean and std are for pixels in [0, 1]"),
+                 (raw / 255, "then subtract the mean and divide by the std (labels.json has both)"),
+                 ((raw / 255 - mean) * std, "divide by the std, do not multiply"),
+                 (raw / 255 - mean, "divide by the std as well"),
+                 ((raw / 255) / std - mean, "subtract the mean before dividing by the std")]
+        hint = next((h for v, h in hints if np.allclose(x, v, atol=1e-6)), "")
+        assert False, (f"pixels [0, 255, 51, 102] with mean {mean} and std {std} should give "
+                       f"{_fmt_np(want)}, got {_fmt_np(x)}" + (f" — {hint}" if hint else ""))
+
+    def constants_not_per_image(fn):
+        white = np.full((2, 2, 2), 255, dtype=np.uint8)
+        white[1] = 51
+        x = np.asarray(fn(white, mean, std), dtype=np.float64)
+        assert np.isfinite(x).all() and np.allclose(x[0], 2.0) and np.allclose(x[1], 0.0), (
+            "an all-white image must give (1 - 0.2) / 0.4 = 2.0 everywhere, and an all-0.2 one 0.0; "
+            f"got {_fmt_np(x[0])} and {_fmt_np(x[1])}: use the training set's mean and std (the "
+            "arguments), never statistics of the image itself")
+
+    def leaves_input_alone(fn):
+        p = pixels.copy()
+        fn(p, mean, std)
+        assert np.array_equal(p, pixels), "do not change the caller's pixels in place"
+
+    def any_batch(fn):
+        rng = np.random.default_rng(0)
+        p = rng.integers(0, 256, size=(3, 5, 4), dtype=np.uint8)
+        x = fn(p, 0.2860, 0.3530)
+        ref = (p[:, None].astype(np.float64) / 255 - 0.2860) / 0.3530
+        assert np.shape(x) == (3, 1, 5, 4), f"3 images of 5x4 should give (3, 1, 5, 4), got {np.shape(x)}"
+        assert np.allclose(x, ref, atol=1e-5), "a batch of 3 random images is off: each image on its own"
+
+    return [("float32, (N, 1, H, W)", returns_float32_nchw), ("values", values),
+            ("the training set's constants", constants_not_per_image),
+            ("input unchanged", leaves_input_alone), ("any batch and size", any_batch)]
+
+
+def _fmt_np(a) -> str:
+    return "[" + ", ".join(f"{x:g}" for x in a.flatten().tolist()) + "]"
+
+
+def preprocess(fn: Callable, quiet: bool = False) -> Callable:
+    """Check the learner's ``fn(pixels, mean, std)``: uint8 (N, H, W) -> float32 (N, 1, H, W),
+    ``(pixels / 255 - mean) / std``, as the bundle's predict.py does after reading a file."""
+    import numpy as np
+
+    def reference(pixels, mean, std):
+        x = pixels.astype(np.float32) / np.float32(255.0)
+        return ((x - np.float32(mean)) / np.float32(std))[:, None]
+
+    return verdict(run_cases("preprocess", fn, _preprocess_cases()), fn, reference, quiet)

@@ -216,3 +216,66 @@ def test_the_arm64_bar_reads_the_bundle_record_of_05():
     rec["bundle"]["arm64"] = {"images": 300, "mismatches": 2, "match": False}
     assert report._arm64_match({"records": [rec]})[1] is False
     assert report._arm64_match({"records": [dict(rec, bundle={"arm64": None})]}) is None
+
+
+# -- the preprocessing exercise (05) ----------------------------------------------------------
+
+def _reference_preprocess():
+    from edgelab import check
+    return check.preprocess(lambda p, m, s: (_ for _ in ()).throw(NotImplementedError), quiet=True)
+
+
+def test_preprocess_checker_passes_a_correct_answer_and_treats_a_stub_as_not_attempted(capsys):
+    from edgelab import check
+
+    def mine(pixels, mean, std):
+        return ((pixels / 255.0 - mean) / std).astype(np.float32)[:, np.newaxis]
+
+    assert check.preprocess(mine) is mine
+    assert "all 5 checks passed" in capsys.readouterr().out
+    ref = _reference_preprocess()
+    assert ref is not mine and "not attempted" not in capsys.readouterr().out   # quiet
+    check.preprocess(lambda p, m, s: (_ for _ in ()).throw(NotImplementedError))
+    assert "not attempted" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mistake, expect", [
+    (lambda p, m, s: ((p - m) / s).astype(np.float32)[:, None], "divide by 255 first"),
+    (lambda p, m, s: (p / 255).astype(np.float32)[:, None], "subtract the mean and divide by the std"),
+    (lambda p, m, s: ((p / 255 - m) * s).astype(np.float32)[:, None], "do not multiply"),
+    (lambda p, m, s: ((p / 255 - m) / s)[:, None], "refuses float64"),
+    (lambda p, m, s: ((p / 255 - m) / s).astype(np.float32), "add the channel axis"),
+    (lambda p, m, s: torch.from_numpy(((p / 255 - m) / s).astype(np.float32)[:, None]), "NumPy array"),
+    (lambda p, m, s: np.stack([(i / 255 - (i / 255).mean()) / ((i / 255).std() + 1e-8)
+                               for i in p]).astype(np.float32)[:, None], "never statistics of the image"),
+])
+def test_preprocess_checker_names_each_typical_mistake(mistake, expect, capsys):
+    from edgelab import check
+    assert check.preprocess(mistake) is not mistake
+    assert expect in capsys.readouterr().out
+
+
+def test_preprocess_checker_catches_changing_the_input_in_place(capsys):
+    from edgelab import check
+
+    def in_place(p, m, s):
+        out = ((p / 255 - m) / s).astype(np.float32)[:, None]
+        p[...] = 0
+        return out
+
+    check.preprocess(in_place)
+    assert "do not change the caller's pixels" in capsys.readouterr().out
+
+
+def test_preprocess_reference_is_what_predict_py_computes_from_a_png(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("predict", deploy.TEMPLATE / "predict.py")
+    predict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(predict)
+    paths, _ = deploy.write_test_pngs(tmp_path, 2)
+    meta = deploy.labels_meta()
+    pixels = np.stack([np.asarray(Image.open(p)) for p in paths])
+    ours = _reference_preprocess()(pixels, meta["input"]["mean"], meta["input"]["std"])
+    theirs = np.stack([predict.preprocess(p, meta) for p in paths])
+    assert ours.dtype == theirs.dtype == np.float32
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
