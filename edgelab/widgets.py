@@ -11,6 +11,8 @@ import time
 from typing import Callable
 
 import ipywidgets as W
+import torch
+import torch.nn as nn
 from IPython.display import display
 
 
@@ -172,28 +174,39 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
     return Panel(controls, compute, render, title="Prune the teacher")
 
 
+class _WithWeights(nn.Module):
+    """``model`` run with some of its weights replaced (``torch.func.functional_call``), so a
+    panel needs no copy of the model between moves."""
+
+    def __init__(self, model: nn.Module, weights: dict[str, torch.Tensor]):
+        super().__init__()
+        self.model, self.weights = model, weights
+
+    def forward(self, x):
+        return torch.func.functional_call(self.model, self.weights, (x,))
+
+
 def bits_panel(model, images, labels, bits: int = 8, per_channel: bool = True) -> Panel:
     """Weight bit width (2–8) and per-tensor / per-channel scales, applied as fake quantization
-    to every Conv/Linear weight of a copy of ``model``; shows accuracy on ``images`` (a fixed
-    subset: say how many) and the bytes the weights would take. Activations stay fp32.
+    to every Conv/Linear weight of ``model`` (on a copy of those weights made for each move, not
+    kept); shows accuracy on ``images`` (a fixed subset: say how many) and the bytes the weights
+    would take. Activations stay fp32.
 
     ``panel.set(bits=4, granularity="per-tensor")`` moves the controls; ``panel.sweep("bits",
     range(8, 1, -1))`` times each move."""
-    import copy
-
     from . import measure, quantize
 
-    work = copy.deepcopy(model).cpu().eval()
-    # the untouched weights to quantize from: the model's own (on the CPU), not a second copy
-    source = {k: w.detach().cpu() for k, w in quantize.quantizable_weights(model).items()}
-    fp32_bytes = quantize.float_bytes(work)
+    fp32_bytes = quantize.float_bytes(model)
 
     def compute(bits, granularity):
         pc = granularity == "per-channel"
-        quantize.fake_quantize_weights(work, bits, pc, source)
-        size = quantize.weight_bytes(work, bits, pc)
-        return {"accuracy": measure.accuracy_on(work, images, labels), "bytes": size, "fp32_bytes": fp32_bytes,
-                "images": len(images)}
+        quantize.check_bits(bits)
+        fake = {k: quantize.quantize_dequantize(w.detach().cpu(), bits, axis=0 if pc else None,
+                                                symmetric=True)
+                for k, w in quantize.quantizable_weights(model).items()}
+        accuracy = measure.accuracy_on(_WithWeights(model, fake), images, labels)
+        return {"accuracy": accuracy, "bytes": quantize.weight_bytes(model, bits, pc),
+                "fp32_bytes": fp32_bytes, "images": len(images)}
 
     def render(r, _panel):
         print(f"{r['bits']}-bit weights, {r['granularity']} scales: "

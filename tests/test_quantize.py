@@ -117,6 +117,21 @@ def test_bits_panel_moves_and_times_its_responses():
     assert torch.equal(m[0].weight, tiny_cnn()[0].weight)
 
 
+def test_bits_panel_answers_what_a_fake_quantized_copy_would():
+    import copy
+
+    from edgelab import measure
+    m = tiny_cnn()
+    x, y = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
+    panel = widgets.bits_panel(m, x, y, bits=3, per_channel=False)
+    copy_3bit = quantize.fake_quantize_weights(copy.deepcopy(m), 3, per_channel=False)
+    assert panel.result["accuracy"] == measure.accuracy_on(copy_3bit, x, y)
+    fake = {k: quantize.quantize_dequantize(w.detach(), 3, symmetric=True)
+            for k, w in quantize.quantizable_weights(m).items()}
+    with torch.no_grad():
+        assert torch.allclose(widgets._WithWeights(m, fake)(x), copy_3bit(x), atol=1e-6)
+
+
 # ---- the exercise checker -----------------------------------------------------------------
 
 def reference(x, bits, axis=None):
