@@ -26,12 +26,13 @@ def timings_block(res: dict) -> str:
     if run.get("only"):
         raise SystemExit(f"{RESULTS} is from a partial run (--only {' '.join(run['only'])}); the "
                          "guide quotes one full run: run `make run`")
-    rows = ["| notebook | run time at defaults | peak memory (kernel) |", "|---|---:|---:|"]
+    rows = ["| notebook | run time at defaults | peak RSS of the kernel | peak PSS of its process tree |",
+            "|---|---:|---:|---:|"]
     for name, nb in sorted(res["notebooks"].items()):
-        peak = nb.get("peak_tree_mb", nb.get("peak_rss_mb"))
-        rows.append(f"| `{name}` | {nb['seconds'] / 60:.1f} min ({nb['seconds']:.0f} s) | {peak} MB |")
+        rows.append(f"| `{name}` | {nb['seconds'] / 60:.1f} min ({nb['seconds']:.0f} s) | "
+                    f"{nb['peak_rss_mb']} MB | {nb.get('peak_tree_mb', '—')} MB |")
     total = sum(nb["seconds"] for nb in res["notebooks"].values())
-    rows.append(f"| all | {total / 60:.1f} min | |")
+    rows.append(f"| all | {total / 60:.1f} min | | |")
     commit = (run.get("commit") or "unknown")[:7]
     return (f"Measured by `make run` on {run['started']} (commit `{commit}`), {run['cpu']}, "
             f"{run['threads']} torch threads; Run All, unattended, without reading or exercises.\n\n"
