@@ -137,6 +137,17 @@ def float_bytes(model: nn.Module) -> int:
     return sum(4 * t.numel() for t in model.state_dict().values() if t.is_floating_point())
 
 
+def fake_quantized_weights(model: nn.Module, bits: int, per_channel: bool,
+                           source: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Each Conv/Linear weight of ``model`` (or its original in ``source``), symmetric
+    fake-quantized into a new tensor, by state-dict key; the model is left as it is."""
+    check_bits(bits)
+    if source is None:
+        source = {k: w.detach() for k, w in quantizable_weights(model).items()}
+    return {k: quantize_dequantize(w, bits, axis=0 if per_channel else None, symmetric=True)
+            for k, w in source.items()}
+
+
 def fake_quantize_weights(model: nn.Module, bits: int, per_channel: bool,
                           source: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Replace each Conv/Linear weight of ``model`` (in place) by its symmetric fake-quantized
@@ -144,10 +155,10 @@ def fake_quantize_weights(model: nn.Module, bits: int, per_channel: bool,
     check_bits(bits)
     weights = quantizable_weights(model)
     source = source if source is not None else {k: w.detach().clone() for k, w in weights.items()}
+    fake = fake_quantized_weights(model, bits, per_channel, source)
     with torch.no_grad():
         for key, w in weights.items():
-            w.copy_(quantize_dequantize(source[key], bits, axis=0 if per_channel else None,
-                                        symmetric=True))
+            w.copy_(fake[key])
     return model
 
 
@@ -427,31 +438,25 @@ _GRAPH_CACHES = (
 )
 
 
-def _clear_export_caches() -> int:
-    """Empty the caches above; returns how many entries were dropped."""
+def _clear_export_caches() -> None:
+    """Empty the caches above."""
     import importlib
     import sys
 
     from torch.fx.experimental import proxy_tensor
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
-    dropped = 0
     for module, name in _GRAPH_CACHES:
         if module in sys.modules:    # never import a module just to clear it
-            fn = getattr(importlib.import_module(module), name)
-            dropped += fn.cache_info().currsize
-            fn.cache_clear()
+            getattr(importlib.import_module(module), name).cache_clear()
     # ShapeEnv's methods are memoized on ``self``: each cache keeps its shape environments.
     for attr in vars(ShapeEnv).values():
         if hasattr(attr, "cache_clear"):
             attr.cache_clear()
-    ids = proxy_tensor._FAKE_TENSOR_ID_TO_PROXY_MAP_FOR_EXPORT
-    dropped += len(ids)
-    ids.clear()
+    proxy_tensor._FAKE_TENSOR_ID_TO_PROXY_MAP_FOR_EXPORT.clear()
     if "torch._decomp.decompositions_for_rng" in sys.modules:
         from torch._decomp.decompositions_for_rng import PhiloxStateTracker
         PhiloxStateTracker.reset()
-    return dropped
 
 
 def release_compiled() -> None:

@@ -200,10 +200,7 @@ def bits_panel(model, images, labels, bits: int = 8, per_channel: bool = True) -
 
     def compute(bits, granularity):
         pc = granularity == "per-channel"
-        quantize.check_bits(bits)
-        fake = {k: quantize.quantize_dequantize(w.detach().cpu(), bits, axis=0 if pc else None,
-                                                symmetric=True)
-                for k, w in quantize.quantizable_weights(model).items()}
+        fake = quantize.fake_quantized_weights(model, bits, pc)
         accuracy = measure.accuracy_on(_WithWeights(model, fake), images, labels)
         return {"accuracy": accuracy, "bytes": quantize.weight_bytes(model, bits, pc),
                 "fp32_bytes": fp32_bytes, "images": len(images)}

@@ -180,11 +180,9 @@ def run(smoke: bool = False, only: list[str] | None = None) -> int:
         raise SystemExit(f"no notebook named {', '.join(unknown)}; valid: {', '.join(names)}")
     selected = [nb for nb in notebooks() if not only or nb.stem in only]
     metas = _previous_metas(smoke, set(names) - set(only)) if only else {}
-    if metas:
-        for nb in selected:
-            (report.RESULTS_DIR / f"{nb.stem}.json").unlink(missing_ok=True)
-        for path in report.RESULTS_DIR.glob("*.json"):   # results without metadata: stale
-            if path.stem not in metas and path.stem not in only:
+    if metas:   # keep only the results that go with them: the rest is stale or re-run now
+        for path in report.RESULTS_DIR.glob("*.json"):
+            if path.stem not in metas:
                 path.unlink()
     else:
         shutil.rmtree(report.RESULTS_DIR, ignore_errors=True)
@@ -201,9 +199,8 @@ def run(smoke: bool = False, only: list[str] | None = None) -> int:
         metas[nb.stem] = meta
     metas = {k: metas[k] for k in names if k in metas}
     res = report.assemble(info, metas)
-    print(f"\nbuild/results.json: {len(res['records'])} records from {len(metas)} notebooks"
-          + (f" ({', '.join(info['kept'])} kept from the last run)" if only and metas.keys() - set(only) else "")
-          + "\n")
+    kept = f" ({', '.join(info['kept'])} kept from the last run)" if info.get("kept") else ""
+    print(f"\nbuild/results.json: {len(res['records'])} records from {len(metas)} notebooks{kept}\n")
     print(report.targets_table(res))
     if failed:
         print(f"\nFAILED: {', '.join(failed)} (see build/executed/)", file=sys.stderr)
