@@ -397,7 +397,7 @@ def _preprocess_cases():
                  ((raw / 255) / std - mean, "subtract the mean before dividing by the std")]
         hint = next((h for v, h in hints if np.allclose(x, v, atol=1e-6)), "")
         assert False, (f"pixels [0, 255, 51, 102] with mean {mean} and std {std} should give "
-                       f"{_fmt_np(want)}, got {_fmt_np(x)}" + (f" — {hint}" if hint else ""))
+                       f"{_fmt(want)}, got {_fmt(x)}" + (f" — {hint}" if hint else ""))
 
     def constants_not_per_image(fn):
         white = np.full((2, 2, 2), 255, dtype=np.uint8)
@@ -405,7 +405,7 @@ def _preprocess_cases():
         x = np.asarray(fn(white, mean, std), dtype=np.float64)
         assert np.isfinite(x).all() and np.allclose(x[0], 2.0) and np.allclose(x[1], 0.0), (
             "an all-white image must give (1 - 0.2) / 0.4 = 2.0 everywhere, and an all-0.2 one 0.0; "
-            f"got {_fmt_np(x[0])} and {_fmt_np(x[1])}: use the training set's mean and std (the "
+            f"got {_fmt(x[0])} and {_fmt(x[1])}: use the training set's mean and std (the "
             "arguments), never statistics of the image itself")
 
     def leaves_input_alone(fn):
@@ -424,10 +424,6 @@ def _preprocess_cases():
     return [("float32, (N, 1, H, W)", returns_float32_nchw), ("values", values),
             ("the training set's constants", constants_not_per_image),
             ("input unchanged", leaves_input_alone), ("any batch and size", any_batch)]
-
-
-def _fmt_np(a) -> str:
-    return "[" + ", ".join(f"{x:g}" for x in a.flatten().tolist()) + "]"
 
 
 def preprocess(fn: Callable, quiet: bool = False) -> Callable:

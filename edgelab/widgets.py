@@ -104,14 +104,19 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
     work = copy.deepcopy(base).eval()
     layers = prune.prunable_layers(work)
     originals = {n: m.weight.detach() for n, m in prune.prunable_layers(base).items()}
-    magnitudes = lambda: torch.cat([w.abs().flatten() for w in originals.values()])  # noqa: E731
     n_weights = sum(w.numel() for w in originals.values())
+
+    def magnitudes():
+        return torch.cat([w.abs().flatten() for w in originals.values()])
+
     # The threshold of every slider position from one sort, then the sorted copy (as large as
     # the model) is dropped; a rate off the slider's steps costs one kthvalue.
     ranked = magnitudes().sort().values
-    thresholds = {r: ranked[k - 1].item() if k else -1.0
-                  for r in (round(i * rates_step, 4) for i in range(int(0.95 / rates_step + 1e-9) + 1))
-                  for k in [round(r * n_weights)]}
+    thresholds = {}
+    for i in range(int(0.95 / rates_step + 1e-9) + 1):
+        r = round(i * rates_step, 4)
+        k = round(r * n_weights)
+        thresholds[r] = ranked[k - 1].item() if k else -1.0
     del ranked
     dense_bytes = measure.saved_size(base)
     others = [t for k, t in base.state_dict().items()
