@@ -41,8 +41,11 @@ run: setup $(if $(SUDO),,pi-rootfs)
 test: setup pi-rootfs browser
 	EDGELAB_SMOKE=1 $(PY) -m pytest -p no:cacheprovider tests notebooks --nbval-lax --nbval-cell-timeout=300
 
+# JupyterLab on 127.0.0.1 (IP=0.0.0.0 opens it to the network), the first free port from 8888
+# (or PORT=...); as root it passes --allow-root, without a display it opens no browser, and it
+# ends with the URL and its token (edgelab/lab.py).
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/00_baseline.ipynb
+	$(PY) -m edgelab.lab $(if $(IP),--ip $(IP)) $(if $(PORT),--port $(PORT))
 
 # Debian's Chromium for the real-browser test (tests/test_browser.py); installed once.
 .PHONY: browser
