@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     open_browser = has_display()
     if not open_browser:
         say("no display here: not opening a browser. Open the URL below in a browser on this "
-            "machine, or forward the port from another computer (README, section \`make lab\`).")
+            "machine, or forward the port from another computer (README, section `make lab`).")
     port = args.port or free_port(args.ip)
     token = os.environ.get("JUPYTER_TOKEN") or secrets.token_hex(24)
     # The token goes through the environment, not the command line, which other users can read.
