@@ -49,11 +49,18 @@ class DataCorruptError(ValueError):
 
 
 def search_dirs() -> list[Path]:
+    """Where to look, in order. A folder named by ``$EDGELAB_DATA`` must exist: the user named
+    it, so a typo is an error, not a silent fall-back to another copy."""
     dirs = []
-    if os.environ.get("EDGELAB_DATA"):
-        dirs.append(Path(os.environ["EDGELAB_DATA"]))
-    dirs += [REPO_ROOT / "data" / "fashion-mnist", DEBIAN_DIR]
-    return dirs
+    named = os.environ.get("EDGELAB_DATA")
+    if named:
+        if not Path(named).is_dir():
+            raise DataNotFoundError(
+                f"EDGELAB_DATA={named} is not a folder. Point it at the folder that holds the four "
+                "Fashion-MNIST files, or unset it to use data/fashion-mnist/ or the Debian "
+                f"package's {DEBIAN_DIR}.")
+        dirs.append(Path(named))
+    return dirs + [REPO_ROOT / "data" / "fashion-mnist", DEBIAN_DIR]
 
 
 def _file_in(d: Path, name: str) -> Path | None:

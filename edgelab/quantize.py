@@ -66,6 +66,12 @@ def qparams(x: torch.Tensor, bits: int = 8, axis: int | None = None,
     qmin, qmax = int_range(bits, symmetric)
     dims = _reduce_dims(x, axis)
     x = x.detach().float()
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).sum().item()
+        raise ValueError(f"cannot quantize a tensor with NaN or Inf: {bad} of its {x.numel()} "
+                         "values are not finite, and one of them would make every scale (and so "
+                         "every value) NaN. Find where they come from (a diverged training run, "
+                         "a division by zero) and fix that first.")
     if symmetric:
         amax = x.abs().amax(dim=dims, keepdim=True)
         scale = amax / qmax

@@ -13,6 +13,7 @@ def _few_threads():
 @pytest.fixture
 def no_data(monkeypatch, tmp_path):
     """A world with no Fashion-MNIST anywhere: all three search places point at empty folders."""
+    (tmp_path / "env").mkdir()
     monkeypatch.setenv("EDGELAB_DATA", str(tmp_path / "env"))
     monkeypatch.setattr(data, "REPO_ROOT", tmp_path / "repo")
     monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "debian")

@@ -79,7 +79,7 @@ def test_missing_data_names_the_three_ways_to_get_it(no_data):
 
 def test_corrupt_file_names_the_file_and_the_hash_it_should_have(no_data):
     folder = no_data / "env"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     for name in data.FILES:
         (folder / f"{name}.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01" + bytes(8)))
     with pytest.raises(data.DataCorruptError) as err:
@@ -91,7 +91,7 @@ def test_corrupt_file_names_the_file_and_the_hash_it_should_have(no_data):
 
 def test_env_folder_wins_over_the_debian_one(no_data, monkeypatch):
     folder = no_data / "env"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     for name in data.FILES:
         (folder / f"{name}.gz").write_bytes(b"")
     assert data.find_data_dir() == folder
@@ -100,3 +100,9 @@ def test_env_folder_wins_over_the_debian_one(no_data, monkeypatch):
 def test_check_command_reports_missing_data_without_a_traceback(no_data, capsys):
     assert data.main(["check"]) == 1
     assert "apt-get install" in capsys.readouterr().err
+
+
+def test_a_named_data_folder_that_does_not_exist_is_an_error_not_a_fallback(no_data, monkeypatch):
+    monkeypatch.setenv("EDGELAB_DATA", str(no_data / "typo"))
+    with pytest.raises(data.DataNotFoundError, match=r"EDGELAB_DATA=.*typo is not a folder"):
+        data.find_data_dir()

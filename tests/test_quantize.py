@@ -340,3 +340,13 @@ def test_every_named_export_cache_exists_in_the_pinned_libraries():
     import importlib
     for module, name in quantize._GRAPH_CACHES:
         assert hasattr(getattr(importlib.import_module(module), name), "cache_clear"), (module, name)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_value_is_an_error_not_a_tensor_of_nans(bad):
+    x = torch.tensor([0.5, -1.0, bad, 2.0])
+    with pytest.raises(ValueError, match="NaN or Inf: 1 of its 4 values"):
+        quantize.quantize_dequantize(x, 8)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        quantize.qparams(x.view(2, 2), 8, axis=0)
+
