@@ -15,6 +15,8 @@ from torchvision.models.resnet import BasicBlock
 from .data import CLASSES, REPO_ROOT
 
 CHECKPOINT_DIR = REPO_ROOT / "data" / "checkpoints"
+# What the teacher and the student take: one grayscale 28x28 image per row.
+INPUT_SHAPE = (1, 28, 28)
 
 # sha256 of every shipped checkpoint, so a swapped file *and* card are both caught.
 SHIPPED_SHA256: dict[str, str] = {
@@ -88,7 +90,7 @@ def structured_teacher(rate: float, base: nn.Module | None = None) -> nn.Module:
     Channel counts depend on the rate alone, so pruning an untrained teacher gives the right
     shapes to load a pruned checkpoint into; pass the trained ``base`` to choose real channels."""
     from .prune import structured
-    return structured(base if base is not None else teacher(), rate)
+    return structured(base if base is not None else teacher(), rate, torch.zeros(1, *INPUT_SHAPE))
 
 
 def lowrank_teacher(base: nn.Module | None = None, energy: float | None = None,

@@ -186,24 +186,70 @@ def sensitivity_plan(scan: dict[str, list[float]], rates, sizes: dict[str, int],
 
 # -- structured (channel) pruning with torch-pruning ----------------------------------------
 
-def structured(model: nn.Module, rate: float, example=None, keep=None, inplace: bool = False,
-               importance: str = "l2") -> nn.Module:
-    """Remove ``rate`` of the channels of every prunable layer (the classifier is kept whole).
+IMPORTANCES = ("l1", "l2")
 
-    Magnitude importance (L2 norm of each channel's weights) ranks channels inside each
-    dependency group; torch-pruning's graph shrinks every coupled layer with them."""
+
+def _kept(channels: int, rate: float) -> int:
+    """Channels torch-pruning keeps of ``channels`` at ``rate`` (it truncates, as here)."""
+    return int(channels * (1 - rate))
+
+
+def structured(model: nn.Module, rate: float, example: torch.Tensor, keep=None,
+               inplace: bool = False, importance: str = "l2") -> nn.Module:
+    """Remove ``rate`` of the output channels of every Conv2d and Linear (the last Linear, the
+    classifier, is kept whole unless ``keep`` names other layers), reading shapes from ``example``.
+
+    Magnitude importance (L1 or L2 norm of each channel's weights) ranks channels inside each
+    dependency group; torch-pruning's graph shrinks every coupled layer with them. A rate that
+    would leave a layer with no channel is an error naming the layer: torch-pruning would skip
+    that group and return it unpruned without a word."""
     import torch_pruning as tp
 
     rate = check_rate(rate)
+    if importance not in IMPORTANCES:
+        raise ValueError(f"importance must be one of {IMPORTANCES} (the norm of each channel's "
+                         f"weights), got {importance!r}")
+    if not isinstance(example, torch.Tensor):
+        raise TypeError("example must be an input tensor the model accepts, e.g. "
+                        f"torch.zeros(1, 1, 28, 28); got {type(example).__name__}")
     model = model if inplace else clone(model)
     layers = prunable_layers(model)
-    example = example if example is not None else torch.zeros(1, 1, 28, 28)
     if keep is None:  # the final classifier: its outputs are the classes
         keep = [m for m in layers.values() if isinstance(m, nn.Linear)][-1:]
+    kept_ids = {id(m) for m in keep}
+    targets = {name: m for name, m in layers.items() if id(m) not in kept_ids}
+    before = {name: _out_channels(m) for name, m in targets.items()}
+    for name, c in before.items():
+        if _kept(c, rate) == 0:
+            raise ValueError(
+                f"rate {rate} would leave layer {name!r} ({type(layers[name]).__name__}, {c} "
+                f"output channels) with none; the highest rate that keeps one channel there is "
+                f"{_max_rate(c)}. Use a lower rate, or name the layer in keep=[...].")
     if rate == 0:
         return model.eval()
     imp = tp.importance.MagnitudeImportance(p=2 if importance == "l2" else 1)
-    pruner = tp.pruner.MagnitudePruner(model.eval(), example, importance=imp,
-                                       pruning_ratio=rate, ignored_layers=list(keep))
+    pruner = tp.pruner.BasePruner(model.eval(), example, importance=imp,
+                                  pruning_ratio=rate, ignored_layers=list(keep))
     pruner.step()
+    skipped = [f"{name} ({before[name]} channels, expected {_kept(before[name], rate)})"
+               for name, m in targets.items()
+               if _out_channels(m) == before[name] != _kept(before[name], rate)]
+    if skipped:
+        raise RuntimeError(
+            f"torch-pruning left {len(skipped)} layer(s) unpruned at rate {rate}: "
+            f"{', '.join(skipped)}. Its dependency graph could not prune them (an operation it "
+            "does not trace, or a layer it will not empty); name them in keep=[...] to leave "
+            "them whole on purpose.")
     return model.eval()
+
+
+def _out_channels(m: nn.Module) -> int:
+    return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+
+
+def _max_rate(channels: int) -> float:
+    """The largest rate, to 2 decimals, at which ``channels`` keeps at least one channel."""
+    r = int((1 - 1 / channels) * 100) / 100
+    while _kept(channels, r) < 1:
+        r = round(r - 0.01, 2)
+    return r

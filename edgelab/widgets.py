@@ -139,7 +139,7 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
             raw = dense_bytes  # the tensors are as large as ever: zeros take 4 bytes too
         else:
             if rate not in structured_cache:
-                structured_cache[rate] = prune.structured(base, rate)
+                structured_cache[rate] = prune.structured(base, rate, images[:1])
                 while len(structured_cache) > 3:  # bounded: Binder has 2 GB for everything
                     structured_cache.popitem(last=False)
             structured_cache.move_to_end(rate)

@@ -5,6 +5,9 @@ import torch.nn as nn
 from edgelab import check, measure, models, prune
 
 
+X1 = torch.zeros(1, 1, 28, 28)
+
+
 def tiny():
     torch.manual_seed(0)
     return models.student(widths=(8, 16), blocks=1).eval()
@@ -21,7 +24,7 @@ def test_rate_outside_zero_to_one_is_refused_with_the_valid_range(rate):
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         prune.unstructured(tiny(), rate)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        prune.structured(tiny(), rate)
+        prune.structured(tiny(), rate, X1)
 
 
 def test_a_model_without_conv_or_linear_cannot_be_pruned():
@@ -66,7 +69,7 @@ def test_remove_masks_leaves_a_plain_dense_model_of_the_same_size():
 
 def test_structured_pruning_halves_channels_and_keeps_the_classifier_outputs():
     m = models.teacher()
-    p = prune.structured(m, 0.5)
+    p = prune.structured(m, 0.5, X1)
     assert p.conv1.out_channels == 32 and p.layer4[1].conv2.out_channels == 256
     assert p.fc.out_features == 10 and p(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     ratio = measure.count_params(p) / measure.count_params(m)
@@ -126,3 +129,31 @@ def test_checkers_accept_the_reference_and_explain_typical_mistakes(capsys):
     assert "use round()" in capsys.readouterr().out
     assert check.magnitude_mask(not_done) is prune.magnitude_mask
     assert "not attempted" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("rate", [0.25, 0.5, 0.75, 0.9, 0.93])
+def test_structured_pruning_keeps_each_layers_share_of_channels(rate):
+    m = models.Student().eval()
+    before = {n: l.out_channels for n, l in m.named_modules() if isinstance(l, nn.Conv2d)}
+    p = prune.structured(m, rate, X1)
+    after = {n: l.out_channels for n, l in p.named_modules() if isinstance(l, nn.Conv2d)}
+    assert after == {n: int(c * (1 - rate)) for n, c in before.items()}
+    assert p(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_structured_pruning_shrinks_the_model_as_the_rate_grows():
+    m = models.Student().eval()
+    sizes = [measure.count_params(prune.structured(m, r, X1)) for r in (0.5, 0.8, 0.9, 0.93)]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+
+
+def test_a_rate_that_would_empty_a_layer_names_the_layer_and_the_highest_rate_that_works():
+    # torch-pruning alone skips such a group and returns the model unpruned without a word.
+    with pytest.raises(ValueError, match=r"leave layer 'stem.0' \(Conv2d, 16 output channels\) "
+                                         r"with none; the highest rate .* is 0.93"):
+        prune.structured(models.Student(), 0.94, X1)
+
+
+def test_structured_pruning_refuses_an_unknown_importance():
+    with pytest.raises(ValueError, match=r"importance must be one of \('l1', 'l2'\)"):
+        prune.structured(tiny(), 0.5, X1, importance="taylor")
