@@ -82,6 +82,12 @@ PI_ROOTFS_TMP := $(dir $(PI_ROOTFS)).$(notdir $(PI_ROOTFS)).tmp
 pi-rootfs: $(STAMP)
 	$(SUDO) env EDGELAB_PI_ROOTFS="$(PI_ROOTFS)" $(PY) -m edgelab.pi_rootfs
 
+# The notebooks' sources are the paired py:percent files (notebooks/*.py): edit those, then copy
+# their cells into the .ipynb files (outputs of unchanged cells are kept).
+.PHONY: sync-notebooks
+sync-notebooks: $(STAMP)
+	for f in notebooks/[0-9]*.py; do $(VENV)/bin/jupytext --quiet --update --to ipynb "$$f"; done
+
 # Apply the committed-notebook policy: run the notebooks in smoke mode, then keep only the
 # outputs of cells marked NBVAL_CHECK_OUTPUT (see edgelab/nbhygiene.py).
 .PHONY: clean-notebooks

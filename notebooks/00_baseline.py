@@ -1,0 +1,201 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 · Baseline: the data, the teacher, and what it costs
+#
+# Every later notebook makes a model smaller or faster. Before that, we need an honest baseline,
+# measured on *your* machine: how accurate the teacher is, how many bytes it takes, how long one
+# prediction takes, and where its arithmetic goes.
+#
+# **You will learn**
+# - what Fashion-MNIST looks like and how edgelab finds and verifies it;
+# - why the teacher is a ResNet18 with a small-image stem;
+# - the six numbers `edgelab.measure.measure()` reports for every model in this workbook;
+# - which layers do most of the multiply-accumulates (MACs);
+# - how far a ResNet18 is from the memory of real edge devices.
+#
+# **Time:** about 2 minutes at the defaults on a 2-core laptop; under a minute in smoke mode.
+
+# %% tags=["parameters"]
+import os
+SMOKE = os.environ.get("EDGELAB_SMOKE", "0").lower() not in ("", "0", "false", "no")
+NOTEBOOK = "00_baseline"
+
+# %%
+import matplotlib.pyplot as plt
+import torch
+
+from edgelab import data, measure, models, report
+
+EVAL_IMAGES = 1000 if SMOKE else None   # None: the full 10k test set
+LATENCY_S = 0.2 if SMOKE else 1.0       # seconds of timing per batch size
+print(f"smoke mode: {SMOKE}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
+
+# %% [markdown]
+# ## The data
+#
+# Fashion-MNIST: 70,000 grayscale 28×28 pictures of clothes in 10 classes. edgelab looks in
+# `$EDGELAB_DATA`, then `data/fashion-mnist/`, then Debian's `/usr/share/datasets/fashion-mnist/`,
+# and checks the sha256 of each file's *decompressed* bytes before using it. A fixed 5,000 images of
+# the training set are held out for validation, the same on every machine.
+
+# %%
+ds = data.load()
+print(f"found in {ds.source}")
+print(f"train {len(ds.train_images):,} · validation {len(ds.val_images):,} · test {len(ds.test_images):,}")
+
+# %%
+fig, axes = plt.subplots(3, 10, figsize=(12, 4))
+for c, name in enumerate(data.CLASSES):
+    picks = torch.nonzero(ds.test_labels == c).flatten()[:3]
+    for row, i in enumerate(picks):
+        ax = axes[row, c]
+        ax.imshow(ds.test_images[i], cmap="gray_r")
+        ax.set_xticks([]); ax.set_yticks([])
+        if row == 0:
+            ax.set_title(name, fontsize=9)
+fig.suptitle("Three test images of each class")
+plt.show()
+
+# %% [markdown]
+# Each class has the same number of test images, so plain accuracy is a fair summary, and guessing
+# scores 10 %. Shirts, T-shirts, pullovers and coats look alike at 28×28: expect most mistakes there.
+
+# %%
+print("test images per class:", torch.bincount(ds.test_labels).tolist())
+
+# %% [markdown]
+# ## The teacher: ResNet18 with a small-image stem
+#
+# torchvision's ResNet18 was built for 224×224 photos: a 7×7 stride-2 convolution and a max-pool
+# shrink the picture 4× before the first residual block. On a 28×28 image that leaves 7×7 pixels
+# for the blocks to work with. edgelab swaps the stem for one 3×3 stride-1 convolution with one
+# input channel and keeps the max-pool, so the blocks see 14×14 (the docstring of
+# `edgelab.models.teacher` explains the trade-off). Everything else is the stock ResNet18.
+#
+# The trained weights ship in `data/checkpoints/` with a JSON card. Loading checks the file's
+# sha256 against the card and reads it with safetensors, which holds tensors only and cannot run code.
+
+# %%
+teacher = models.load_checkpoint("teacher")
+card = models.read_card("teacher")
+print(f"stem: {teacher.conv1} then {teacher.maxpool}")
+print(f"trained by `{card['command']}`: {card['epochs']} epochs, seed {card['seed']}, "
+      f"{card['wall_time_s'] / 60:.0f} min on {card['device']} ({card['threads']} threads)")
+print(f"test accuracy recorded in the card: {100 * card['test_accuracy']:.2f} % "
+      f"(we measure it again below)")
+
+# %% [markdown]
+# For scale, the **student** that notebook 03 distils: a small ResNet with real residual blocks
+# (16, 32 and 64 channels), here untrained. Parameter counts depend only on the architecture, so
+# they are the same on every machine:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+torch.manual_seed(0)  # the untrained student's random weights, the same in every run
+student = models.student().eval()
+print(f"teacher parameters: {measure.count_params(teacher):,}")
+print(f"student parameters: {measure.count_params(student):,}")
+
+# %% [markdown]
+# ## One measurement for every model
+#
+# `measure()` returns one record per model: accuracy on the test set, parameters (all and
+# non-zero), MACs for one image (from `torch.utils.flop_counter`), the bytes of the file that would
+# ship (raw and gzip-compressed) and CPU latency at batch 1 and 64 (median and 90th percentile after
+# a warm-up, with the thread count). Every later notebook measures the teacher again in its own run,
+# so each ratio compares two models timed on the same machine at the same moment.
+
+# %%
+records = [
+    measure.measure(teacher, "teacher", tags=["baseline", "fp32"], limit=EVAL_IMAGES,
+                    min_run_time=LATENCY_S),
+    measure.measure(student, "student-untrained", tags=["student", "fp32"], limit=EVAL_IMAGES,
+                    min_run_time=LATENCY_S),
+]
+print(report.table(records))
+
+# %%
+t, s = records
+print(f"The teacher gets {100 * t['accuracy']:.2f} % of {t['test_images']:,} test images right; "
+      f"the untrained student {100 * s['accuracy']:.1f} % (chance is 10 %).")
+print(f"The student is {t['bytes'] / s['bytes']:.0f}x smaller, needs {t['macs'] / s['macs']:.1f}x fewer MACs "
+      f"and answers one image {t['latency_b1_ms'] / s['latency_b1_ms']:.1f}x faster; "
+      f"notebook 03 asks how much accuracy it can learn back.")
+
+# %% [markdown]
+# ## Where the MACs go
+#
+# A convolution's cost is (output pixels) × (output channels) × (input channels) × (kernel area).
+# The stages of a ResNet halve the picture and double the channels, which keeps the cost per stage
+# roughly level, so no single layer dominates. The bars show the teacher, layer by layer:
+
+# %%
+per_layer = measure.macs_by_layer(teacher)
+fig, ax = plt.subplots(figsize=(12, 3.5))
+ax.bar(range(len(per_layer)), [m / 1e6 for m in per_layer.values()])
+ax.set_xticks(range(len(per_layer)), list(per_layer), rotation=90, fontsize=8)
+ax.set_ylabel("million MACs per image")
+ax.set_title("Teacher: multiply-accumulates per layer (batch 1)")
+plt.show()
+
+total = sum(per_layer.values())
+for stage in ["conv1", "layer1", "layer2", "layer3", "layer4", "fc"]:
+    share = sum(m for n, m in per_layer.items() if n.split(".")[0] == stage) / total
+    print(f"{stage:>7}: {100 * share:5.1f} % of {total / 1e6:.0f} M MACs")
+
+# %% [markdown]
+# The 3×3 convolutions inside the four stages do nearly all the work; the 1×1 shortcut projections
+# and the final classifier are almost free. That is why notebooks 01 (channel pruning) and 04
+# (low-rank factors) go after exactly those 3×3 layers.
+#
+# ## What "edge" means in bytes
+#
+# Published figures for a few devices people deploy to (not measured here; sources linked):
+#
+# | device | processor | RAM | storage for the model | source |
+# |---|---|---|---|---|
+# | Raspberry Pi 5 | 4× Cortex-A76, 2.4 GHz | 2–16 GB | SD card | [product brief](https://datasheets.raspberrypi.com/rpi5/raspberry-pi-5-product-brief.pdf) |
+# | Raspberry Pi 4 Model B | 4× Cortex-A72, 1.8 GHz | 1–8 GB | SD card | [product brief](https://datasheets.raspberrypi.com/rpi4/raspberry-pi-4-product-brief.pdf) |
+# | Raspberry Pi Zero 2 W | 4× Cortex-A53, 1 GHz | 512 MB | SD card | [product brief](https://datasheets.raspberrypi.com/rpizero2/raspberry-pi-zero-2-w-product-brief.pdf) |
+# | STM32F746 microcontroller | Cortex-M7, 216 MHz | 320 KB SRAM | 1 MB flash | [ST datasheet](https://www.st.com/resource/en/datasheet/stm32f746ng.pdf) |
+# | Arduino Nano 33 BLE Sense (nRF52840) | Cortex-M4F, 64 MHz | 256 KB SRAM | 1 MB flash | [Arduino docs](https://docs.arduino.cc/hardware/nano-33-ble-sense/) |
+
+# %%
+budgets = {"Raspberry Pi Zero 2 W RAM": 512e6, "STM32F746 / nRF52840 flash": 1e6,
+           "STM32F746 SRAM": 320e3, "nRF52840 SRAM": 256e3}
+print(f"{'budget':<28}" + "".join(f"{r['name']:>22}" for r in records))
+for what, size in budgets.items():
+    cells = ["fits" if r["bytes"] <= size else f"{r['bytes'] / size:.1f}x too big" for r in records]
+    print(f"{what + f' ({size / 1e6:g} MB)':<28}" + "".join(f"{c:>22}" for c in cells))
+
+# %% [markdown]
+# A Pi has room for the teacher; a microcontroller has not, by a wide margin. The table shows how
+# far each model is from each budget, in fp32 (four bytes a weight). The rest of the workbook
+# closes that gap step by step, checking at each step what it costs in accuracy.
+#
+# ## Save this run's records
+#
+# Each notebook writes its records to `build/results/<notebook>.json`; `make run` gathers them into
+# `build/results.json`.
+
+# %%
+path = report.write_notebook_results(NOTEBOOK, records, smoke=SMOKE)
+print(f"wrote {len(records)} records to {path.relative_to(path.parents[2])}")
+
+# %% [markdown]
+# **Next:** [01 · Pruning](01_pruning.ipynb) removes weights and whole channels from this teacher
+# and measures what that really buys.
