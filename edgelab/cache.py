@@ -13,6 +13,8 @@ from typing import Callable
 from .data import REPO_ROOT
 from .models import atomic_write_bytes
 
+__all__ = ["CACHE_DIR", "key", "cached_json"]
+
 CACHE_DIR = REPO_ROOT / "build" / "cache"
 
 

@@ -19,6 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+__all__ = ["REPO_ROOT", "DEBIAN_DIR", "FILES", "CLASSES", "VAL_SIZE", "SPLIT_SEED",
+           "DataNotFoundError", "DataCorruptError", "search_dirs", "find_data_dir",
+           "read_verified", "parse_idx", "FashionMNIST", "split_indices", "load", "normalize",
+           "Batches", "loader", "tensors", "calibration_set", "download"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 

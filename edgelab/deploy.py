@@ -36,6 +36,11 @@ from .pi_rootfs import (DEFAULT_MIRROR, HOW_TO_ENABLE, HWCAP_NAMES, PROBE, QEMU_
                         ROOTFS, Arm64Unavailable, arm64_available, build_rootfs, chroot_run,
                         debian_mirror, emulated_cpuinfo, ensure_binfmt, rootfs_ready)
 
+# arm64_available is pi_rootfs's, re-exported: the notebooks ask deploy whether the Pi check runs.
+__all__ = ["arm64_available", "TEMPLATE", "BUNDLE_DIR", "BUNDLE_FILES", "ExportError",
+           "BundleError", "export", "check_export", "latency_grid", "labels_meta",
+           "build_bundle", "check_bundle", "write_test_pngs", "run_predict", "verify_arm64"]
+
 TEMPLATE = Path(__file__).resolve().parent / "pi_bundle"
 BUNDLE_DIR = REPO_ROOT / "build" / "pi_bundle"
 BUNDLE_FILES = ("model.onnx", "labels.json", "predict.py", "requirements.txt", "README.md")

@@ -24,6 +24,9 @@ from tqdm.auto import tqdm
 from . import data
 from .data import REPO_ROOT
 
+__all__ = ["CACHE", "check_temperature", "check_alpha", "soften", "loss_terms", "kd_loss",
+           "seed_loss", "loss_fn", "teacher_logits", "DistillBatches"]
+
 CACHE = REPO_ROOT / "build" / "cache" / "distill"
 
 

@@ -24,6 +24,10 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import skip_init
 
+__all__ = ["FACTORABLE", "check_energy", "check_rank", "matrix", "full_rank", "break_even_rank",
+           "factored_params", "svd", "energy_rank", "Factored", "factor", "factorable_layers",
+           "decompose", "plan", "factorize", "ranks_of"]
+
 FACTORABLE = (nn.Conv2d, nn.Linear)
 
 

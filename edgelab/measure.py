@@ -18,6 +18,11 @@ import torch.nn as nn
 
 from . import data
 
+__all__ = ["release_memory", "release_after_every_cell", "is_onnx_session", "count_params",
+           "count_nonzero", "count_macs", "macs_by_layer", "state_dict_bytes", "GZIP_CHUNK",
+           "saved_sizes", "saved_size", "gzip_compress", "gzip_size", "artifact_sizes", "latency",
+           "quick_latency", "predict_logits", "accuracy_on", "accuracy", "measure"]
+
 # torch.utils.benchmark imports cpp_extension, which logs a CUDA warning on CPU-only machines.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import nbformat
 
+__all__ = ["CHECK_MARK", "ABSOLUTE_PATH", "is_checked", "problems", "clean"]
+
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:home|root|work|Users|tmp|usr/local)/[\w.-]+")
 

@@ -21,6 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+__all__ = ["TEMPLATE", "SUITE", "PI_PYTHON", "QEMU_CPU", "DEFAULT_MIRROR", "ROOTFS", "STAMP",
+           "SITE", "BINFMT", "BINFMT_CONF", "Arm64Unavailable", "rootfs_ready",
+           "binfmt_registered", "ensure_binfmt", "debian_mirror", "build_rootfs", "remove_rootfs",
+           "HOW_TO_ENABLE", "arm64_available", "chroot_run", "PROBE", "HWCAP_NAMES",
+           "emulated_cpuinfo"]
+
 TEMPLATE = Path(__file__).resolve().parent / "pi_bundle"
 
 SUITE = "bookworm"                 # Debian 12, what Raspberry Pi OS (64-bit) bookworm builds on

@@ -13,6 +13,10 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
+__all__ = ["PRUNABLE", "check_rate", "prunable_layers", "clone", "magnitude_threshold",
+           "magnitude_mask", "unstructured", "remove_masks", "sparsity", "sensitivity_scan",
+           "sensitivity_plan", "IMPORTANCES", "structured"]
+
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
 

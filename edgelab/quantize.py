@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import logging
 import os
@@ -20,12 +19,19 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .data import REPO_ROOT
 from .measure import release_memory
 from .models import atomic_write_bytes
 
+__all__ = ["check_bits", "int_range", "qparams", "quantize", "dequantize",
+           "quantize_dequantize", "relative_error", "quantizable_weights", "weight_bytes",
+           "float_bytes", "fake_quantized_weights", "fake_quantize_weights", "NoQuantizedEngine",
+           "quantized_engine", "quiet", "quantizable_teacher", "dynamic", "eager_qconfig",
+           "calibrate", "eager_prepare", "eager_convert", "eager_static", "qat_prepare",
+           "qat_finetune", "pt2e_static", "graph_bytes", "deprecation_notice", "FixedBatches",
+           "compile_fixed", "release_compiled", "export_onnx", "session", "ort_static",
+           "module_types", "Stopwatch"]
+
 MIN_BITS, MAX_BITS = 2, 16
-CACHE = REPO_ROOT / "build" / "cache" / "quantize"
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,17 +586,6 @@ def module_types(model: nn.Module, kinds=("Conv", "Linear")) -> dict[str, int]:
         if any(k in cls.__name__ for k in kinds) and not cls.__name__.endswith("PackedParams"):
             out[name] = out.get(name, 0) + 1
     return dict(sorted(out.items()))
-
-
-def state_key(model: nn.Module, *parts) -> str:
-    """A short hash of a model's weights and any extra parts: a cache key for derived files."""
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    for p in parts:
-        h.update(repr(p).encode())
-    return h.hexdigest()[:16]
 
 
 class Stopwatch:

@@ -9,6 +9,10 @@ from pathlib import Path
 from .data import REPO_ROOT
 from .models import atomic_write_bytes
 
+__all__ = ["BUILD", "RESULTS_DIR", "write_notebook_results", "find", "table", "plot",
+           "pareto_front", "pareto_plot", "TARGETS", "check_targets", "targets_table", "assemble",
+           "int8_static_bars"]
+
 BUILD = REPO_ROOT / "build"
 RESULTS_DIR = BUILD / "results"
 

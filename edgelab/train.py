@@ -23,6 +23,10 @@ from . import data
 from .data import REPO_ROOT
 from .models import atomic_write_bytes, build, load_checkpoint, read_card, save_checkpoint
 
+__all__ = ["RESUME_DIR", "pick_device", "predict", "evaluate", "to_device", "train_step",
+           "finetune_steps", "sgd_one_cycle", "fit", "versions", "RECIPES", "default_out",
+           "train_recipe"]
+
 RESUME_DIR = REPO_ROOT / "build" / "train"
 
 

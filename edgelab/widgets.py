@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 from IPython.display import display
 
+__all__ = ["Panel", "prune_panel", "bits_panel", "distill_panel", "lowrank_panel"]
+
 
 class Panel:
     def __init__(self, controls: dict[str, W.ValueWidget], compute: Callable[..., dict],

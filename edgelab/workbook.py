@@ -22,6 +22,8 @@ import psutil
 from . import report
 from .data import REPO_ROOT
 
+__all__ = ["NOTEBOOKS", "EXECUTED", "notebooks", "CELL_TIMEOUT_S", "execute", "run_info", "run"]
+
 NOTEBOOKS = REPO_ROOT / "notebooks"
 EXECUTED = report.BUILD / "executed"
 
