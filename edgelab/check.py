@@ -2,12 +2,17 @@
 
 Each checker takes the learner's function and returns the function the notebook should go on
 with: the learner's when every case passes, else the reference implementation (so Run All
-always works). A stub that raises ``NotImplementedError`` counts as "not attempted".
+always works). A stub that raises ``NotImplementedError`` counts as "not attempted". A failed
+case names the likely mistake and shows its input, the expected result and what came back.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
+
+__all__ = ["Outcome", "run_cases", "verdict", "magnitude_mask", "magnitude_threshold",
+           "quantize_dequantize", "kd_loss", "preprocess"]
 
 
 @dataclass
@@ -56,56 +61,161 @@ def verdict(outcome: Outcome, fn: Callable, reference: Callable, quiet: bool = F
     return fn if outcome.ok else reference
 
 
+# -- failure messages ------------------------------------------------------------------------
+
+def _fmt(t, limit: int = 12) -> str:
+    """A tensor or array as a flat list, cut after ``limit`` values."""
+    values = t.flatten().tolist()
+    more = f", … ({len(values)} values)" if len(values) > limit else ""
+    return "[" + ", ".join(f"{x:g}" for x in values[:limit]) + more + "]"
+
+
+def _show(input, expected, got, limit: int = 12) -> str:
+    """The failing case under its message, so the learner can compare: tensors and arrays as
+    flat lists (with their shape when not 1-D), the rest as text. Of a large result, only the
+    values where expected and got differ."""
+    import numpy as np
+
+    def flat(v):
+        if not (hasattr(v, "shape") and hasattr(v, "flatten")):
+            return None
+        return np.asarray(v.detach() if hasattr(v, "detach") else v, dtype=np.float64).ravel()
+
+    rows, note = {"input": input, "expected": expected, "got": got}, ""
+    want, have = flat(expected), flat(got)
+    if want is not None and have is not None and want.size == have.size > limit:
+        differ = np.flatnonzero(~np.isclose(want, have, rtol=1e-4, atol=1e-6, equal_nan=True))
+        if len(differ):
+            note = f"\n      (the {len(differ)} of {want.size} values that differ)"
+            pick = {k: flat(v) for k, v in rows.items()}
+            rows = {k: v if pick[k] is None or pick[k].size != want.size
+                    else pick[k][differ[:limit]] for k, v in rows.items()}
+
+    def one(v):
+        if hasattr(v, "shape") and hasattr(v, "flatten"):
+            return (f"shape {tuple(v.shape)} " if len(v.shape) > 1 else "") + _fmt(v, limit)
+        return f"{v:.6g}" if isinstance(v, float) else str(v)
+    return "".join(f"\n      {k + ':':<10}{one(v)}" for k, v in rows.items()) + note
+
+
+def _call(run: Callable, hint: str, input, expected):
+    """``run()``; a crash (a typical mistake here) becomes a failure that says what to do."""
+    try:
+        return run()
+    except (NotImplementedError, AssertionError):
+        raise
+    except Exception as e:
+        raise AssertionError(f"your function crashed — {hint}"
+                             + _show(input, expected, f"{type(e).__name__}: {e}")) from None
+
+
 # -- 01_pruning ---------------------------------------------------------------------------
 
-def _fmt(t) -> str:
-    return "[" + ", ".join(f"{x:g}" for x in t.flatten().tolist()) + "]"
+def _rounding_hint(n: int, rate: float, k: int) -> str:
+    """Name the rounding behind ``k`` pruned weights when it is not the reference's ``round``:
+    Python's round (like torch.round) sends a half to the even number, round(2.5) = 2."""
+    x = rate * n
+    if k == int(x) != round(x):
+        return " — int() truncates; use round()"
+    if x % 1 == 0.5 and k == math.floor(x + 0.5) != round(x):
+        return (" — round() sends a half to the even number (round(2.5) = 2, as torch.round "
+                "does); floor(x + 0.5) rounds it up")
+    if k == math.ceil(x) != round(x):
+        return " — that rounds up (ceil); use round()"
+    return ""
+
+
+def _conv_weight():
+    """A (2, 2, 3, 3) conv weight whose 36 magnitudes are 0.01..0.36 in a scrambled order."""
+    import torch
+    i = torch.arange(36)
+    mags = ((7 * i + 3) % 36 + 1).float()               # 7 is prime to 36: a permutation
+    return (mags * torch.where(i % 3 == 0, -1.0, 1.0) / 100).reshape(2, 2, 3, 3)
 
 
 def _mask_cases():
     import torch
 
+    def mask_of(fn, w, rate, expected):
+        m = _call(lambda: fn(w.clone(), rate), "rank every weight of the tensor together "
+                  "(w.abs().flatten()), then give the mask the weight's shape (mask.view_as(w))",
+                  w, expected)
+        assert isinstance(m, torch.Tensor) and m.dtype == torch.bool, (
+            f"return a bool tensor (got {getattr(m, 'dtype', type(m))}); `abs(w) > t` gives one"
+            + _show(w, expected, m))
+        assert m.shape == w.shape, (f"the mask must have the weight's shape {tuple(w.shape)}, got "
+                                    f"{tuple(m.shape)}: return mask.view_as(w)"
+                                    + _show(w, expected, m))
+        return m
+
     def basic(fn):
         w = torch.tensor([[0.1, -0.9, 0.3], [-0.05, 0.7, -0.2]])
-        m = fn(w, 0.5)
-        assert isinstance(m, torch.Tensor) and m.dtype == torch.bool, \
-            f"return a bool tensor (got {getattr(m, 'dtype', type(m))}); `abs(w) > t` gives one"
-        assert m.shape == w.shape, f"the mask must have the weight's shape {tuple(w.shape)}, got {tuple(m.shape)}"
         expected = torch.tensor([[False, True, True], [False, True, False]])
+        m = mask_of(fn, w, 0.5, expected)
+        hint = (" — you kept the smallest: prune the smallest |w|, keep the largest"
+                if torch.equal(m, ~expected) else
+                " — compare magnitudes, abs(w), not signed values" if not bool(m[0, 1]) else "")
         assert torch.equal(m, expected), (
-            f"at rate 0.5 of {_fmt(w)} keep the 3 largest |w| (0.9, 0.7, 0.3); you kept "
-            f"{_fmt(w[m])}" + (" — compare magnitudes, abs(w), not signed values"
-                               if not bool(m[0, 1]) else ""))
+            f"at rate 0.5 keep the 3 largest |w| (0.9, 0.7, 0.3); you kept {_fmt(w[m])}{hint}"
+            + _show(w, expected, m))
 
     def ties(fn):
         w = torch.tensor([0.5, -0.5, 0.5, -0.5, 0.5, 0.5])
-        m = fn(w, 0.5)
+        m = mask_of(fn, w, 0.5, "any 3 of the 6 kept")
         assert int(m.sum()) == 3, (
             f"six equal magnitudes at rate 0.5: exactly 3 must stay, you kept {int(m.sum())}. "
             "Comparing with the threshold (`abs(w) > t`) drops every tied weight; "
-            "choose the k to keep by counting (e.g. topk), not by comparing")
+            "choose the k to keep by counting (e.g. topk), not by comparing"
+            + _show(w, "any 3 of the 6 kept", m))
 
     def rate_zero(fn):
         w = torch.tensor([0.0, 1e-8, -3.0, 2.0])
-        m = fn(w, 0.0)
-        assert bool(m.all()), f"rate 0 keeps every weight, even tiny ones; you dropped {int((~m).sum())}"
+        m = mask_of(fn, w, 0.0, torch.ones(4, dtype=torch.bool))
+        assert bool(m.all()), (f"rate 0 keeps every weight, even tiny ones; you dropped "
+                               f"{int((~m).sum())}" + _show(w, torch.ones(4, dtype=torch.bool), m))
 
     def rate_near_one(fn):
         w = torch.arange(1.0, 11.0) * torch.tensor([1, -1] * 5)
-        m = fn(w, 0.9)
-        assert int(m.sum()) == 1 and bool(m[-1]), (
+        expected = torch.arange(10) == 9
+        m = mask_of(fn, w, 0.9, expected)
+        assert torch.equal(m, expected), (
             f"rate 0.9 of 10 weights keeps exactly 1, the largest |w| (the last, -10); "
-            f"you kept {_fmt(w[m])}")
+            f"you kept {_fmt(w[m])}" + _show(w, expected, m))
 
     def rate_is_pruned_fraction(fn):
         w = torch.arange(1.0, 101.0)
-        m = fn(w, 0.3)
-        kept = int(m.sum())
+        kept = int(mask_of(fn, w, 0.3, w > 30).sum())
         assert kept == 70, (f"rate 0.3 of 100 weights prunes 30 and keeps 70, you kept {kept}"
-                            + (" — rate is the fraction removed, not kept" if kept == 30 else ""))
+                            + (" — rate is the fraction removed, not kept" if kept == 30 else "")
+                            + _show("1, 2, …, 100 at rate 0.3", "70 kept", f"{kept} kept"))
+
+    def rounding(fn):
+        # rate * n = 3.6, 2.1 and 2.5: truncating, rounding up and rounding halves up all differ
+        for n, rate in ((9, 0.4), (7, 0.3), (5, 0.5)):
+            w = torch.arange(1.0, n + 1.0)
+            want = round(rate * n)
+            expected = w > want
+            m = mask_of(fn, w, rate, expected)
+            k = n - int(m.sum())
+            assert torch.equal(m, expected), (
+                f"{n} weights at rate {rate}: k = round({rate * n:g}) = {want} are pruned, "
+                f"{n - want} kept; you pruned {k}" + _rounding_hint(n, rate, k)
+                + _show(f"{_fmt(w)} at rate {rate}", expected, m))
+
+    def conv_weight(fn):
+        w = _conv_weight()
+        expected = w.abs() > 0.225                          # 36 - round(21.6) = 14 kept
+        m = mask_of(fn, w, 0.6, expected)
+        k = 36 - int(m.sum())
+        assert torch.equal(m, expected), (
+            f"a (2, 2, 3, 3) conv weight at rate 0.6: prune round(21.6) = 22 of its 36 weights "
+            f"and keep the 14 largest |w| of the whole tensor; you pruned {k}"
+            + (_rounding_hint(36, 0.6, k) or " — rank all 36 together, not per filter or row")
+            + _show(w, expected, m))
 
     return [("basic 2x3 tensor", basic), ("tied magnitudes", ties), ("rate 0", rate_zero),
-            ("rate 0.9", rate_near_one), ("rate means pruned fraction", rate_is_pruned_fraction)]
+            ("rate 0.9", rate_near_one), ("rate means pruned fraction", rate_is_pruned_fraction),
+            ("k = round(rate * n)", rounding), ("a 4-D conv weight", conv_weight)]
 
 
 def magnitude_mask(fn, quiet: bool = False):
@@ -117,32 +227,56 @@ def magnitude_mask(fn, quiet: bool = False):
 def _threshold_cases():
     import torch
 
+    def threshold(fn, w, rate, want, hint="rank every weight of the tensor together: "
+                  "w.abs().flatten()"):
+        return _call(lambda: float(fn(w.clone(), rate)), hint, f"{_fmt(w)} at rate {rate}", want)
+
     def basic(fn):
         w = torch.tensor([0.4, -0.1, 0.3, -0.2])
-        t = float(fn(w, 0.5))
+        t = threshold(fn, w, 0.5, 0.2)
         assert abs(t - 0.2) < 1e-6, (
-            f"rate 0.5 of {_fmt(w)}: the 2 smallest magnitudes are 0.1 and 0.2, so the "
-            f"threshold (largest pruned |w|) is 0.2; you returned {t}"
-            + (" — use magnitudes, abs(w)" if abs(t + 0.1) < 1e-6 or abs(t - 0.3) < 1e-6 else ""))
+            f"rate 0.5: the 2 smallest magnitudes are 0.1 and 0.2, so the threshold (largest "
+            f"pruned |w|) is 0.2; you returned {t:g}"
+            + (" — use magnitudes, abs(w)" if abs(t + 0.1) < 1e-6 else "")
+            + (" — that is the smallest kept |w|, not the largest pruned (kthvalue(k))"
+               if abs(t - 0.3) < 1e-6 else "") + _show(w, 0.2, t))
 
     def rate_zero(fn):
-        t = float(fn(torch.tensor([0.5, -0.25, 1.0]), 0.0))
-        assert t == 0.0, f"rate 0 prunes nothing: return 0.0, you returned {t}"
+        w = torch.tensor([0.5, -0.25, 1.0])
+        t = threshold(fn, w, 0.0, 0.0, "rate 0 prunes nothing: return 0.0 (there is no 0-th "
+                      "smallest)")
+        assert t == 0.0, f"rate 0 prunes nothing: return 0.0, you returned {t}" + _show(w, 0.0, t)
 
     def rate_near_one(fn):
         w = torch.arange(1.0, 11.0)
-        t = float(fn(w, 0.9))
-        assert abs(t - 9.0) < 1e-6, f"rate 0.9 of 1..10 prunes 9 weights, the largest being 9.0; you returned {t}"
+        t = threshold(fn, w, 0.9, 9.0)
+        assert abs(t - 9.0) < 1e-6, (
+            f"rate 0.9 of 1..10 prunes 9 weights, the largest being 9.0; you returned {t:g}"
+            + (" — rate is the fraction removed, not kept" if abs(t - 1.0) < 1e-6 else "")
+            + _show(w, 9.0, t))
 
     def rounding(fn):
-        w = torch.arange(1.0, 8.0)  # 7 weights, rate 0.5 -> round(3.5) = 4 pruned
-        t = float(fn(w, 0.5))
-        assert abs(t - 4.0) < 1e-6, (
-            f"7 weights at rate 0.5: k = round(0.5 * 7) = 4 are pruned, threshold 4.0; you returned {t}"
-            + (" — int() truncates; use round()" if abs(t - 3.0) < 1e-6 else ""))
+        # weights 1..n, so the threshold is k itself; rate * n = 3.5, 2.1, 2.5
+        for n, rate in ((7, 0.5), (7, 0.3), (5, 0.5)):
+            w = torch.arange(1.0, n + 1.0)
+            want = round(rate * n)
+            t = threshold(fn, w, rate, float(want))
+            assert abs(t - want) < 1e-6, (
+                f"{n} weights at rate {rate}: k = round({rate * n:g}) = {want} are pruned, "
+                f"threshold {want:.1f}; you returned {t:g}" + _rounding_hint(n, rate, round(t))
+                + _show(f"{_fmt(w)} at rate {rate}", float(want), t))
+
+    def conv_weight(fn):
+        w = _conv_weight()
+        t = threshold(fn, w, 0.6, 0.22)
+        assert abs(t - 0.22) < 1e-6, (
+            f"a (2, 2, 3, 3) conv weight at rate 0.6: round(21.6) = 22 of its 36 weights are "
+            f"pruned, the largest of them |w| = 0.22; you returned {t:g}"
+            + (" — int() truncates; use round()" if abs(t - 0.21) < 1e-6 else "")
+            + _show(w, 0.22, t))
 
     return [("basic", basic), ("rate 0", rate_zero), ("rate 0.9", rate_near_one),
-            ("k = round(rate * n)", rounding)]
+            ("k = round(rate * n)", rounding), ("a 4-D conv weight", conv_weight)]
 
 
 def magnitude_threshold(fn, quiet: bool = False):
@@ -158,106 +292,138 @@ def magnitude_threshold(fn, quiet: bool = False):
 def _qdq_cases():
     import torch
 
+    from . import quantize
+
+    def ref(x, bits, axis=None):
+        return quantize.quantize_dequantize(x, bits, axis=axis)
+
     def close(a, b, tol=1e-6):
         return a.shape == b.shape and bool(torch.allclose(a, b, atol=tol, rtol=0))
 
     def returns_floats_of_the_same_shape(fn):
         x = torch.linspace(-1.0, 2.0, 12).reshape(3, 4)
         out = fn(x.clone(), 8)
-        assert isinstance(out, torch.Tensor), f"returned {type(out).__name__}, not a tensor"
-        assert out.shape == x.shape, f"shape {tuple(out.shape)}, expected {tuple(x.shape)}"
+        shown = _show(x, ref(x, 8), out)
+        assert isinstance(out, torch.Tensor), f"returned {type(out).__name__}, not a tensor" + shown
+        assert out.shape == x.shape, f"shape {tuple(out.shape)}, expected {tuple(x.shape)}" + shown
         assert out.is_floating_point(), (f"returned {out.dtype}: dequantize back to floats "
-                                         "((q - zero_point) * scale)")
+                                         "((q - zero_point) * scale)" + shown)
 
     def leaves_the_input_alone(fn):
         x = torch.tensor([-0.7, 0.1, 0.45, 1.3])
         before = x.clone()
         fn(x, 4)
-        assert torch.equal(x, before), "the input tensor was modified in place"
+        assert torch.equal(x, before), ("the input tensor was modified in place"
+                                        + _show(before, before, x))
 
     def zero_is_exact(fn):
         # range [-0.37, 1.0]: -min/scale = 4.05 is not an integer. The zero point must be
         # rounded to one (4), else 0.0 falls between two levels or the levels drift off the
         # grid of whole steps from 0.
         x = torch.tensor([-0.37, 0.0, 0.2, 0.0, 1.0])
-        out = fn(x, 4)
+        out = fn(x.clone(), 4)
+        shown = _show(x, ref(x, 4), out)
         assert out[1] == 0 and out[3] == 0, (
             f"0.0 came back as {out[1].item():.4g}: round the zero point to an integer, so that "
-            "0.0 is exactly one of the levels")
+            "0.0 is exactly one of the levels" + shown)
         steps = out / (1.37 / 15)
         off = (steps - steps.round()).abs().max().item()
         assert off < 1e-3, (
             f"a value came back {off:.2f} of a step off the grid of whole steps from 0.0: round "
-            "the zero point to an integer before using it, so that every code is an integer")
+            "the zero point to an integer before using it, so that every code is an integer"
+            + shown)
+        # ranges without 0: [0.5, 2] and [-2, -0.5] must grow to [0, 2] and [-2, 0]
+        for x in (torch.tensor([0.5, 0.8, 1.1, 2.0]), torch.tensor([-2.0, -1.1, -0.8, -0.5])):
+            out, want = fn(x.clone(), 2), ref(x, 2)
+            edge = int(x.abs().argmin())           # exact only if the range stopped at it
+            assert close(out, want, 1e-5), (
+                f"values that are all {'positive' if x[0] > 0 else 'negative'} came back wrong"
+                + (" — widen the range to include 0, lo = min(x.min(), 0) and hi = max(x.max(), "
+                   "0): else 0.0 (ReLU outputs, padding) is not one of the levels"
+                   if abs(out[edge] - x[edge]) < 1e-6 else "") + _show(x, want, out))
 
     def rounds_to_nearest(fn):
         x = torch.linspace(-1.0, 1.2, 101)
-        out = fn(x, 4)
+        out = fn(x.clone(), 4)
         scale = 2.2 / 15
         err = (out - x).abs().max().item()
         assert err <= scale / 2 * (1 + 1e-4), (
             f"an error of {err:.3f} where at most half a step ({scale / 2:.3f}) is possible: "
             "round to the nearest level (torch.round), not floor or truncate, and spread the "
-            "range over 2**bits - 1 steps")
+            "range over 2**bits - 1 steps" + _show(x, ref(x, 4), out))
 
     def uses_all_levels_and_no_more(fn):
         x = torch.linspace(-1.0, 3.0, 1000)
         for bits in (2, 3, 8):
-            levels = fn(x, bits).unique().numel()
+            levels = fn(x.clone(), bits).unique().numel()
+            shown = _show(input=f"1000 values from -1 to 3 at {bits} bits",
+                          expected=f"{2 ** bits} distinct values", got=f"{levels}")
             assert levels <= 2 ** bits, (
                 f"{levels} distinct values at {bits} bits, more than 2**{bits} = {2 ** bits}: "
-                "clamp the integers to [0, 2**bits - 1]")
+                "clamp the integers to [0, 2**bits - 1]" + shown)
             assert levels >= 2 ** bits - 1, (
                 f"only {levels} distinct values at {bits} bits: the scale should spread the "
-                "range over all 2**bits - 1 steps, scale = (max - min) / (2**bits - 1)")
+                "range over all 2**bits - 1 steps, scale = (max - min) / (2**bits - 1)" + shown)
 
     def clamps_to_the_top_code(fn):
         # scale 1, zero point round(1.5) = 2: the top value 1.5 rounds to 2, plus 2 = code 4,
         # one past the top code 3 of 2 bits. Only the clamp keeps it at 3, i.e. 1.0.
         x = torch.tensor([-1.5, 0.0, 1.45, 1.5])
-        out = fn(x, 2)
+        out = fn(x.clone(), 2)
         top = out.max().item()
         assert abs(top - 1.0) < 1e-5, (
             f"the largest value came back as {top:.4g}, expected 1.0: after rounding and adding "
             "the zero point, clamp the codes to [0, 2**bits - 1] (here the top value lands on "
-            "code 4 of a 2-bit range 0..3)")
+            "code 4 of a 2-bit range 0..3)" + _show(x, ref(x, 2), out))
 
-    def constant_zero_tensor(fn):
+    def constant_zero(fn):
         x = torch.zeros(3, 3)
-        out = fn(x, 8)
-        assert torch.isfinite(out).all(), ("an all-zero tensor (a pruned filter) gave "
-                                           "NaN or inf: guard against a scale of 0")
-        assert torch.equal(out, x), "an all-zero tensor should come back as zeros"
+        out = fn(x.clone(), 8)
+        assert torch.isfinite(out).all(), ("an all-zero tensor (a pruned layer) gave NaN or inf: "
+                                           "guard against a scale of 0" + _show(x, x, out))
+        assert torch.equal(out, x), "an all-zero tensor comes back as zeros" + _show(x, x, out)
+        w = torch.stack([torch.linspace(-1.0, 1.0, 4), torch.zeros(4),
+                         torch.linspace(-0.2, 0.4, 4)]).reshape(3, 1, 2, 2)
+        out = fn(w.clone(), 4, axis=0)
+        assert torch.isfinite(out).all() and torch.equal(out[1], w[1]), (
+            "one all-zero filter (a pruned one) with axis=0 came back as "
+            f"{_fmt(out[1])}, not zeros: guard each slice's scale of 0, e.g. "
+            "torch.where(scale > 0, scale, 1), not only an all-zero tensor"
+            + _show(w, ref(w, 4, axis=0), out))
 
     def per_channel_axis_0(fn):
         # a conv weight (out, in, k, k): one filter 1000x smaller than the other
         w = torch.stack([torch.linspace(-1.0, 1.0, 18).reshape(2, 3, 3),
                          torch.linspace(-1e-3, 2e-3, 18).reshape(2, 3, 3)])
-        out = fn(w, 4, axis=0)
-        assert out.shape == w.shape, f"shape {tuple(out.shape)}, expected {tuple(w.shape)}"
+        out, want = fn(w.clone(), 4, axis=0), ref(w, 4, axis=0)
+        assert out.shape == w.shape, (f"shape {tuple(out.shape)}, expected {tuple(w.shape)}"
+                                      + _show(w, want, out))
         small_err = (out[1] - w[1]).abs().max().item()
         step = 3e-3 / 15
         assert small_err <= step / 2 + 1e-7, (
             f"with axis=0 the small filter's error is {small_err:.2e}, more than half its own "
             f"step ({step / 2:.1e}): each slice along `axis` needs its own min, max, scale and "
-            "zero point (reduce over every other dimension, keepdim=True)")
+            "zero point (reduce over every other dimension, keepdim=True)"
+            + _show(w[1], want[1], out[1]))
 
     def per_channel_axis_1(fn):
         x = torch.tensor([[0.0, -10.0, 0.001], [1.0, 9.0, -0.002], [0.5, 0.0, 0.0]])
-        out = fn(x, 6, axis=1)
-        assert out.shape == x.shape, f"shape {tuple(out.shape)}, expected {tuple(x.shape)}"
+        out = fn(x.clone(), 6, axis=1)
+        shown = _show(x, ref(x, 6, axis=1), out)
+        assert out.shape == x.shape, f"shape {tuple(out.shape)}, expected {tuple(x.shape)}" + shown
         for col, rng in ((0, 1.0), (1, 19.0), (2, 0.003)):
             err = (out[:, col] - x[:, col]).abs().max().item()
             assert err <= rng / 63 / 2 * (1 + 1e-4), (
                 f"with axis=1, column {col} is off by {err:.3g}: the scales must be per column "
-                "here (axis=1), not per row or per tensor")
+                "here (axis=1), not per row or per tensor" + shown)
 
     def per_tensor_by_default(fn):
         x = torch.tensor([[-1.0, 0.0, 1.2], [0.01, 0.02, 0.03]])
-        out = fn(x, 4)
+        out = fn(x.clone(), 4)
         assert torch.equal(out[1], torch.zeros(3)), (
             "with axis=None one scale covers the whole tensor, so the small second row "
-            f"(0.01..0.03) rounds to 0, but it came back as {out[1].tolist()}")
+            f"(0.01..0.03) rounds to 0, but it came back as {out[1].tolist()}"
+            + _show(x, ref(x, 4), out))
 
     return [
         ("returns floats of the same shape", returns_floats_of_the_same_shape),
@@ -266,7 +432,7 @@ def _qdq_cases():
         ("rounds to the nearest level", rounds_to_nearest),
         ("2**bits levels, no more", uses_all_levels_and_no_more),
         ("codes clamped to [0, 2**bits - 1]", clamps_to_the_top_code),
-        ("an all-zero tensor", constant_zero_tensor),
+        ("an all-zero tensor or filter", constant_zero),
         ("one scale per tensor by default", per_tensor_by_default),
         ("per channel along axis 0 (conv filters)", per_channel_axis_0),
         ("per channel along axis 1", per_channel_axis_1),
@@ -288,76 +454,156 @@ def quantize_dequantize(fn: Callable, quiet: bool = False) -> Callable:
 # 03_distillation: the knowledge-distillation loss
 # --------------------------------------------------------------------------------------------
 
+def _kd_variant(s, t, y, T, alpha, *, ce=False, Ts=None, Tt=None, scale=None, reverse=False,
+                per_element=False, probs_as_log=False, hard_T=1.0, weights=None):
+    """The reference loss (all defaults) or one typical mistake, for the hints.
+
+    ``ce=True`` writes the soft term as the soft cross-entropy -sum(p_teacher * log p_student)
+    instead of KL(p_teacher || p_student): the two differ by the teacher's entropy, which does
+    not depend on the student, so they have the same gradient and train the same student."""
+    import torch.nn.functional as F
+
+    log_q = F.log_softmax(s / (T if Ts is None else Ts), 1)                  # the student
+    log_p = F.log_softmax(t.detach() / (T if Tt is None else Tt), 1)         # the teacher
+    if probs_as_log:
+        log_q = log_q.exp()          # softmax where F.kl_div wants log-probabilities
+    log_target, log_input = (log_q, log_p) if reverse else (log_p, log_q)
+    target = log_target.exp()
+    per = -target * log_input if ce else target * (log_target - log_input)
+    soft = per.sum() / (per.numel() if per_element else per.shape[0])
+    soft = soft * (T * T if scale is None else scale)
+    w_soft, w_hard = weights or (alpha, 1 - alpha)
+    return w_soft * soft + w_hard * F.cross_entropy(s / hard_T, y)
+
+
+_MIX = "weigh the terms: alpha * soft + (1 - alpha) * hard"
+_NAN = ("the loss is NaN or inf: F.kl_div's target must be probabilities (softmax), or "
+        "log-probabilities with log_target=True")
+_KD_MISTAKES = [   # (what goes wrong, as _kd_variant's arguments for T and alpha; the hint)
+    (lambda T, a: dict(reverse=True), "that is KL(student || teacher): F.kl_div(input, target) "
+     "wants the student's log-probabilities as input and the teacher's probabilities as target"),
+    (lambda T, a: dict(scale=1.0), "multiply the soft term by T^2: softening shrinks its "
+     "gradients by 1/T^2"),
+    (lambda T, a: dict(scale=T), "multiply the soft term by T^2 (T * T), not by T"),
+    (lambda T, a: dict(Ts=1.0, Tt=1.0), "divide the logits by T before the softmax (both "
+     "student and teacher)"),
+    (lambda T, a: dict(Tt=1.0), "divide the teacher's logits by T as well"),
+    (lambda T, a: dict(Ts=1.0), "divide the student's logits by T as well"),
+    (lambda T, a: dict(per_element=True), "average over the batch (reduction='batchmean'), "
+     "not over every element"),
+    (lambda T, a: dict(probs_as_log=True), "F.kl_div's first argument must be the student's "
+     "log-probabilities (log_softmax), not probabilities (softmax)"),
+    (lambda T, a: dict(hard_T=T), "the hard term uses the student's logits without T"),
+    (lambda T, a: dict(weights=(1 - a, a)), "alpha weighs the teacher's soft term, 1 - alpha "
+     "the labels, not the other way round"),
+    (lambda T, a: dict(weights=(a, 0.0)), "add the hard term, (1 - alpha) * cross-entropy "
+     "with the labels"),
+    (lambda T, a: dict(weights=(1.0, 1 - a)), _MIX),
+    (lambda T, a: dict(weights=(a, 1.0)), _MIX),
+    (lambda T, a: dict(weights=(1.0, 1.0)), _MIX),
+]
+
+
 def _kd_cases():
     import torch
-    import torch.nn.functional as F
 
     s = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.5, 0.3]])
     t = torch.tensor([[4.0, 1.0, -2.0], [-1.0, 3.0, 2.0]])
     y = torch.tensor([0, 2])
 
-    def kl(T):
-        p = F.softmax(t / T, 1)
-        return (p * (p.log() - F.log_softmax(s / T, 1))).sum(1).mean().item()
+    def given(T, alpha):
+        return f"student {_fmt(s)}, teacher {_fmt(t)}, labels [0, 2], T = {T:g}, alpha = {alpha:g}"
 
-    def value(fn, T, alpha, s=s, t=t, y=y):
-        out = fn(s, t, y, T, alpha)
-        assert isinstance(out, torch.Tensor) and out.dim() == 0, \
+    def value(fn, T, alpha):
+        out = fn(s.clone(), t.clone(), y.clone(), T, alpha)
+        assert isinstance(out, torch.Tensor) and out.dim() == 0, (
             f"return one number as a 0-dim tensor (got {getattr(out, 'shape', type(out))})"
+            + _show(given(T, alpha), "a 0-dim tensor", out))
         return out.item()
 
+    def hint(T, alpha, matches) -> str:
+        """The hint of the first typical mistake, in either form, for which ``matches(loss_of)``
+        (``loss_of`` maps the student's logits to that mistake's loss)."""
+        for args, text in _KD_MISTAKES:
+            for ce in (False, True):
+                if matches(lambda ss, ce=ce, args=args:
+                           _kd_variant(ss, t, y, T, alpha, ce=ce, **args(T, alpha))):
+                    return f" — {text}"
+        return ""
+
+    def check_value(fn, T, alpha, what):
+        """Accept the KL form and the soft cross-entropy form (the KL plus alpha * T^2 times
+        the teacher's entropy, a constant): both train the student the same way."""
+        got = value(fn, T, alpha)
+        want, entropy_form = (_kd_variant(s, t, y, T, alpha, ce=ce).item() for ce in (False, True))
+        tol = 1e-5 * max(1.0, abs(want))
+        if abs(got - want) <= tol or abs(got - entropy_form) <= tol:
+            return
+        why = (f" — {_NAN}" if not math.isfinite(got) else
+               hint(T, alpha, lambda v: abs(v(s).item() - got) <= tol))
+        either = (f" (or {entropy_form:.5f} written as a soft cross-entropy)"
+                  if abs(entropy_form - want) > tol else "")
+        assert False, (f"T = {T:g}, alpha = {alpha:g} should give {what} = {want:.5f}{either}, "
+                       f"got {got:.5f}{why}" + _show(given(T, alpha), want, got))
+
     def t1_is_plain_kl(fn):
-        got, want = value(fn, 1.0, 1.0), kl(1.0)
-        reverse = (F.softmax(s, 1) * (F.log_softmax(s, 1) - F.log_softmax(t, 1))).sum(1).mean().item()
-        assert abs(got - want) < 1e-5, (
-            f"T = 1, alpha = 1 should give KL(teacher || student) of the plain softmaxes = "
-            f"{want:.5f}, got {got:.5f}"
-            + (" — that is KL(student || teacher): F.kl_div(input, target) wants the student's "
-               "log-probabilities as input and the teacher's probabilities as target"
-               if abs(got - reverse) < 1e-5 else "")
-            + (" — average over the batch (reduction='batchmean'), not over every element"
-               if abs(got - want / 3) < 1e-5 else ""))
+        check_value(fn, 1.0, 1.0, "KL(teacher || student) of the plain softmaxes")
 
     def t_squared(fn):
-        got, want = value(fn, 4.0, 1.0), 16 * kl(4.0)
-        assert abs(got - want) < 1e-4, (
-            f"T = 4, alpha = 1 should give T^2 * KL at T = 4 = {want:.5f}, got {got:.5f}"
-            + (" — multiply the soft term by T^2: softening shrinks its gradients by 1/T^2"
-               if abs(got - kl(4.0)) < 1e-5 else "")
-            + (" — divide the logits by T before the softmax (both student and teacher)"
-               if abs(got - 16 * kl(1.0)) < 1e-4 else ""))
+        check_value(fn, 4.0, 1.0, "T^2 * KL at T = 4")
 
     def alpha_zero_is_cross_entropy(fn):
-        got, want = value(fn, 4.0, 0.0), F.cross_entropy(s, y).item()
-        assert abs(got - want) < 1e-5, (
-            f"alpha = 0 should be the plain cross-entropy with the labels ({want:.5f}), got "
-            f"{got:.5f}" + (" — the hard term uses the student's logits without T"
-                            if abs(got - F.cross_entropy(s / 4, y).item()) < 1e-5 else ""))
+        check_value(fn, 4.0, 0.0, "the plain cross-entropy with the labels")
 
     def alpha_mixes(fn):
-        got = value(fn, 2.0, 0.25)
-        want = 0.25 * 4 * kl(2.0) + 0.75 * F.cross_entropy(s, y).item()
-        assert abs(got - want) < 1e-4, (
-            f"alpha = 0.25, T = 2: 0.25 * T^2 * KL + 0.75 * CE = {want:.5f}, got {got:.5f}"
-            " — alpha weighs the teacher's soft term, 1 - alpha the labels")
+        check_value(fn, 2.0, 0.25, "0.25 * T^2 * KL + 0.75 * CE")
+
+    def student_gradient(fn):
+        T, alpha = 4.0, 0.7
+
+        def grad(loss_of):
+            ss = s.clone().requires_grad_(True)
+            loss_of(ss).backward()
+            return ss.grad
+
+        want, ss = grad(lambda ss: _kd_variant(ss, t, y, T, alpha)), s.clone().requires_grad_(True)
+        loss = fn(ss, t.clone(), y.clone(), T, alpha)
+        loss.backward()
+        got = ss.grad
+        assert got is not None, ("the student's logits get no gradient"
+                                 + _show(given(T, alpha), want, "no gradient"))
+        if not torch.allclose(got, want, atol=1e-5, rtol=1e-4):
+            why = f" — {_NAN}" if not torch.isfinite(loss) else hint(
+                T, alpha, lambda v: torch.allclose(grad(v), got, atol=1e-5, rtol=1e-4))
+            assert False, ("the gradient with respect to the student's logits is off" + why
+                           + _show(given(T, alpha), want, got))
 
     def teacher_gets_no_gradient(fn):
         tt = t.clone().requires_grad_(True)
         ss = s.clone().requires_grad_(True)
         fn(ss, tt, y, 4.0, 0.9).backward()
-        assert tt.grad is None or not tt.grad.abs().sum() > 0, \
-            "the loss sends gradients into the teacher's logits: .detach() them (the teacher is frozen)"
-        assert ss.grad is not None and ss.grad.abs().sum() > 0, "the student's logits get no gradient"
+        assert tt.grad is None or not tt.grad.abs().sum() > 0, (
+            "the loss sends gradients into the teacher's logits: .detach() them (the teacher is "
+            "frozen)" + _show(given(4.0, 0.9), "no gradient", tt.grad))
+        assert ss.grad is not None and ss.grad.abs().sum() > 0, (
+            "the student's logits get no gradient" + _show(given(4.0, 0.9), "a gradient", ss.grad))
 
-    return [("T = 1 equals KL of the plain softmaxes", t1_is_plain_kl),
+    return [("T = 1 gives KL (or soft cross-entropy) of the plain softmaxes", t1_is_plain_kl),
             ("the soft term is scaled by T^2", t_squared),
             ("alpha = 0 gives pure cross-entropy", alpha_zero_is_cross_entropy),
             ("alpha mixes the two terms", alpha_mixes),
+            ("the student's gradient", student_gradient),
             ("the teacher gets no gradient", teacher_gets_no_gradient)]
 
 
 def kd_loss(fn: Callable, quiet: bool = False) -> Callable:
-    """Check the learner's ``fn(student_logits, teacher_logits, labels, T, alpha)``."""
+    """Check the learner's ``fn(student_logits, teacher_logits, labels, T, alpha)``.
+
+    The soft term may be written as KL(p_teacher || p_student) or as the soft cross-entropy
+    -sum(p_teacher * log p_student): they differ by the teacher's entropy, a constant for the
+    student, so their values differ by alpha * T^2 * H(p_teacher) and their gradients with
+    respect to the student's logits are equal. The checker accepts either value and compares
+    that gradient."""
     from .distill import kd_loss as reference
     return verdict(run_cases("kd_loss", fn, _kd_cases()), fn, reference, quiet)
 
@@ -372,17 +618,22 @@ def _preprocess_cases():
     pixels = np.array([[[0, 255], [51, 102]]], dtype=np.uint8)     # (1, 2, 2): 0, 1, 0.2, 0.4
     mean, std = 0.2, 0.4
     want = np.array([[[[-0.5, 2.0], [0.0, 0.5]]]], dtype=np.float32)
+    given = f"pixels {_fmt(pixels)} of shape (1, 2, 2), mean {mean}, std {std}"
 
     def returns_float32_nchw(fn):
         x = fn(pixels.copy(), mean, std)
         assert isinstance(x, np.ndarray), (
-            f"return a NumPy array (got {type(x).__name__}): ONNX Runtime is fed NumPy")
+            f"return a NumPy array (got {type(x).__name__}): ONNX Runtime is fed NumPy"
+            + _show(given, want, x))
         assert x.dtype == np.float32, (
             f"return float32 (got {x.dtype}): the model's input is tensor(float), and ONNX "
-            "Runtime refuses float64 with 'Unexpected input data type'; use .astype(np.float32)")
+            "Runtime refuses float64 with 'Unexpected input data type'; use .astype(np.float32)"
+            + _show(given, "float32", x.dtype))
         assert x.shape == (1, 1, 2, 2), (
             f"(N, H, W) = (1, 2, 2) pixels must become (N, 1, H, W) = (1, 1, 2, 2), got "
-            f"{x.shape}: add the channel axis, e.g. x[:, None]")
+            f"{x.shape}: add the channel axis, e.g. x[:, None]"
+            + (" — it goes second, after N, not last" if x.shape == (1, 2, 2, 1) else "")
+            + _show(given, want, x))
 
     def values(fn):
         x = np.asarray(fn(pixels.copy(), mean, std), dtype=np.float64).reshape(want.shape)
@@ -391,35 +642,39 @@ def _preprocess_cases():
         raw = pixels[:, None].astype(np.float64)
         hints = [(raw, "these are the raw pixels"),
                  ((raw - mean) / std, "divide by 255 first: the mean and std are for pixels in [0, 1]"),
+                 ((raw / 256 - mean) / std, "divide by 255, the largest uint8 value, not 256"),
                  (raw / 255, "then subtract the mean and divide by the std (labels.json has both)"),
                  ((raw / 255 - mean) * std, "divide by the std, do not multiply"),
                  (raw / 255 - mean, "divide by the std as well"),
                  ((raw / 255) / std - mean, "subtract the mean before dividing by the std")]
         hint = next((h for v, h in hints if np.allclose(x, v, atol=1e-6)), "")
-        assert False, (f"pixels [0, 255, 51, 102] with mean {mean} and std {std} should give "
-                       f"{_fmt(want)}, got {_fmt(x)}" + (f" — {hint}" if hint else ""))
+        assert False, ("the values are off, (pixels / 255 - mean) / std"
+                       + (f" — {hint}" if hint else "") + _show(given, want, x))
 
     def constants_not_per_image(fn):
         white = np.full((2, 2, 2), 255, dtype=np.uint8)
         white[1] = 51
-        x = np.asarray(fn(white, mean, std), dtype=np.float64)
+        x = np.asarray(fn(white.copy(), mean, std), dtype=np.float64)
         assert np.isfinite(x).all() and np.allclose(x[0], 2.0) and np.allclose(x[1], 0.0), (
-            "an all-white image must give (1 - 0.2) / 0.4 = 2.0 everywhere, and an all-0.2 one 0.0; "
-            f"got {_fmt(x[0])} and {_fmt(x[1])}: use the training set's mean and std (the "
-            "arguments), never statistics of the image itself")
+            "an all-white image must give (1 - 0.2) / 0.4 = 2.0 everywhere, and an all-0.2 one "
+            "0.0: use the training set's mean and std (the arguments), never statistics of the "
+            "image itself" + _show(white, "[2, 2, 2, 2, 0, 0, 0, 0]", x))
 
     def leaves_input_alone(fn):
         p = pixels.copy()
         fn(p, mean, std)
-        assert np.array_equal(p, pixels), "do not change the caller's pixels in place"
+        assert np.array_equal(p, pixels), ("do not change the caller's pixels in place"
+                                           + _show(pixels, pixels, p))
 
     def any_batch(fn):
         rng = np.random.default_rng(0)
         p = rng.integers(0, 256, size=(3, 5, 4), dtype=np.uint8)
-        x = fn(p, 0.2860, 0.3530)
+        x = fn(p.copy(), 0.2860, 0.3530)
         ref = (p[:, None].astype(np.float64) / 255 - 0.2860) / 0.3530
-        assert np.shape(x) == (3, 1, 5, 4), f"3 images of 5x4 should give (3, 1, 5, 4), got {np.shape(x)}"
-        assert np.allclose(x, ref, atol=1e-5), "a batch of 3 random images is off: each image on its own"
+        assert np.shape(x) == (3, 1, 5, 4), (f"3 images of 5x4 should give (3, 1, 5, 4), got "
+                                             f"{np.shape(x)}" + _show(p, ref, x))
+        assert np.allclose(x, ref, atol=1e-5), ("a batch of 3 random images is off: each image "
+                                                "on its own" + _show(p[:, None], ref, x))
 
     return [("float32, (N, 1, H, W)", returns_float32_nchw), ("values", values),
             ("the training set's constants", constants_not_per_image),
