@@ -44,6 +44,12 @@ test: setup pi-rootfs browser
 # JupyterLab on 127.0.0.1 (IP=0.0.0.0 opens it to the network), the first free port from 8888
 # (or PORT=...); as root it passes --allow-root, without a display it opens no browser, and it
 # ends with the URL and its token (edgelab/lab.py).
+# The fast tier for development: the unit tests without whole notebooks, Chromium or emulation
+# (no root needed); about two minutes. `make test` runs everything.
+.PHONY: check
+check: $(STAMP)
+	EDGELAB_SMOKE=1 $(PY) -m pytest -q -p no:cacheprovider -m "not heavy" tests
+
 lab: setup
 	$(PY) -m edgelab.lab $(if $(IP),--ip $(IP)) $(if $(PORT),--port $(PORT))
 

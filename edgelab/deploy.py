@@ -58,10 +58,10 @@ class BundleError(FileNotFoundError):
 # Export and its numerical check
 # --------------------------------------------------------------------------------------------
 
-def export(model: nn.Module, path, example: torch.Tensor | None = None) -> Path:
+def export(model: nn.Module, path, example: torch.Tensor) -> Path:
     """``quantize.export_onnx`` (dynamo exporter, one self-contained ``.onnx`` file, dynamic
-    batch, input ``image`` (N, 1, 28, 28), output ``logits``), with one clear error when the
-    model cannot be captured, instead of the exporter's page of traceback."""
+    batch, input ``image`` shaped like ``example``, output ``logits``), with one clear error when
+    the model cannot be captured, instead of the exporter's page of traceback."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"export needs a torch.nn.Module, got {type(model).__name__}")
     try:
@@ -77,7 +77,7 @@ def export(model: nn.Module, path, example: torch.Tensor | None = None) -> Path:
             f"could not export {type(model).__name__} to ONNX: {type(cause).__name__}: "
             f"{first[:300]}\n"
             "torch.onnx.export(dynamo=True) captures the forward pass with torch.export: it "
-            "needs a forward that takes one (N, 1, 28, 28) float tensor, uses torch operations "
+            "needs a forward that takes one float tensor shaped like the example, uses torch operations "
             "(no numpy, no .item() or Python branches on tensor values) and returns one tensor "
             "of logits.") from e
 
@@ -149,7 +149,7 @@ def build_bundle(onnx_path, out_dir=BUNDLE_DIR, *, name: str | None = None,
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"no ONNX model at {onnx_path}; export one with "
-                                f"edgelab.deploy.export(model, path)")
+                                f"edgelab.deploy.export(model, path, example)")
     in_shape, out_shape = _model_io(onnx_path)
     if list(in_shape[1:]) != [1, 28, 28]:
         raise ValueError(f"{onnx_path} takes input {in_shape}; the bundle's predict.py feeds "

@@ -22,14 +22,15 @@ import torch.nn as nn
 from .measure import release_memory
 from .models import atomic_write_bytes
 
-__all__ = ["check_bits", "int_range", "qparams", "quantize", "dequantize",
-           "quantize_dequantize", "relative_error", "quantizable_weights", "weight_bytes",
-           "float_bytes", "fake_quantized_weights", "fake_quantize_weights", "NoQuantizedEngine",
+__all__ = ["check_bits", "int_range", "qparams", "quantize", "dequantize", "quantize_dequantize",
+           "relative_error", "quantizable_weights", "weight_bytes", "float_bytes",
+           "fake_quantized_weights", "fake_quantize_weights", "NoQuantizedEngine",
            "quantized_engine", "quiet", "quantizable_teacher", "dynamic", "eager_qconfig",
            "calibrate", "eager_prepare", "eager_convert", "eager_static", "qat_prepare",
-           "qat_finetune", "pt2e_static", "graph_bytes", "deprecation_notice", "FixedBatches",
-           "compile_fixed", "release_compiled", "export_onnx", "session", "ort_static",
-           "module_types", "Stopwatch"]
+           "qat_finetune", "CallSites", "reused_modules", "unshare_modules", "x86_quantizer",
+           "pt2e_static", "graph_bytes", "deprecation_notice", "FixedBatches", "compile_fixed",
+           "release_compiled", "export_onnx", "session", "ort_static", "module_types",
+           "Stopwatch"]
 
 MIN_BITS, MAX_BITS = 2, 16
 
@@ -341,26 +342,85 @@ def qat_finetune(prepared: nn.Module, batches, steps: int, lr: float = 1e-3,
     return losses
 
 
-def pt2e_static(teacher: nn.Module, images: torch.Tensor, example: torch.Tensor | None = None):
-    """The current PyTorch path (torchao PT2E): export the graph, annotate it with the x86
-    Inductor quantizer (uint8 activations, per-channel int8 weights), insert observers,
-    calibrate, convert to quantize/dequantize ops. ``torch.compile`` then fuses those into int8
-    kernels (see ``compile_fixed``). Returns the converted, uncompiled graph module.
+class CallSites(nn.Module):
+    """One stateless module called from several places, given one copy per call site.
+
+    PT2E's quantizers group graph nodes by the module that produced them; a module called twice
+    (torchvision's BasicBlock calls one ``ReLU`` before and after the residual add) becomes one
+    group with two outputs, which ``X86InductorQuantizer`` rejects. Copy ``i`` serves the
+    ``i``-th call of each forward pass, so every call gets a module (and a name) of its own."""
+
+    def __init__(self, module: nn.Module, calls: int):
+        super().__init__()
+        self.sites = nn.ModuleList(copy.deepcopy(module) for _ in range(calls))
+        self._next = 0
+
+    def forward(self, *args, **kwargs):
+        site = self.sites[self._next]
+        self._next = (self._next + 1) % len(self.sites)
+        return site(*args, **kwargs)
+
+
+def reused_modules(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Leaf modules that one forward pass of ``example`` calls more than once: {name: calls}."""
+    calls: dict[str, int] = {}
+    names = {m: n for n, m in model.named_modules() if n and not any(m.children())}
+    hooks = [m.register_forward_pre_hook(
+        lambda mod, _args: calls.__setitem__(names[mod], calls.get(names[mod], 0) + 1))
+        for m in names]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: n for name, n in calls.items() if n > 1}
+
+
+def unshare_modules(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` in which every leaf module that one forward pass of ``example`` calls
+    more than once is a ``CallSites``. Weight sharing (a module with parameters called twice) is
+    an error: copies would no longer share their weights."""
+    model = copy.deepcopy(model).eval()
+    for name, n in reused_modules(model, example).items():
+        module = model.get_submodule(name)
+        if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+            raise ValueError(
+                f"layer {name!r} ({type(module).__name__}) holds weights and is called {n} times "
+                "per forward pass (weight sharing); PT2E's quantizers need one module per call. "
+                "Give each call its own layer, or quantize with ONNX Runtime (ort_static).")
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, CallSites(module, n))
+    return model
+
+
+def x86_quantizer():
+    """torchao's ``X86InductorQuantizer`` with its default config (uint8 activations, per-channel
+    int8 weights), imported without torchao's import-time registration chatter."""
+    with _quiet_logs("torch.utils._pytree"):
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    return xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+
+
+def pt2e_static(model: nn.Module, images: torch.Tensor, example: torch.Tensor | None = None):
+    """The current PyTorch path (torchao PT2E) for any model: export the graph, annotate it with
+    the x86 Inductor quantizer (uint8 activations, per-channel int8 weights), insert observers,
+    calibrate on ``images``, convert to quantize/dequantize ops. ``torch.compile`` then fuses
+    those into int8 kernels (see ``compile_fixed``). Returns the converted, uncompiled graph
+    module, which accepts any batch size. Reused stateless modules are first given one copy per
+    call (``unshare_modules``); nothing else about the model is assumed.
 
     On a Raspberry Pi the same flow takes an ARM quantizer instead: ExecuTorch's
     ``XNNPACKQuantizer`` (executorch.backends.xnnpack.quantizer.xnnpack_quantizer)."""
     release_memory()
     _check_calibration(images)
-    with _quiet_logs("torch.utils._pytree"):   # torchao's import-time registration chatter
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
-    m = quantizable_teacher(teacher)
+    quantizer = x86_quantizer()
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     example = images[:2] if example is None else example
+    m = unshare_modules(model, example)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with quiet():
         exported = torch.export.export(m, (example,), dynamic_shapes=({0: batch},)).module()
-        quantizer = xiq.X86InductorQuantizer().set_global(
-            xiq.get_default_x86_inductor_quantization_config())
         prepared = prepare_pt2e(exported, quantizer)
         calibrate(prepared, images)
         return convert_pt2e(prepared)
@@ -421,10 +481,11 @@ class FixedBatches(nn.Module):
         return torch.cat(outs)
 
 
-def compile_fixed(model: nn.Module, batch: int = 64) -> tuple[nn.Module, float]:
+def compile_fixed(model: nn.Module, example: torch.Tensor, batch: int = 64) -> tuple[nn.Module, float]:
     """``torch.compile`` with Inductor's weight freezing (needed to pick the int8 kernels) and
-    static shapes, compiled now for batch 1 and ``batch``; returns the model and the seconds the
-    two compiles took (cold the first time in a process; Inductor caches on disk)."""
+    static shapes (``dynamic=False``: one graph per input shape, hence the fixed batches),
+    compiled now for batch 1 and ``batch`` of ``example``'s rows; returns the model and the
+    seconds the two compiles took (cold the first time in a process; Inductor caches on disk)."""
     release_memory()
     import torch._inductor.config as inductor_config
 
@@ -435,8 +496,9 @@ def compile_fixed(model: nn.Module, batch: int = 64) -> tuple[nn.Module, float]:
     wrapped = FixedBatches(compiled, batch)
     t0 = time.perf_counter()
     with torch.inference_mode(), quiet():   # measure() runs models under inference_mode
-        wrapped(torch.zeros(1, 1, 28, 28))
-        wrapped(torch.zeros(batch, 1, 28, 28))
+        row = torch.zeros_like(example[:1])
+        wrapped(row)
+        wrapped(row.expand(batch, *row.shape[1:]).contiguous())
     return wrapped, time.perf_counter() - t0
 
 
@@ -486,12 +548,16 @@ def release_compiled() -> None:
 # ONNX and ONNX Runtime
 # --------------------------------------------------------------------------------------------
 
-def export_onnx(model: nn.Module, path, example: torch.Tensor | None = None) -> Path:
-    """Export with the dynamo exporter: one self-contained ``.onnx`` file, dynamic batch size,
-    input ``image`` (N, 1, 28, 28), output ``logits``; written atomically."""
+def export_onnx(model: nn.Module, path, example: torch.Tensor) -> Path:
+    """Export with the dynamo exporter: one self-contained ``.onnx`` file, input ``image`` shaped
+    like ``example`` but with a dynamic batch size, output ``logits``; written atomically."""
     release_memory()
     path = Path(path)
-    example = torch.zeros(2, 1, 28, 28) if example is None else example
+    if not isinstance(example, torch.Tensor) or example.dim() < 1:
+        raise TypeError("example must be an input batch the model accepts, e.g. "
+                        f"images[:2]; got {type(example).__name__}")
+    if len(example) < 2:   # a batch of 1 would let the exporter specialise the batch to 1
+        example = example.expand(2, *example.shape[1:])
     model = model.cpu().eval()
     with quiet(), _quiet_logs("torch.onnx", "onnxscript"), \
             contextlib.redirect_stdout(io.StringIO()):

@@ -320,15 +320,43 @@ if ENGINE:
 # %% [markdown]
 # ### The current path: PT2E (torchao) and `torch.compile`
 #
-# PyTorch 2's flow captures the whole graph first, so no model code has to change:
+# PyTorch 2's flow captures the whole graph first, so the eager flow's stubs and
+# `FloatFunctional`s are not needed:
 # `torch.export` → a **quantizer** annotates the graph for a backend → `prepare_pt2e` inserts
 # observers → calibrate → `convert_pt2e` leaves explicit quantize/dequantize ops → `torch.compile`
 # (Inductor) fuses them with the convolutions into int8 kernels. The quantizer names the target:
 # `X86InductorQuantizer` here; for a Raspberry Pi, ExecuTorch's `XNNPACKQuantizer`
 # (`executorch.backends.xnnpack.quantizer`) targets the ARM kernels the Pi runs.
 #
-# A cold `torch.compile` takes a while and is counted in this notebook's time. It compiles one
-# graph per input shape, so the model is compiled for batch 1 and batch 64 and fed only those.
+# One catch remains. The quantizer groups graph nodes by the module that produced them, and
+# torchvision's `BasicBlock` calls one `ReLU` module twice, before and after the residual add
+# ([its source](https://github.com/pytorch/vision/blob/main/torchvision/models/resnet.py)). Tried on
+# the teacher exactly as torchvision builds it:
+
+# %%
+quantizer = quantize.x86_quantizer()
+from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+with quantize.quiet():
+    plain_graph = torch.export.export(teacher, (calib[:2],)).module()
+try:
+    prepare_pt2e(plain_graph, quantizer)
+    print("prepare_pt2e accepted the plain teacher")
+except ValueError as e:
+    print(f"prepare_pt2e on the plain teacher: ValueError: {e}")
+reused = quantize.reused_modules(teacher, calib[:2])
+print(f"modules called more than once per forward pass: {len(reused)}, e.g. "
+      + ", ".join(f"{n} x{c}" for n, c in list(reused.items())[:3]))
+del plain_graph, quantizer
+quantize.release_compiled()
+
+# %% [markdown]
+# `quantize.pt2e_static` therefore first gives each call of a reused stateless module its own copy
+# (`quantize.unshare_modules`, which works on any model); nothing else about the model changes.
+#
+# A cold `torch.compile` takes a while and is counted in this notebook's time. `compile_fixed`
+# compiles with `dynamic=False`, so each new input shape would compile a new graph: the model is
+# compiled for batch 1 and batch 64 and fed only those.
 
 # %%
 with quantize.Stopwatch() as sw:
@@ -337,7 +365,7 @@ ops = [str(n.target) for n in pt2e_graph.graph.nodes if n.op == "call_function"]
 print(f"export + prepare + calibrate + convert: {sw.s:.1f} s; "
       f"{sum('quantize_per_tensor' in o for o in ops)} quantize and "
       f"{sum('dequantize' in o for o in ops)} dequantize ops in the graph")
-pt2e_model, compile_s = quantize.compile_fixed(pt2e_graph, batch=64)
+pt2e_model, compile_s = quantize.compile_fixed(pt2e_graph, calib, batch=64)
 print(f"torch.compile for batch 1 and 64: {compile_s:.0f} s")
 records.append(measure.measure(
     pt2e_model, "pt2e-compiled", tags=["int8", "static", "per-channel"], limit=EVAL_IMAGES,
@@ -395,7 +423,7 @@ if ENGINE:
 
 # %%
 BUILD.mkdir(parents=True, exist_ok=True)
-fp32_onnx = quantize.export_onnx(teacher, BUILD / "teacher.onnx")
+fp32_onnx = quantize.export_onnx(teacher, BUILD / "teacher.onnx", calib[:2])
 int8_onnx = {act: quantize.ort_static(fp32_onnx, BUILD / f"teacher-int8-{act}.onnx", calib,
                                       per_channel=True, activations=act)
              for act in ("uint8", "int8")}

@@ -273,7 +273,7 @@ plt.show()
 # %%
 best = max(students, key=lambda n: models.read_card(n)["val_accuracy"])
 key = models.read_card(best)["sha256"][:12]   # files keyed by the checkpoint's hash
-fp32_onnx = quantize.export_onnx(students[best], WORK / f"{best}-{key}.onnx")
+fp32_onnx = quantize.export_onnx(students[best], WORK / f"{best}-{key}.onnx", val_x[:2])
 int8_onnx = quantize.ort_static(fp32_onnx, WORK / f"{best}-{key}-int8.onnx",
                                 data.calibration_set(256 if SMOKE else 512))
 records.append(measure.measure(quantize.session(int8_onnx), f"{best}-int8",

@@ -87,10 +87,11 @@ print(f"smoke mode: {SMOKE}; torch {torch.__version__}; {torch.get_num_threads()
 # %%
 torch_models = {"teacher": models.load_checkpoint("teacher"),
                 "pruned50": models.load_checkpoint("pruned50")}
+example = data.tensors("val", limit=2)[0]   # two images: the input shape the exporter traces
 fp32_onnx = {}
 for name, m in torch_models.items():
     with quantize.Stopwatch() as sw:
-        fp32_onnx[name] = deploy.export(m, WORK / f"{name}.onnx")
+        fp32_onnx[name] = deploy.export(m, WORK / f"{name}.onnx", example)
     print(f"{name}: exported in {sw.s:.1f} s, {fp32_onnx[name].stat().st_size / 1e6:.1f} MB "
           f"({measure.count_params(m) / 1e6:.2f} M parameters at 4 bytes, plus the graph)")
 
@@ -144,7 +145,7 @@ class BranchOnValue(torch.nn.Module):
         return -self.fc(x.flatten(1))
 
 try:
-    deploy.export(BranchOnValue(), WORK / "branch.onnx")
+    deploy.export(BranchOnValue(), WORK / "branch.onnx", example)
 except deploy.ExportError as e:
     print(e)
 

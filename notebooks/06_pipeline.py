@@ -72,13 +72,14 @@ for name, m in torch_models.items():
 
 # %%
 calibration = data.calibration_set(CALIBRATION)
+example = data.tensors("val", limit=2)[0]   # two images: the input shape the exporter traces
 onnx_files = {}
 for name, m in torch_models.items():
     # files keyed by the checkpoint's hash: a rerun reuses them, a retrained model gets new ones
     key = models.read_card(student_name if name == "student" else name)["sha256"][:12]
     onnx_files[name] = WORK / f"{name}-{key}.onnx"
     if not onnx_files[name].is_file():
-        deploy.export(m, onnx_files[name])
+        deploy.export(m, onnx_files[name], example)
     deploy.check_export(m, onnx_files[name], data.tensors("test", limit=64)[0])
     if name != "teacher":
         onnx_files[f"{name}-int8"] = quantize.ort_static(

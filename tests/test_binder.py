@@ -86,6 +86,7 @@ def test_memory_cap_stops_a_notebook_that_goes_over_it(tmp_path):
 
 
 @pytest.mark.skipif(not shutil.which("taskset"), reason="taskset (util-linux) is not installed")
+@pytest.mark.heavy
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
 def test_notebook_runs_on_one_cpu_within_binder_memory(nb, tmp_path):
     meta = workbook.execute(nb, tmp_path / "executed", smoke=True, cpus="0",

@@ -21,6 +21,8 @@ import pytest
 
 from edgelab.data import REPO_ROOT
 
+pytestmark = pytest.mark.heavy   # Chromium and whole notebooks: not in `make check`
+
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = REPO_ROOT / "build" / "browser"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

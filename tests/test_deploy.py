@@ -41,7 +41,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tiny, tmp_path_factory):
-    return deploy.export(tiny, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+    return deploy.export(tiny, tmp_path_factory.mktemp("onnx") / "tiny.onnx", torch.zeros(2, 1, 28, 28))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_export_of_a_tiny_model_matches_torch_with_any_batch_size(tiny, tiny_onn
 
 def test_a_model_that_cannot_be_traced_is_one_clear_error(tmp_path):
     with pytest.raises(deploy.ExportError, match="could not export DataDependent to ONNX") as e:
-        deploy.export(DataDependent(), tmp_path / "bad.onnx")
+        deploy.export(DataDependent(), tmp_path / "bad.onnx", torch.zeros(2, 1, 28, 28))
     text = str(e.value)
     assert "data-dependent" in text and "Python branches on tensor values" in text
     assert "\x1b[" not in text and len(text.splitlines()) == 2
@@ -80,7 +80,7 @@ def test_a_model_that_cannot_be_traced_is_one_clear_error(tmp_path):
 
 def test_export_needs_a_module(tmp_path):
     with pytest.raises(TypeError, match="torch.nn.Module"):
-        deploy.export(lambda x: x, tmp_path / "f.onnx")
+        deploy.export(lambda x: x, tmp_path / "f.onnx", torch.zeros(2, 1, 28, 28))
 
 
 def test_check_export_catches_a_file_from_another_model(tiny_onnx):
@@ -196,6 +196,7 @@ def test_debian_mirror_is_read_from_apt_sources(tmp_path, monkeypatch):
     assert deploy.debian_mirror([tmp_path / "none"]) == deploy.DEFAULT_MIRROR
 
 
+@pytest.mark.heavy
 def test_the_bundle_predicts_the_same_on_an_emulated_cortex_a72(bundle):
     ok, why = deploy.arm64_available()
     assert ok, f"the arm64 check must run in `make test` (run `make pi-rootfs` first): {why}"

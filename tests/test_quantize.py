@@ -254,7 +254,7 @@ def test_quantizable_teacher_keeps_the_weights_and_the_outputs():
 
 def test_onnx_export_and_ort_static_on_a_tiny_model(tmp_path):
     m = tiny_cnn()
-    fp32 = quantize.export_onnx(m, tmp_path / "tiny.onnx")
+    fp32 = quantize.export_onnx(m, tmp_path / "tiny.onnx", torch.zeros(2, 1, 28, 28))
     sess = quantize.session(fp32, threads=1)
     x = torch.randn(5, 1, 28, 28)
     out = sess.run(None, {"image": x.numpy()})[0]
@@ -314,7 +314,7 @@ def test_int8_static_bars_pick_the_best_model_per_runtime():
 
 
 def test_ort_static_calibrates_over_several_batches(tmp_path):
-    fp32 = quantize.export_onnx(tiny_cnn(), tmp_path / "tiny.onnx")
+    fp32 = quantize.export_onnx(tiny_cnn(), tmp_path / "tiny.onnx", torch.zeros(2, 1, 28, 28))
     out = quantize.ort_static(fp32, tmp_path / "tiny-int8.onnx", torch.randn(40, 1, 28, 28),
                               batch_size=8)
     assert out.is_file()
