@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["REPO_ROOT", "DEBIAN_DIR", "FILES", "CLASSES", "VAL_SIZE", "SPLIT_SEED",
+__all__ = ["INPUT_SHAPE", "REPO_ROOT", "DEBIAN_DIR", "FILES", "CLASSES", "VAL_SIZE", "SPLIT_SEED",
            "DataNotFoundError", "DataCorruptError", "search_dirs", "find_data_dir",
            "read_verified", "parse_idx", "FashionMNIST", "split_indices", "load", "normalize",
            "Batches", "loader", "tensors", "calibration_set", "download"]
@@ -40,6 +40,9 @@ CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 
 # Mean and std of the 60k training pixels in [0, 1]; the usual Fashion-MNIST normalisation.
 MEAN, STD = 0.2860, 0.3530
+
+# One image as the models see it: channels, height, width.
+INPUT_SHAPE = (1, 28, 28)
 
 VAL_SIZE = 5000
 SPLIT_SEED = 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -141,11 +142,12 @@ def _model_io(path: Path) -> tuple[list, list]:
 
 def build_bundle(onnx_path, out_dir=BUNDLE_DIR, *, name: str | None = None,
                  accuracy: float | None = None, test_images: int | None = None,
-                 labels=data.CLASSES, notes: str = "") -> Path:
+                 labels=data.CLASSES, notes: str = "", macs: int | None = None) -> Path:
     """Write the Raspberry Pi bundle for any ``.onnx`` classifier of (N, 1, 28, 28) images:
     model.onnx, labels.json, predict.py, requirements.txt and README.md. Built in a temporary
     folder and renamed into place, so ``out_dir`` is never half-written. ``name``, ``accuracy``
-    (a fraction of ``test_images``) and ``notes`` go into the README."""
+    (a fraction of ``test_images``), ``macs`` (multiply-adds per image) and ``notes`` go into the
+    README."""
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"no ONNX model at {onnx_path}; export one with "
@@ -171,7 +173,7 @@ def build_bundle(onnx_path, out_dir=BUNDLE_DIR, *, name: str | None = None,
         for key, value in {"NAME": name or onnx_path.stem, "BYTES": f"{size:,}",
                            "MB": f"{size / 1e6:.2f}", "ACCURACY": acc,
                            "SHA256": hashlib.sha256((tmp / "model.onnx").read_bytes()).hexdigest(),
-                           "NOTES": notes.strip()}.items():
+                           "NOTES": notes.strip(), "SCALE": _scale_line(macs)}.items():
             readme = readme.replace("{{" + key + "}}", value)
         (tmp / "README.md").write_text(readme)
         os.chmod(tmp / "predict.py", 0o755)
@@ -187,6 +189,22 @@ def build_bundle(onnx_path, out_dir=BUNDLE_DIR, *, name: str | None = None,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+@functools.cache
+def resnet18_224_macs() -> int:
+    """Multiply-adds of torchvision's ResNet18 on one 224x224 colour image, counted here."""
+    from torchvision.models import resnet18
+    return measure.count_macs(resnet18(), (1, 3, 224, 224))
+
+
+def _scale_line(macs: int | None) -> str:
+    ref = resnet18_224_macs()
+    if not macs:
+        return (f"ResNet18 at 224×224 does {ref / 1e9:.2f} G multiply-adds per image; this "
+                "model's count was not recorded")
+    return (f"this model does {macs:,} multiply-adds per image, {ref / macs:.1f} times fewer than "
+            f"ResNet18 at 224×224 ({ref / 1e9:.2f} G), both counted by torch's flop counter")
 
 
 def check_bundle(bundle=BUNDLE_DIR) -> dict:

@@ -47,8 +47,13 @@ def check_rank(rank: int, full: int) -> int:
 
 def matrix(layer: nn.Module) -> torch.Tensor:
     """The weight as the matrix that is factored: out x in (Linear), C_out x C_in*k*k (conv)."""
-    if not isinstance(layer, FACTORABLE) or getattr(layer, "groups", 1) != 1:
+    if not isinstance(layer, FACTORABLE):
         raise TypeError(f"can factor nn.Linear and ungrouped nn.Conv2d, not {layer}")
+    if getattr(layer, "groups", 1) != 1:
+        kind = "a depthwise" if layer.groups == layer.in_channels else "a grouped"
+        raise ValueError(f"cannot factor {layer}: {kind} convolution (groups={layer.groups}) "
+                         "mixes no channels across its groups, so channel SVD does not apply; "
+                         "factor nn.Linear and ungrouped nn.Conv2d layers")
     return layer.weight.detach().flatten(1)
 
 
@@ -168,16 +173,28 @@ def plan(model: nn.Module, energy: float, svds: dict | None = None) -> dict[str,
 
 
 def factorize(model: nn.Module, ranks: dict[str, int] | None = None, energy: float | None = None,
-              svds: dict | None = None, init: bool = True) -> nn.Module:
-    """A copy of ``model`` with the layers in ``ranks`` (or chosen by ``energy``) factored."""
+              svds: dict | None = None, init: bool = True, kinds=(nn.Conv2d,)) -> nn.Module:
+    """A copy of ``model`` with the layers in ``ranks`` (or chosen by ``energy`` among the
+    factorable layers of ``kinds``: add ``nn.Linear`` for fully connected layers) factored."""
     if (ranks is None) == (energy is None):
         raise ValueError("give either ranks={layer: rank} or energy=<fraction in (0, 1]>")
     if ranks is None:
+        if svds is None:
+            svds = decompose(model, factorable_layers(model, kinds))
         ranks = plan(model, energy, svds)
+        if not ranks:
+            raise ValueError(
+                f"no layer of {type(model).__name__} can be factored at energy {energy} with "
+                f"fewer parameters ({len(svds)} {'/'.join(k.__name__ for k in kinds)} layers "
+                "considered); lower the energy, or pass kinds=(nn.Conv2d, nn.Linear)")
     layers = dict(model.named_modules())
     for name in ranks:
         if name not in layers:
             raise KeyError(f"no layer {name!r} in the model")
+        try:
+            matrix(layers[name])
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"layer {name!r}: {e}") from None
     # the layers being replaced are shared, not copied: they would be thrown away at once
     out = copy.deepcopy(model, memo={id(layers[name]): layers[name] for name in ranks})
     for name, rank in ranks.items():

@@ -19,9 +19,10 @@ import torch.nn as nn
 from . import data
 
 __all__ = ["release_memory", "release_after_every_cell", "is_onnx_session", "count_params",
-           "count_nonzero", "count_macs", "macs_by_layer", "state_dict_bytes", "GZIP_CHUNK",
-           "saved_sizes", "saved_size", "gzip_compress", "gzip_size", "artifact_sizes", "latency",
-           "quick_latency", "predict_logits", "accuracy_on", "accuracy", "measure"]
+           "count_nonzero", "example_input", "count_macs", "macs_by_layer", "state_dict_bytes",
+           "GZIP_CHUNK", "saved_sizes", "saved_size", "gzip_compress", "gzip_size",
+           "artifact_sizes", "latency", "quick_latency", "predict_logits", "accuracy_on",
+           "accuracy", "measure"]
 
 # torch.utils.benchmark imports cpp_extension, which logs a CUDA warning on CPU-only machines.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -112,21 +113,35 @@ def _weights(model: nn.Module) -> list[torch.Tensor]:
     return out
 
 
-def count_macs(model: nn.Module, input_size=(1, 1, 28, 28)) -> int:
-    """Multiply-accumulates of one forward pass, from torch's flop counter (1 MAC = 2 FLOPs)."""
+def example_input(example=None) -> torch.Tensor:
+    """One input row: ``example`` (a tensor, whose first row is taken, or a full shape such as
+    ``(1, 3, 32, 32)``), or by default one Fashion-MNIST-shaped image."""
+    if example is None:
+        return torch.zeros(1, *data.INPUT_SHAPE)
+    if isinstance(example, torch.Tensor):
+        return torch.zeros_like(example[:1])
+    if isinstance(example, (tuple, list, torch.Size)) and all(isinstance(d, int) for d in example):
+        return torch.zeros(1, *tuple(example)[1:])
+    raise TypeError(f"example must be an input tensor or its shape, e.g. (1, 3, 32, 32); "
+                    f"got {example!r}")
+
+
+def count_macs(model: nn.Module, example=None) -> int:
+    """Multiply-accumulates of one forward pass of one ``example`` row (see ``example_input``),
+    from torch's flop counter (1 MAC = 2 FLOPs)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model.eval()(torch.zeros(input_size))
+        model.eval()(example_input(example))
     return counter.get_total_flops() // 2
 
 
-def macs_by_layer(model: nn.Module, input_size=(1, 1, 28, 28)) -> dict[str, int]:
+def macs_by_layer(model: nn.Module, example=None) -> dict[str, int]:
     """MACs of each Conv2d / Linear module, keyed by its name in the model."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model.eval()(torch.zeros(input_size))
+        model.eval()(example_input(example))
     counts = counter.get_flop_counts()
     root = type(model).__name__
     out = {}
@@ -245,10 +260,14 @@ def _timer_stats(fn, min_run_time: float, threads: int) -> tuple[float, float]:
 
 
 def latency(model, batch_size: int = 1, min_run_time: float = 1.0,
-            threads: int | None = None) -> tuple[float, float]:
-    """CPU latency (median, p90) in ms of one forward pass on a batch of real test images."""
+            threads: int | None = None, images: torch.Tensor | None = None) -> tuple[float, float]:
+    """CPU latency (median, p90) in ms of one forward pass on a batch of real images: the first
+    ``batch_size`` of ``images`` (repeated if there are fewer), by default of the test set."""
     threads = threads or torch.get_num_threads()
-    x, _ = data.tensors("test", limit=batch_size)
+    if images is None:
+        x, _ = data.tensors("test", limit=batch_size)
+    else:
+        x = images[torch.arange(batch_size) % len(images)]
     if is_onnx_session(model):
         feed = {model.get_inputs()[0].name: x.numpy()}
         fn = lambda: model.run(None, feed)  # noqa: E731
@@ -310,13 +329,18 @@ def accuracy(model, limit: int | None = None, split: str = "test") -> tuple[floa
 def measure(model, name: str, *, notebook: str | None = None, tags=(), limit: int | None = None,
             batch_sizes=(1, 64), min_run_time: float = 1.0, artifact: bytes | str | Path | None = None,
             params: int | None = None, nonzero: int | None = None, macs: int | None = None,
-            threads: int | None = None) -> dict:
+            threads: int | None = None, images: torch.Tensor | None = None,
+            labels: torch.Tensor | None = None) -> dict:
     """Measure a torch module or an ONNX Runtime session; returns one record.
 
     ``artifact`` is what ships (bytes or a file path); for a torch module it defaults to its
     saved state dict. For an ONNX session pass the ``.onnx`` path and the counts (``params``,
-    ``macs``) of the model it came from. ``limit`` evaluates on the first N test images only
-    (performance claims use the full 10k)."""
+    ``macs``) of the model it came from. Accuracy and latency use Fashion-MNIST's test set, or
+    ``images`` and ``labels`` for any other model and data; ``limit`` evaluates on the first N
+    only (performance claims use the full 10k)."""
+    if (images is None) != (labels is None):
+        raise ValueError("pass images and labels together (the test set of your model's data), "
+                         "or neither for Fashion-MNIST's")
     threads = threads or torch.get_num_threads()
     onnx = is_onnx_session(model)
     if artifact is None:
@@ -328,18 +352,22 @@ def measure(model, name: str, *, notebook: str | None = None, tags=(), limit: in
             artifact = Path(artifact).read_bytes()
         raw, gz = artifact_sizes(artifact)
         del artifact
-    acc, n = accuracy(model, limit)
+    if images is None:
+        acc, n = accuracy(model, limit)
+    else:
+        images, labels = images[:limit], labels[:limit]
+        acc, n = accuracy_on(model, images, labels), len(labels)
     record = {
         "notebook": notebook or os.environ.get("EDGELAB_NOTEBOOK"),
         "name": name, "tags": list(tags), "runtime": "onnxruntime" if onnx else "torch",
         "accuracy": acc, "test_images": n,
         "params": params if params is not None else (None if onnx else count_params(model)),
         "nonzero_params": nonzero if nonzero is not None else (None if onnx else count_nonzero(model)),
-        "macs": macs if macs is not None else (None if onnx else count_macs(model)),
+        "macs": macs if macs is not None else (None if onnx else count_macs(model, images)),
         "bytes": raw, "gzip_bytes": gz,
     }
     for b in batch_sizes:
-        med, p90 = latency(model, b, min_run_time, threads)
+        med, p90 = latency(model, b, min_run_time, threads, images)
         record[f"latency_b{b}_ms"], record[f"latency_b{b}_p90_ms"] = med, p90
     record["threads"] = threads
     return record

@@ -12,15 +12,13 @@ import torch.nn as nn
 from torchvision.models import resnet18
 from torchvision.models.resnet import BasicBlock
 
-from .data import CLASSES, REPO_ROOT
+from .data import CLASSES, INPUT_SHAPE, REPO_ROOT
 
-__all__ = ["CHECKPOINT_DIR", "INPUT_SHAPE", "SHIPPED_SHA256", "teacher", "Student", "student",
+__all__ = ["CHECKPOINT_DIR", "SHIPPED_SHA256", "teacher", "Student", "student",
            "structured_teacher", "lowrank_teacher", "ARCHS", "build", "sha256_file",
            "atomic_write_bytes", "save_checkpoint", "read_card", "load_checkpoint"]
 
 CHECKPOINT_DIR = REPO_ROOT / "data" / "checkpoints"
-# What the teacher and the student take: one grayscale 28x28 image per row.
-INPUT_SHAPE = (1, 28, 28)
 
 # sha256 of every shipped checkpoint, so a swapped file *and* card are both caught.
 SHIPPED_SHA256: dict[str, str] = {

@@ -248,14 +248,16 @@ del dynamic_model
 #    module for an int8 one with the scales the observers chose.
 #
 # PyTorch has deprecated this API (it prints a migration notice, shown once below) in favour of
-# PT2E in torchao; it still runs and is the clearest picture of what happens. A PyTorch build
-# without a quantized CPU engine (the macOS wheels) cannot run it: the notebook says so and carries
-# on with ONNX Runtime in part 6.
+# PT2E in torchao; it still runs and is the clearest picture of what happens. It needs a quantized
+# CPU engine (`torch.backends.quantized.supported_engines`, printed below: x86 builds have `x86`
+# and `fbgemm`, Arm builds such as the macOS arm64 wheels have `qnnpack`); on a build without
+# one the notebook says so and carries on with ONNX Runtime in part 6.
 
 # %%
 try:
     ENGINE = quantize.quantized_engine()
-    print(f"PyTorch quantized engine: {ENGINE}")
+    print(f"PyTorch quantized engine: {ENGINE} (this build supports "
+          f"{torch.backends.quantized.supported_engines})")
 except quantize.NoQuantizedEngine as e:
     ENGINE = None
     print(e)

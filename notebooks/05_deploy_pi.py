@@ -23,7 +23,7 @@
 # under qemu) to check that it predicts there exactly what it predicts here.
 #
 # **You will learn**
-# - how to export with `torch.onnx.export(..., dynamo=True)` into one `.onnx` file with a dynamic
+# - how to export with `torch.onnx.export` (its `torch.export`-based exporter) into one `.onnx` file with a dynamic
 #   batch size, how to check the file against PyTorch on real images, and what a model that
 #   cannot be exported looks like;
 # - what intra-op threads and batch size do to latency in ONNX Runtime, and where more threads
@@ -78,15 +78,20 @@ print(f"smoke mode: {SMOKE}; torch {torch.__version__}; {torch.get_num_threads()
 # ## 1 · Export to ONNX
 #
 # ONNX is a file format for a computation graph and its weights; ONNX Runtime runs it on x86, Arm
-# and more, from Python, C, C++, Java or C#, without PyTorch. `torch.onnx.export(...,
-# dynamo=True)` captures the forward pass with `torch.export` (the whole graph, as PyTorch
-# operators), then translates each operator to ONNX. `edgelab.deploy.export` asks for one
+# and more, from Python, C, C++, Java or C#, without PyTorch. `torch.onnx.export` captures the
+# forward pass with `torch.export` (the whole graph, as PyTorch operators), then translates each
+# operator to ONNX: `dynamo=True` selects this exporter, and it is the default since PyTorch 2.9
+# ([torch.onnx docs](https://docs.pytorch.org/docs/stable/onnx.html); the next cell prints the
+# installed default), so the older TorchScript exporter is now the opt-in (`dynamo=False`). `edgelab.deploy.export` asks for one
 # self-contained file (weights inside, no side `.data` file) and a batch dimension left free
 # (`dynamic_shapes`), so the same file serves one image or a hundred.
 
 # %%
 torch_models = {"teacher": models.load_checkpoint("teacher"),
                 "pruned50": models.load_checkpoint("pruned50")}
+import inspect
+print(f"torch {torch.__version__}: torch.onnx.export(dynamo=...) defaults to "
+      f"{inspect.signature(torch.onnx.export).parameters['dynamo'].default}")
 example = data.tensors("val", limit=2)[0]   # two images: the input shape the exporter traces
 fp32_onnx = {}
 for name, m in torch_models.items():
@@ -277,6 +282,7 @@ print("ships:", why)
 # %%
 bundle = deploy.build_bundle(onnx_files[chosen["name"]], name=chosen["name"],
                              accuracy=chosen["accuracy"], test_images=chosen["test_images"],
+                             macs=chosen["macs"],
                              notes=f"Chosen in notebooks/05_deploy_pi.ipynb: {why}.")
 for f, n in deploy.check_bundle(bundle).items():
     print(f"{f:18s} {n / 1e3:8.1f} kB")
@@ -354,8 +360,10 @@ del shipped
 #    (Debian's own packages, with the bundle's pinned onnxruntime, numpy and Pillow installed from
 #    their aarch64 wheels on PyPI);
 # 2. runs the bundle's own `predict.py` there with **qemu user-mode emulation**, which translates
-#    each Arm instruction into x86 ones, with `QEMU_CPU=cortex-a72` so that the emulated CPU has
-#    exactly the Pi 4 core's instruction set;
+#    each Arm instruction into x86 ones, with `QEMU_CPU=cortex-a72`, the Pi 4's core (Armv8.0-A:
+#    no int8 dot product). QEMU's model is close, not exact: it also offers the Armv8 crypto
+#    extensions (aes, pmull, sha1, sha2), which the Pi 4's BCM2711 does not have, so code that
+#    needs them would pass here and fail on a Pi 4 (the feature list is printed below);
 # 3. compares every prediction with ONNX Runtime's on x86.
 #
 # Emulation is many times slower than a real core, by a factor that depends on the code, so the
@@ -374,6 +382,8 @@ if available:
           f"onnxruntime {arm['onnxruntime']}")
     print(f"CPU features the emulated core reports: {' '.join(cpu['features'])} "
           f"(int8 dot product: {cpu['dotprod']}, SVE: {cpu['sve']})")
+    crypto = [f for f in cpu["features"] if f in ("aes", "pmull", "sha1", "sha2")]
+    print(f"of which the Pi 4's BCM2711 lacks the crypto extensions: {' '.join(crypto) or 'none'}")
     print(f"{arm['images'] - arm['mismatches']} of {arm['images']} predictions equal x86's; "
           f"largest logit difference {arm['max_abs_logit_diff']:.1e}")
     print(f"the check took {arm['emulated_seconds']:.0f} s under emulation on this x86 machine "
@@ -437,7 +447,7 @@ print(f"wrote {len(records)} records to {path.relative_to(path.parents[2])}")
 # %% [markdown]
 # **What it means.** The export and the bundle are checked, not assumed: the ONNX files agree
 # with PyTorch on real images, and the bundle's own script, with the Pi's own packages, gives the
-# same answers on the Pi 4's instruction set as here. What the emulator cannot tell you is speed:
+# same answers on an emulated Pi 4 core as here. What the emulator cannot tell you is speed:
 # measure it on the Pi with `python predict.py --benchmark`.
 #
 # **Next:** [06 · The whole pipeline](06_pipeline.ipynb) chains pruning, int8 and distillation

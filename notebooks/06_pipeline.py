@@ -160,6 +160,7 @@ print(f"\nships: {pick['name']}, because {why}.")
 chosen = report.find(records, pick["name"])
 bundle = deploy.build_bundle(onnx_files[pick["name"]], name=pick["name"],
                              accuracy=chosen["accuracy"], test_images=chosen["test_images"],
+                             macs=chosen["macs"],
                              notes=f"Chosen by notebooks/06_pipeline.ipynb: {why}.")
 print("bundle:", ", ".join(f"{f} ({n / 1e3:.0f} kB)" for f, n in deploy.check_bundle(bundle).items()))
 available, how = deploy.arm64_available()

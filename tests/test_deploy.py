@@ -47,7 +47,7 @@ def tiny_onnx(tiny, tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle(tiny_onnx, tmp_path_factory):
     return deploy.build_bundle(tiny_onnx, tmp_path_factory.mktemp("b") / "pi_bundle", name="tiny",
-                               accuracy=0.1, test_images=100)
+                               accuracy=0.1, test_images=100, macs=1_000_000)
 
 
 # ---- export -------------------------------------------------------------------------------
@@ -102,6 +102,9 @@ def test_bundle_has_every_file_and_check_bundle_names_a_missing_one(bundle, tmp_
     assert (bundle / "predict.py").read_text() == (deploy.TEMPLATE / "predict.py").read_text()
     readme = (bundle / "README.md").read_text()
     assert "{{" not in readme and "10.00 %" in readme and "not measured here" in readme
+    ratio = deploy.resnet18_224_macs() / 1_000_000
+    assert f"does 1,000,000 multiply-adds per image, {ratio:.1f} times fewer" in readme
+    assert 1.7e9 < deploy.resnet18_224_macs() < 1.9e9   # torchvision's docs: 1.81 GFLOPS
     for name in deploy.BUNDLE_FILES:
         broken = tmp_path / name.replace(".", "_")
         shutil.copytree(bundle, broken)

@@ -128,8 +128,10 @@ def test_rank_below_one_or_above_full_rank_is_refused_with_the_layers_full_rank(
 
 
 def test_grouped_convolutions_and_other_layers_cannot_be_factored():
-    with pytest.raises(TypeError, match="ungrouped"):
+    with pytest.raises(ValueError, match="a depthwise convolution .* channel SVD does not apply"):
         lowrank.factor(nn.Conv2d(8, 8, 3, groups=8), 2)
+    with pytest.raises(ValueError, match="layer '0': .*a grouped convolution"):
+        lowrank.factorize(nn.Sequential(nn.Conv2d(8, 8, 3, groups=2)), ranks={"0": 2})
     with pytest.raises(TypeError, match="nn.Linear"):
         lowrank.full_rank(nn.BatchNorm2d(8))
 
