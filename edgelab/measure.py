@@ -18,11 +18,11 @@ import torch.nn as nn
 
 from . import data
 
-__all__ = ["release_memory", "release_after_every_cell", "is_onnx_session", "count_params",
-           "count_nonzero", "example_input", "count_macs", "macs_by_layer", "state_dict_bytes",
-           "GZIP_CHUNK", "saved_sizes", "saved_size", "gzip_compress", "gzip_size",
-           "artifact_sizes", "latency", "quick_latency", "predict_logits", "accuracy_on",
-           "accuracy", "measure"]
+__all__ = ["setup_notebook", "release_memory", "release_after_every_cell", "is_onnx_session",
+           "count_params", "count_nonzero", "example_input", "count_macs", "macs_by_layer",
+           "state_dict_bytes", "GZIP_CHUNK", "saved_sizes", "saved_size", "gzip_compress",
+           "gzip_size", "artifact_sizes", "latency", "quick_latency", "predict_logits",
+           "accuracy_on", "accuracy", "measure"]
 
 # torch.utils.benchmark imports cpp_extension, which logs a CUDA warning on CPU-only machines.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -77,8 +77,12 @@ def release_after_every_cell() -> None:
         shell.events.register("post_run_cell", _release_after_cell)
 
 
-_fewer_malloc_arenas()
-release_after_every_cell()
+def setup_notebook() -> None:
+    """What a notebook calls once, after its imports: two malloc arenas and a heap trim after
+    every cell, so the kernel's resident memory tracks what Python still holds (Binder's 2 GB
+    limit counts resident memory). Importing edgelab changes nothing by itself."""
+    _fewer_malloc_arenas()
+    release_after_every_cell()
 
 
 def is_onnx_session(model) -> bool:
@@ -197,10 +201,11 @@ def saved_sizes(model: nn.Module) -> tuple[int, int]:
     return out.sizes()
 
 
-def saved_size(model: nn.Module) -> int:
-    """``len(state_dict_bytes(model))``, neither holding nor compressing the bytes."""
+def saved_size(model: nn.Module | dict) -> int:
+    """``len(state_dict_bytes(model))`` (or of a state dict as given), neither holding nor
+    compressing the bytes."""
     out = _SizeOnly(gzip=False)
-    torch.save(model.state_dict(), out)
+    torch.save(model if isinstance(model, dict) else model.state_dict(), out)
     return out.raw
 
 

@@ -23,14 +23,14 @@ from .measure import release_memory
 from .models import atomic_write_bytes
 
 __all__ = ["check_bits", "int_range", "qparams", "quantize", "dequantize", "quantize_dequantize",
-           "relative_error", "quantizable_weights", "weight_bytes", "float_bytes",
-           "fake_quantized_weights", "fake_quantize_weights", "NoQuantizedEngine",
-           "quantized_engine", "quiet", "quantizable_teacher", "dynamic", "eager_qconfig",
-           "calibrate", "eager_prepare", "eager_convert", "eager_static", "qat_prepare",
-           "qat_finetune", "CallSites", "reused_modules", "unshare_modules", "x86_quantizer",
-           "pt2e_static", "graph_bytes", "deprecation_notice", "FixedBatches", "compile_fixed",
-           "release_compiled", "export_onnx", "session", "ort_static", "module_types",
-           "Stopwatch"]
+           "relative_error", "quantizable_weights", "weight_bytes", "mixed_bits", "float_bytes",
+           "fake_quantized_weights", "WithWeights", "with_weights", "fake_quantize_weights",
+           "NoQuantizedEngine", "quantized_engine", "quiet", "quantizable_teacher", "dynamic",
+           "eager_qconfig", "calibrate", "eager_prepare", "eager_convert", "eager_static",
+           "qat_prepare", "qat_finetune", "CallSites", "reused_modules", "unshare_modules",
+           "x86_quantizer", "pt2e_static", "graph_bytes", "deprecation_notice", "FixedBatches",
+           "compile_fixed", "release_compiled", "export_onnx", "session", "ort_static",
+           "module_types", "Stopwatch"]
 
 MIN_BITS, MAX_BITS = 2, 16
 
@@ -130,19 +130,58 @@ def quantizable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
             if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
-def weight_bytes(model: nn.Module, bits: int, per_channel: bool) -> int:
-    """Bytes the weights would take at ``bits`` per Conv/Linear weight (packed), with one fp32
-    scale (symmetric: no zero point) per tensor or per output channel; everything else stays
-    fp32 (biases, batch norm)."""
-    check_bits(bits)
+def weight_bytes(model: nn.Module, bits: int | dict[str, int], per_channel: bool) -> int:
+    """Bytes the weights would take at ``bits`` per Conv/Linear weight (packed; or a width per
+    weight's state-dict key), with one fp32 scale (symmetric: no zero point) per tensor or per
+    output channel; everything else stays fp32 (biases, batch norm)."""
     quantized = quantizable_weights(model)
+    widths = bits if isinstance(bits, dict) else dict.fromkeys(quantized, bits)
+    if set(widths) != set(quantized):
+        raise ValueError(f"bits per weight must name exactly the Conv/Linear weights "
+                         f"{sorted(quantized)}")
     total_bits = 0
     for key, t in model.state_dict().items():
         if key in quantized:
-            total_bits += t.numel() * bits + 32 * (t.shape[0] if per_channel else 1)
+            total_bits += t.numel() * check_bits(widths[key]) + 32 * (t.shape[0] if per_channel else 1)
         elif t.is_floating_point():
             total_bits += t.numel() * 32
     return (total_bits + 7) // 8
+
+
+def mixed_bits(drop_at_min: dict[str, float], sizes: dict[str, int], budget_bits: int,
+               choices=(2, 3, 4, 5, 6, 8)) -> dict[str, int]:
+    """A width per layer within ``budget_bits`` weight bits in all: start every layer at the
+    smallest width, then repeatedly give one more step to the layer whose modelled loss falls
+    most per extra bit. A layer's loss at ``b`` bits is modelled as its measured accuracy drop at
+    the smallest width times 4^-(b - min): each extra bit halves the rounding step, quartering
+    the error's variance."""
+    choices = sorted(check_bits(b) for b in choices)
+    if set(drop_at_min) != set(sizes):
+        raise ValueError("drop_at_min and sizes must name the same layers")
+    bits = dict.fromkeys(sizes, choices[0])
+    used = sum(n * choices[0] for n in sizes.values())
+    if used > budget_bits:
+        raise ValueError(f"the budget of {budget_bits:,} bits is below {choices[0]} bits a weight "
+                         f"({used:,} bits)")
+
+    def loss(k, b):
+        return max(drop_at_min[k], 0.0) * 4.0 ** -(b - choices[0])
+
+    while True:
+        best, best_gain = None, 0.0
+        for k, b in bits.items():
+            if b == choices[-1]:
+                continue
+            nxt = choices[choices.index(b) + 1]
+            cost = sizes[k] * (nxt - b)
+            if used + cost <= budget_bits:
+                gain = (loss(k, b) - loss(k, nxt)) / cost
+                if best is None or gain > best_gain:
+                    best, best_gain = (k, nxt, cost), gain
+        if best is None:
+            return bits
+        k, nxt, cost = best
+        bits[k], used = nxt, used + cost
 
 
 def float_bytes(model: nn.Module) -> int:
@@ -159,6 +198,26 @@ def fake_quantized_weights(model: nn.Module, bits: int, per_channel: bool,
         source = {k: w.detach() for k, w in quantizable_weights(model).items()}
     return {k: quantize_dequantize(w, bits, axis=0 if per_channel else None, symmetric=True)
             for k, w in source.items()}
+
+
+class WithWeights(nn.Module):
+    """``model`` run with some of its weights replaced (``torch.func.functional_call``): fake
+    quantization without a copy of the model."""
+
+    def __init__(self, model: nn.Module, weights: dict[str, torch.Tensor]):
+        super().__init__()
+        self.model, self.weights = model, weights
+
+    def forward(self, x):
+        return torch.func.functional_call(self.model, self.weights, (x,))
+
+
+def with_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """``model`` with the tensors in ``weights`` (by state-dict key) used in place of its own."""
+    unknown = set(weights) - set(model.state_dict())
+    if unknown:
+        raise KeyError(f"{type(model).__name__} has no tensors named {sorted(unknown)}")
+    return WithWeights(model, weights)
 
 
 def fake_quantize_weights(model: nn.Module, bits: int, per_channel: bool,
@@ -491,11 +550,11 @@ def compile_fixed(model: nn.Module, example: torch.Tensor, batch: int = 64) -> t
 
     logging.getLogger("torch._inductor").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="torch._inductor")
-    inductor_config.freezing = True
     compiled = torch.compile(model, dynamic=False)
     wrapped = FixedBatches(compiled, batch)
     t0 = time.perf_counter()
-    with torch.inference_mode(), quiet():   # measure() runs models under inference_mode
+    # both shapes compile now, under freezing; the setting does not outlive this call
+    with torch.inference_mode(), quiet(), inductor_config.patch(freezing=True):
         row = torch.zeros_like(example[:1])
         wrapped(row)
         wrapped(row.expand(batch, *row.shape[1:]).contiguous())

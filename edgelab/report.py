@@ -9,25 +9,42 @@ from pathlib import Path
 from .data import REPO_ROOT
 from .models import atomic_write_bytes
 
-__all__ = ["BUILD", "RESULTS_DIR", "write_notebook_results", "find", "table", "plot",
-           "pareto_front", "pareto_plot", "TARGETS", "check_targets", "targets_table", "assemble",
-           "int8_static_bars"]
+__all__ = ["SEED_CLAIMS", "seed_claim", "BUILD", "RESULTS_DIR", "write_notebook_results", "find",
+           "table", "plot", "pareto_front", "pareto_plot", "TARGETS", "check_targets",
+           "targets_table", "assemble", "int8_static_bars"]
 
 BUILD = REPO_ROOT / "build"
 RESULTS_DIR = BUILD / "results"
 
 
+SEED_CLAIMS = ("1", "2", "3", "4", "5", "6", "7")   # the blog's claims (docs: DESIGN.md)
+
+
+def seed_claim(ran: str, happened) -> dict:
+    """One of the blog's claims as a notebook showed it: what ran, and what happened (an error's
+    text or the measured numbers)."""
+    if not ran or happened in (None, "", {}):
+        raise ValueError("a seed claim needs what ran and what happened")
+    return {"ran": ran, "happened": happened}
+
+
 def write_notebook_results(notebook: str, records: list[dict], widgets: dict | None = None,
-                           smoke: bool = False, results_dir: Path | None = None) -> Path:
+                           smoke: bool = False, results_dir: Path | None = None,
+                           seed_claims: dict | None = None) -> Path:
     """Write ``build/results/<notebook>.json`` atomically; records get the notebook's name.
 
+    ``seed_claims`` maps a claim's key ("1"-"7") to ``seed_claim(...)``.
     ``$EDGELAB_RESULTS`` redirects the folder (the tests use it to keep build/ untouched)."""
     if not notebook:
         raise ValueError("write_notebook_results needs the notebook's name, e.g. '00_baseline'")
+    unknown = set(seed_claims or ()) - set(SEED_CLAIMS)
+    if unknown:
+        raise ValueError(f"seed claims are keyed {', '.join(SEED_CLAIMS)}; got {sorted(unknown)}")
     records = [dict(r, notebook=notebook) for r in records]
     results_dir = results_dir or os.environ.get("EDGELAB_RESULTS") or RESULTS_DIR
     path = Path(results_dir) / f"{notebook}.json"
-    payload = {"smoke": bool(smoke), "records": records, "widgets": widgets or {}}
+    payload = {"smoke": bool(smoke), "records": records, "widgets": widgets or {},
+               "seed_claims": {k: dict(v, notebook=notebook) for k, v in (seed_claims or {}).items()}}
     atomic_write_bytes(path, (json.dumps(payload, indent=2) + "\n").encode())
     return path
 
@@ -201,11 +218,12 @@ def _accuracy_gap(notebook, name, max_pt):
 
 
 def _student_int8(res):
-    """03: the best student in int8 against the fp32 teacher, both on the full test set."""
+    """03: the best distilled student (chosen on validation) in int8 against the fp32 teacher,
+    both on the full test set."""
     rs = [r for r in res["records"] if r["notebook"] == "03_distillation"
           and r["test_images"] == 10000]
     teachers = [r for r in rs if r["name"] == "teacher"]
-    int8 = [r for r in rs if {"student", "int8"} <= set(r["tags"])]
+    int8 = [r for r in rs if {"student", "int8", "kd"} <= set(r["tags"])]
     if not teachers or not int8:
         return None
     t, m = teachers[0], int8[0]
@@ -274,12 +292,14 @@ def assemble(run: dict, notebooks: dict, results_dir: Path | None = None,
              out: Path | None = None) -> dict:
     """Merge every ``build/results/<notebook>.json`` into one ``build/results.json``."""
     results_dir = Path(results_dir or RESULTS_DIR)
-    res = {"run": run, "notebooks": notebooks, "widgets": {}, "records": []}
+    res = {"run": run, "notebooks": notebooks, "widgets": {}, "records": [], "seed_claims": {}}
     for path in sorted(results_dir.glob("*.json")):
         part = json.loads(path.read_text())
         res["records"] += part["records"]
+        res["seed_claims"].update(part.get("seed_claims", {}))
         for k, v in part.get("widgets", {}).items():
             res["widgets"][f"{path.stem}.{k}"] = v
+    res["seed_claims"] = dict(sorted(res["seed_claims"].items()))
     atomic_write_bytes(Path(out or BUILD / "results.json"),
                        (json.dumps(res, indent=2, default=_json_default) + "\n").encode())
     return res
@@ -360,3 +380,16 @@ def _arm64_match(res):
 
 TARGETS += [("05: Pi bundle on an emulated Cortex-A72 equals x86 on every checked image",
              _arm64_match)]
+
+
+def _seed_claims_shown(res):
+    """The blog's claims that a notebook ran and recorded in this run (results.json: seed_claims)."""
+    shown = sorted(res.get("seed_claims", {}))
+    if not shown:
+        return None
+    missing = [k for k in SEED_CLAIMS if k not in shown]
+    return (f"{len(shown)} of {len(SEED_CLAIMS)}"
+            + (f" (missing {', '.join(missing)})" if missing else ""), not missing)
+
+
+TARGETS += [("the blog's seven claims each shown by a cell that runs it", _seed_claims_shown)]

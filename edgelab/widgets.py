@@ -12,7 +12,6 @@ from typing import Callable
 
 import ipywidgets as W
 import torch
-import torch.nn as nn
 from IPython.display import display
 
 __all__ = ["Panel", "prune_panel", "bits_panel", "distill_panel", "lowrank_panel"]
@@ -181,18 +180,6 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
     return Panel(controls, compute, render, title="Prune the teacher")
 
 
-class _WithWeights(nn.Module):
-    """``model`` run with some of its weights replaced (``torch.func.functional_call``), so a
-    panel needs no copy of the model between moves."""
-
-    def __init__(self, model: nn.Module, weights: dict[str, torch.Tensor]):
-        super().__init__()
-        self.model, self.weights = model, weights
-
-    def forward(self, x):
-        return torch.func.functional_call(self.model, self.weights, (x,))
-
-
 def bits_panel(model, images, labels, bits: int = 8, per_channel: bool = True) -> Panel:
     """Weight bit width (2–8) and per-tensor / per-channel scales, applied as fake quantization
     to every Conv/Linear weight of ``model`` (on a copy of those weights made for each move, not
@@ -208,7 +195,7 @@ def bits_panel(model, images, labels, bits: int = 8, per_channel: bool = True) -
     def compute(bits, granularity):
         pc = granularity == "per-channel"
         fake = quantize.fake_quantized_weights(model, bits, pc)
-        accuracy = measure.accuracy_on(_WithWeights(model, fake), images, labels)
+        accuracy = measure.accuracy_on(quantize.with_weights(model, fake), images, labels)
         return {"accuracy": accuracy, "bytes": quantize.weight_bytes(model, bits, pc),
                 "fp32_bytes": fp32_bytes, "images": len(images)}
 

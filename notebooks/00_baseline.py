@@ -40,6 +40,8 @@ import torch
 
 from edgelab import data, measure, models, report
 
+measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
+
 EVAL_IMAGES = 1000 if SMOKE else None   # None: the full 10k test set
 LATENCY_S = 0.2 if SMOKE else 1.0       # seconds of timing per batch size
 print(f"smoke mode: {SMOKE}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
@@ -97,6 +99,55 @@ print(f"trained by `{card['command']}`: {card['epochs']} epochs, seed {card['see
       f"{card['wall_time_s'] / 60:.0f} min on {card['device']} ({card['threads']} threads)")
 print(f"test accuracy recorded in the card: {100 * card['test_accuracy']:.2f} % "
       f"(we measure it again below)")
+
+# %% [markdown]
+# ### The blog's `resnet18(pretrained=True)`
+#
+# The blog post starts from `resnet18(pretrained=True)`. What does that line do with the
+# torchvision this workbook pins? The cell runs it with torchvision's downloader replaced by one
+# that refuses, so nothing is fetched, and prints every warning it gives.
+
+# %%
+import warnings
+from unittest import mock
+
+import torchvision
+import torchvision.models._api as tv_api
+from torchvision.models import ResNet18_Weights, resnet18
+
+
+def refuse_download(url, *args, **kwargs):
+    raise ConnectionRefusedError(f"download refused by this notebook: {url}")
+
+
+with warnings.catch_warnings(record=True) as caught, \
+        mock.patch.object(tv_api, "load_state_dict_from_url", refuse_download):
+    warnings.simplefilter("always")
+    try:
+        resnet18(pretrained=True)
+        outcome = "built without a download (weights already cached?)"
+    except ConnectionRefusedError as e:
+        outcome = str(e)
+print(f"torchvision {torchvision.__version__}, resnet18(pretrained=True):")
+for w in caught:
+    print(f"  {w.category.__name__}: {w.message}")
+print(f"  then: {outcome}")
+weights = ResNet18_Weights.DEFAULT
+print(f"ResNet18_Weights.DEFAULT is {weights}: ImageNet top-1 {weights.meta['_metrics']['ImageNet-1K']['acc@1']} %, "
+      f"inputs {weights.transforms().crop_size} px colour crops")
+seed_claims = {"4": report.seed_claim(
+    "torchvision.models.resnet18(pretrained=True), torchvision's downloader patched to refuse",
+    {"warnings": [str(w.message) for w in caught], "then": outcome, "maps_to": str(weights),
+     "url": weights.url})}
+
+# %% [markdown]
+# So `pretrained=True` still works but is deprecated (since torchvision 0.13, says the warning);
+# it maps to the weights enum printed above, and its replacement is
+# `resnet18(weights=ResNet18_Weights.DEFAULT)`
+# ([torchvision's model docs](https://docs.pytorch.org/vision/stable/models.html)). Either way it
+# needs the network, and the weights it fetches were learned on 224×224 colour photos. This
+# workbook trains its own teacher on 1×28×28 grayscale images instead: no download at run time, and
+# a stem that suits the images (above).
 
 # %% [markdown]
 # For scale, the **student** that notebook 03 distils: a small ResNet with real residual blocks
@@ -193,7 +244,7 @@ for what, size in budgets.items():
 # `build/results.json`.
 
 # %%
-path = report.write_notebook_results(NOTEBOOK, records, smoke=SMOKE)
+path = report.write_notebook_results(NOTEBOOK, records, smoke=SMOKE, seed_claims=seed_claims)
 print(f"wrote {len(records)} records to {path.relative_to(path.parents[2])}")
 
 # %% [markdown]

@@ -41,6 +41,8 @@ import torch
 
 from edgelab import cache, check, data, measure, models, prune, report, train, widgets
 
+measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
+
 EVAL_IMAGES = 500 if SMOKE else None    # accuracy claims: the full 10k test set at defaults
 SUBSET = 200 if SMOKE else 1000         # validation images for scans and quick looks
 LATENCY_S = 0.2 if SMOKE else 1.0
@@ -73,7 +75,9 @@ print(f"teacher on the {SUBSET} validation images: {100 * subset_accuracy(teache
 # smallest magnitude |w|. Two details decide whether your code is right:
 #
 # - **count, don't compare**: with `k = round(rate * n)` weights to prune, keep exactly `n - k`.
-#   Comparing with a threshold (`abs(w) > t`) prunes *every* weight tied at the threshold;
+#   Comparing with a threshold prunes the wrong number when magnitudes tie at it: `abs(w) > t`
+#   prunes *every* tied weight (too many), and the blog's `abs(w) >= t` keeps every one (too few,
+#   shown below);
 # - **rate is the fraction removed**: rate 0 keeps everything, rate 0.9 keeps a tenth.
 #
 # ### Your turn
@@ -145,6 +149,37 @@ print(f"\nnon-zero weights: {z['nonzero_params'] / t['nonzero_params']:.0%} of t
 # multiplies by zero as fast as by anything else, so latency does not move either (differences of a
 # few percent are timing noise). Zeros pay off only with sparse kernels or sparsity-aware hardware.
 #
+# ### The blog's `prune_model`, line by line
+#
+# The cell re-types the blog's rule for one tensor (the blog loops it over every Conv2d and
+# Linear): `num_prune = int(n * rate)`, sort the magnitudes, `threshold = weight_abs[num_prune]`,
+# keep `abs(w) >= threshold`. Run on a small tensor whose magnitudes tie, and at rate 1.0. (The
+# blog's snippet also calls `torch.sort` without importing `torch`; it only runs because the blog's
+# next snippet happens to import torch before calling it.)
+
+# %%
+def blog_prune_tensor(weight, prune_rate):   # the blog's prune_model, re-typed for one tensor
+    num_prune = int(weight.numel() * prune_rate)
+    weight_abs = torch.sort(weight.abs().view(-1))[0]
+    threshold = weight_abs[num_prune]
+    return weight * (weight.abs() >= threshold).float()
+
+
+tied = torch.tensor([0.1, -0.2, 0.2, -0.2, 0.2, 0.3, -0.4, 0.5])
+blog_ties = {}
+for rate in (0.25, 0.5):
+    zeros = int((blog_prune_tensor(tied, rate) == 0).sum())
+    counted = int((~prune.magnitude_mask(tied, rate)).sum())
+    blog_ties[rate] = {"asked": int(tied.numel() * rate), "blog": zeros, "counted": counted}
+    print(f"rate {rate}: asks for {blog_ties[rate]['asked']} zeros of {tied.numel()}; the blog's "
+          f"rule makes {zeros}, the counted mask {counted}")
+try:
+    blog_prune_tensor(tied, 1.0)
+    rate_one = "no error"
+except IndexError as e:
+    rate_one = f"IndexError: {e}"
+print(f"rate 1.0: {rate_one}")
+#
 # ### Fine-tuning: with or without the mask?
 #
 # Pruning usually costs some accuracy, recovered by training a little more. Train the pruned model
@@ -153,7 +188,8 @@ print(f"\nnon-zero weights: {z['nonzero_params'] / t['nonzero_params']:.0%} of t
 # %%
 print(f"sparsity before: {prune.sparsity(zeros50):.3f}")
 no_mask = train.finetune_steps(zeros50, steps=min(FINETUNE_STEPS, 5))   # trains in place
-print(f"after {min(FINETUNE_STEPS, 5)} steps without the mask: {prune.sparsity(no_mask):.3f}   (the zeros grew back)")
+regrown = prune.sparsity(no_mask)
+print(f"after {min(FINETUNE_STEPS, 5)} steps without the mask: {regrown:.3f}   (the zeros grew back)")
 del no_mask, zeros50
 measure.release_memory()
 with_mask = train.finetune_steps(pruned_global, steps=FINETUNE_STEPS, lr=FINETUNE_LR)
@@ -330,7 +366,16 @@ for what, value, ok in bars:
     print(f"{'met   ' if ok else 'MISSED'}  {what}: {value:.2f}")
 if SMOKE:
     print("(smoke mode: small sizes, these figures are not the claims)")
-path = report.write_notebook_results(NOTEBOOK, records, widgets={"prune_rate": slider}, smoke=SMOKE)
+seed_claims = {"1": report.seed_claim(
+    "prune_model's rule re-typed (keep |w| >= sorted[int(n * rate)]) on a tensor with ties and at "
+    "rate 1.0; 50 % magnitude zeros saved, timed and fine-tuned without the mask",
+    {"ties": {str(r): v for r, v in blog_ties.items()}, "rate_1.0": rate_one,
+     "zeros_file_bytes_vs_teacher": report.find(records, "unstructured-50")["bytes"] / t["bytes"],
+     "zeros_latency_b1_vs_teacher":
+         report.find(records, "unstructured-50")["latency_b1_ms"] / t["latency_b1_ms"],
+     "sparsity_after_unmasked_finetune": regrown})}
+path = report.write_notebook_results(NOTEBOOK, records, widgets={"prune_rate": slider}, smoke=SMOKE,
+                                     seed_claims=seed_claims)
 
 # %% [markdown]
 # **What it means.** Zeros are free to make and worth nothing on a dense CPU kernel; removed

@@ -48,6 +48,8 @@ import torch
 
 from edgelab import data, lowrank, measure, models, quantize, report, train, widgets
 
+measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
+
 T_START = time.time()
 EVAL_IMAGES = 300 if SMOKE else None    # accuracy claims: the full 10k test set at defaults
 SUBSET = 200 if SMOKE else 1000         # validation images for quick looks

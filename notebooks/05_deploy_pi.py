@@ -57,6 +57,8 @@ import torch
 
 from edgelab import check, data, deploy, measure, models, quantize, report
 
+measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
+
 T_START = time.time()
 EVAL_IMAGES = 200 if SMOKE else None      # None: the full 10k test set (every claim below)
 CHECK_IMAGES = 32 if SMOKE else 256       # real test images for the export check

@@ -39,6 +39,8 @@ import torch
 from edgelab import data, deploy, measure, models, quantize, report
 from edgelab.data import REPO_ROOT
 
+measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
+
 EVAL_IMAGES = 500 if SMOKE else None     # the full 10k test set at defaults
 CALIBRATION = 128 if SMOKE else 512      # training images for int8 calibration
 LATENCY_S = 0.2 if SMOKE else 1.0        # seconds of timing per latency figure

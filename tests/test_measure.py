@@ -114,3 +114,14 @@ def test_release_after_every_cell_registers_once_in_ipython_and_is_a_no_op_elsew
         shell.run_cell("x = 1")  # the hook runs after a cell without error
     finally:
         InteractiveShell.clear_instance()
+
+
+def test_importing_edgelab_registers_no_hook_until_setup_notebook(monkeypatch):
+    import subprocess
+    import sys
+    code = ("import IPython.core.interactiveshell as s; shell = s.InteractiveShell.instance(); "
+            "import edgelab.measure, edgelab.quantize, edgelab.widgets, edgelab.deploy; "
+            "n = lambda: len(shell.events.callbacks['post_run_cell']); before = n(); "
+            "edgelab.measure.setup_notebook(); print(before, n())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "1"]

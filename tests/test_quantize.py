@@ -129,7 +129,7 @@ def test_bits_panel_answers_what_a_fake_quantized_copy_would():
     fake = {k: quantize.quantize_dequantize(w.detach(), 3, symmetric=True)
             for k, w in quantize.quantizable_weights(m).items()}
     with torch.no_grad():
-        assert torch.allclose(widgets._WithWeights(m, fake)(x), copy_3bit(x), atol=1e-6)
+        assert torch.allclose(quantize.with_weights(m, fake)(x), copy_3bit(x), atol=1e-6)
 
 
 # ---- the exercise checker -----------------------------------------------------------------
@@ -350,3 +350,27 @@ def test_a_non_finite_value_is_an_error_not_a_tensor_of_nans(bad):
     with pytest.raises(ValueError, match="NaN or Inf"):
         quantize.qparams(x.view(2, 2), 8, axis=0)
 
+
+
+def test_mixed_bits_gives_the_sensitive_layer_more_bits_within_the_budget():
+    sizes = {"a": 100, "b": 100, "c": 100}
+    drops = {"a": 0.5, "b": 0.01, "c": 0.0}
+    bits = quantize.mixed_bits(drops, sizes, budget_bits=4 * 300)
+    assert sum(sizes[k] * b for k, b in bits.items()) <= 4 * 300
+    assert bits["a"] > 4 > bits["c"] and bits["a"] >= bits["b"] >= bits["c"]
+    with pytest.raises(ValueError, match="below 2 bits a weight"):
+        quantize.mixed_bits(drops, sizes, budget_bits=100)
+
+
+def test_weight_bytes_takes_a_width_per_layer():
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    uniform = quantize.weight_bytes(m, 4, per_channel=True)
+    assert quantize.weight_bytes(m, {"0.weight": 4, "2.weight": 4}, per_channel=True) == uniform
+    assert quantize.weight_bytes(m, {"0.weight": 8, "2.weight": 2}, per_channel=True) < uniform
+    with pytest.raises(ValueError, match="must name exactly"):
+        quantize.weight_bytes(m, {"0.weight": 8}, per_channel=True)
+
+
+def test_with_weights_names_a_tensor_the_model_does_not_have():
+    with pytest.raises(KeyError, match=r"no tensors named \['3.weight'\]"):
+        quantize.with_weights(nn.Sequential(nn.Linear(2, 2)), {"3.weight": torch.zeros(2, 2)})

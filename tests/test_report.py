@@ -78,3 +78,26 @@ def test_pareto_front_keeps_only_models_no_other_beats_on_both_axes():
             [("big", 100, 0.94), ("mid", 30, 0.93), ("worse", 40, 0.92), ("tiny", 1, 0.90),
              ("tie-but-bigger", 35, 0.93)]]
     assert [r["name"] for r in report.pareto_front(recs, "bytes")] == ["tiny", "mid", "big"]
+
+
+def test_seed_claims_are_written_per_notebook_and_assembled_by_key(tmp_path):
+    report.write_notebook_results("00_baseline", [], results_dir=tmp_path,
+                                  seed_claims={"4": report.seed_claim("resnet18(pretrained=True)",
+                                                                      {"then": "refused"})})
+    report.write_notebook_results("01_pruning", [], results_dir=tmp_path,
+                                  seed_claims={"1": report.seed_claim("prune_model", {"x": 1})})
+    res = report.assemble({}, {}, results_dir=tmp_path, out=tmp_path / "results.json")
+    assert list(res["seed_claims"]) == ["1", "4"]
+    assert res["seed_claims"]["4"] == {"ran": "resnet18(pretrained=True)",
+                                       "happened": {"then": "refused"}, "notebook": "00_baseline"}
+    row = dict((d, (m, ok)) for d, m, ok in report.check_targets(res))
+    assert row["the blog's seven claims each shown by a cell that runs it"] == \
+        ("2 of 7 (missing 2, 3, 5, 6, 7)", False)
+
+
+def test_a_seed_claim_needs_a_known_key_and_an_outcome(tmp_path):
+    with pytest.raises(ValueError, match="keyed 1, 2, 3, 4, 5, 6, 7"):
+        report.write_notebook_results("00_baseline", [], results_dir=tmp_path,
+                                      seed_claims={"8": report.seed_claim("x", "y")})
+    with pytest.raises(ValueError, match="what ran and what happened"):
+        report.seed_claim("x", None)
