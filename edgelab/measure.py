@@ -7,6 +7,7 @@ noise; ratios between models measured in the same run hold.
 """
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import os
@@ -22,7 +23,7 @@ __all__ = ["setup_notebook", "release_memory", "release_after_every_cell", "is_o
            "count_params", "count_nonzero", "example_input", "count_macs", "macs_by_layer",
            "state_dict_bytes", "GZIP_CHUNK", "saved_sizes", "saved_size", "gzip_compress",
            "gzip_size", "artifact_sizes", "latency", "quick_latency", "predict_logits",
-           "accuracy_on", "accuracy", "measure"]
+           "accuracy_on", "accuracy", "correct_mask", "pack_mask", "unpack_mask", "measure"]
 
 # torch.utils.benchmark imports cpp_extension, which logs a CUDA warning on CPU-only machines.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -321,28 +322,41 @@ def accuracy_on(model, images: torch.Tensor, labels: torch.Tensor) -> float:
     return float((predict_logits(model, images).argmax(1) == labels).float().mean())
 
 
-def accuracy(model, limit: int | None = None, split: str = "test") -> tuple[float, int]:
-    """Top-1 accuracy on the first ``limit`` images of a split (all of it by default),
+def correct_mask(model, limit: int | None = None, split: str = "test") -> torch.Tensor:
+    """Which of the first ``limit`` images of a split (all by default) the model gets right,
     normalised batch by batch rather than all at once (31 MB for the test set)."""
-    correct = n = 0
-    for x, y in data.loader(split, batch_size=64, shuffle=False, limit=limit):
-        correct += int((predict_logits(model, x).argmax(1) == y).sum())
-        n += len(y)
-    return correct / n, n
+    return torch.cat([predict_logits(model, x).argmax(1) == y
+                      for x, y in data.loader(split, batch_size=64, shuffle=False, limit=limit)])
+
+
+def accuracy(model, limit: int | None = None, split: str = "test") -> tuple[float, int]:
+    """Top-1 accuracy on the first ``limit`` images of a split, and how many images that was."""
+    mask = correct_mask(model, limit, split)
+    return float(mask.float().mean()), len(mask)
+
+
+def pack_mask(mask: torch.Tensor) -> str:
+    """A bool vector as base64 of its packed bits: 10,000 test images in 1.7 kB of JSON."""
+    return base64.b64encode(np.packbits(mask.numpy().astype(bool)).tobytes()).decode()
+
+
+def unpack_mask(packed: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(base64.b64decode(packed), np.uint8))[:n].astype(bool)
 
 
 def measure(model, name: str, *, notebook: str | None = None, tags=(), limit: int | None = None,
             batch_sizes=(1, 64), min_run_time: float = 1.0, artifact: bytes | str | Path | None = None,
             params: int | None = None, nonzero: int | None = None, macs: int | None = None,
             threads: int | None = None, images: torch.Tensor | None = None,
-            labels: torch.Tensor | None = None) -> dict:
+            labels: torch.Tensor | None = None, val: int | None = None) -> dict:
     """Measure a torch module or an ONNX Runtime session; returns one record.
 
     ``artifact`` is what ships (bytes or a file path); for a torch module it defaults to its
     saved state dict. For an ONNX session pass the ``.onnx`` path and the counts (``params``,
     ``macs``) of the model it came from. Accuracy and latency use Fashion-MNIST's test set, or
     ``images`` and ``labels`` for any other model and data; ``limit`` evaluates on the first N
-    only (performance claims use the full 10k)."""
+    only (performance claims use the full 10k). ``val=N`` also measures ``val_accuracy`` on the
+    first N validation images, for choosing between models without looking at the test set."""
     if (images is None) != (labels is None):
         raise ValueError("pass images and labels together (the test set of your model's data), "
                          "or neither for Fashion-MNIST's")
@@ -358,10 +372,11 @@ def measure(model, name: str, *, notebook: str | None = None, tags=(), limit: in
         raw, gz = artifact_sizes(artifact)
         del artifact
     if images is None:
-        acc, n = accuracy(model, limit)
+        mask = correct_mask(model, limit)
     else:
         images, labels = images[:limit], labels[:limit]
-        acc, n = accuracy_on(model, images, labels), len(labels)
+        mask = predict_logits(model, images).argmax(1) == labels
+    acc, n = float(mask.float().mean()), len(mask)
     record = {
         "notebook": notebook or os.environ.get("EDGELAB_NOTEBOOK"),
         "name": name, "tags": list(tags), "runtime": "onnxruntime" if onnx else "torch",
@@ -370,7 +385,11 @@ def measure(model, name: str, *, notebook: str | None = None, tags=(), limit: in
         "nonzero_params": nonzero if nonzero is not None else (None if onnx else count_nonzero(model)),
         "macs": macs if macs is not None else (None if onnx else count_macs(model, images)),
         "bytes": raw, "gzip_bytes": gz,
+        # which images it got right: the paired ± of an accuracy difference needs them
+        "correct": pack_mask(mask) if images is None else None,
     }
+    if val:
+        record["val_accuracy"], record["val_images"] = accuracy(model, val, split="val")
     for b in batch_sizes:
         med, p90 = latency(model, b, min_run_time, threads, images)
         record[f"latency_b{b}_ms"], record[f"latency_b{b}_p90_ms"] = med, p90

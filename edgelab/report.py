@@ -9,9 +9,9 @@ from pathlib import Path
 from .data import REPO_ROOT
 from .models import atomic_write_bytes
 
-__all__ = ["SEED_CLAIMS", "seed_claim", "BUILD", "RESULTS_DIR", "write_notebook_results", "find",
-           "table", "plot", "pareto_front", "pareto_plot", "TARGETS", "check_targets",
-           "targets_table", "assemble", "int8_static_bars"]
+__all__ = ["paired_delta", "SEED_CLAIMS", "seed_claim", "BUILD", "RESULTS_DIR",
+           "write_notebook_results", "find", "table", "plot", "pareto_front", "pareto_plot",
+           "TARGETS", "check_targets", "targets_table", "assemble", "int8_static_bars"]
 
 BUILD = REPO_ROOT / "build"
 RESULTS_DIR = BUILD / "results"
@@ -30,10 +30,11 @@ def seed_claim(ran: str, happened) -> dict:
 
 def write_notebook_results(notebook: str, records: list[dict], widgets: dict | None = None,
                            smoke: bool = False, results_dir: Path | None = None,
-                           seed_claims: dict | None = None) -> Path:
+                           seed_claims: dict | None = None, verdicts: dict | None = None) -> Path:
     """Write ``build/results/<notebook>.json`` atomically; records get the notebook's name.
 
-    ``seed_claims`` maps a claim's key ("1"-"7") to ``seed_claim(...)``.
+    ``seed_claims`` maps a claim's key ("1"-"7") to ``seed_claim(...)``; ``verdicts`` holds a
+    notebook's statistical verdicts (a test, its p-values and interval) by name.
     ``$EDGELAB_RESULTS`` redirects the folder (the tests use it to keep build/ untouched)."""
     if not notebook:
         raise ValueError("write_notebook_results needs the notebook's name, e.g. '00_baseline'")
@@ -44,7 +45,8 @@ def write_notebook_results(notebook: str, records: list[dict], widgets: dict | N
     results_dir = results_dir or os.environ.get("EDGELAB_RESULTS") or RESULTS_DIR
     path = Path(results_dir) / f"{notebook}.json"
     payload = {"smoke": bool(smoke), "records": records, "widgets": widgets or {},
-               "seed_claims": {k: dict(v, notebook=notebook) for k, v in (seed_claims or {}).items()}}
+               "seed_claims": {k: dict(v, notebook=notebook) for k, v in (seed_claims or {}).items()},
+               "verdicts": verdicts or {}}
     atomic_write_bytes(path, (json.dumps(payload, indent=2) + "\n").encode())
     return path
 
@@ -71,6 +73,26 @@ def _fmt_count(n):
     return f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n / 1e3:.1f} k"
 
 
+def paired_delta(a: dict, b: dict) -> tuple[float, float | None]:
+    """Accuracy of ``a`` minus ``b`` in points, and its standard error from the images on which
+    the two disagree (paired, as McNemar's test): both saw the same images, so the images both
+    get right or both get wrong carry no information about the difference. None when the records
+    do not say which images they got right."""
+    from .measure import unpack_mask
+
+    delta = 100 * (a["accuracy"] - b["accuracy"])
+    n = a.get("test_images")
+    if not (a.get("correct") and b.get("correct")) or n != b.get("test_images"):
+        return delta, None
+    d = unpack_mask(a["correct"], n).astype(float) - unpack_mask(b["correct"], n)
+    return delta, 100 * float(d.std() / math.sqrt(n))
+
+
+def _fmt_delta(a: dict, b: dict) -> str:
+    delta, se = paired_delta(a, b)
+    return f"{delta:+.2f}" + (f" ±{se:.2f}" if se is not None else "")
+
+
 def table(records: list[dict], baseline: str = "teacher") -> str:
     """A side-by-side text table; ratios are against the baseline in the same runtime."""
     cols = ["name", "runtime", "accuracy", "Δ pt", "params", "nonzero", "MACs", "bytes", "gzip",
@@ -88,7 +110,7 @@ def table(records: list[dict], baseline: str = "teacher") -> str:
             return f"{base[key] / r[key]:.2f}"
         rows.append([
             r["name"], r["runtime"], f"{100 * r['accuracy']:.2f}%",
-            f"{100 * (r['accuracy'] - base['accuracy']):+.2f}" if base else "-",
+            _fmt_delta(r, base) if base else "-",
             _fmt_count(r.get("params")), _fmt_count(r.get("nonzero_params")),
             _fmt_count(r.get("macs")), _fmt_bytes(r.get("bytes")), _fmt_bytes(r.get("gzip_bytes")),
             ratio("bytes"),
@@ -292,11 +314,14 @@ def assemble(run: dict, notebooks: dict, results_dir: Path | None = None,
              out: Path | None = None) -> dict:
     """Merge every ``build/results/<notebook>.json`` into one ``build/results.json``."""
     results_dir = Path(results_dir or RESULTS_DIR)
-    res = {"run": run, "notebooks": notebooks, "widgets": {}, "records": [], "seed_claims": {}}
+    res = {"run": run, "notebooks": notebooks, "widgets": {}, "records": [], "seed_claims": {},
+           "verdicts": {}}
     for path in sorted(results_dir.glob("*.json")):
         part = json.loads(path.read_text())
         res["records"] += part["records"]
         res["seed_claims"].update(part.get("seed_claims", {}))
+        for k, v in part.get("verdicts", {}).items():
+            res["verdicts"][f"{path.stem}.{k}"] = v
         for k, v in part.get("widgets", {}).items():
             res["widgets"][f"{path.stem}.{k}"] = v
     res["seed_claims"] = dict(sorted(res["seed_claims"].items()))

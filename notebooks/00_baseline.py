@@ -169,6 +169,13 @@ print(f"student parameters: {measure.count_params(student):,}")
 # ship (raw and gzip-compressed) and CPU latency at batch 1 and 64 (median and 90th percentile after
 # a warm-up, with the thread count). Every later notebook measures the teacher again in its own run,
 # so each ratio compares two models timed on the same machine at the same moment.
+#
+# **How to read `Δ pt ±`.** `Δ pt` is a model's accuracy minus the teacher's, in points, on the
+# same test images. The `±` after it is the standard error of that *paired* difference: it comes
+# from the images on which the two models disagree (the idea behind McNemar's test), so for two
+# similar models it is far smaller than the binomial standard error each accuracy has on its own
+# (printed below for the teacher). A difference smaller than about two of its standard errors is
+# not evidence that the models differ.
 
 # %%
 records = [
@@ -181,7 +188,9 @@ print(report.table(records))
 
 # %%
 t, s = records
-print(f"The teacher gets {100 * t['accuracy']:.2f} % of {t['test_images']:,} test images right; "
+print(f"The teacher gets {100 * t['accuracy']:.2f} % of {t['test_images']:,} test images right "
+      f"(binomial standard error on its own: ±"
+      f"{100 * (t['accuracy'] * (1 - t['accuracy']) / t['test_images']) ** 0.5:.2f} pt); "
       f"the untrained student {100 * s['accuracy']:.1f} % (chance is 10 %).")
 print(f"The student is {t['bytes'] / s['bytes']:.0f}x smaller, needs {t['macs'] / s['macs']:.1f}x fewer MACs "
       f"and answers one image {t['latency_b1_ms'] / s['latency_b1_ms']:.1f}x faster; "
