@@ -280,8 +280,14 @@ del dynamic_model
 # ### The classic eager flow (`torch.ao.quantization`)
 #
 # 1. **fuse** Conv + BatchNorm (+ ReLU) into one convolution: batch norm folds into the weights;
-# 2. attach a **qconfig**: which observer watches activations (a histogram, uint8) and weights
-#    (min/max, int8, per channel or per tensor);
+# 2. attach a **qconfig**: which observer watches activations and weights. PyTorch's x86 default
+#    (`get_default_qconfig("x86")`) watches activations with a histogram and stores them as uint8
+#    with `reduce_range=True`: codes 0..127, 7 bits, which leaves headroom in the int16
+#    intermediate sums of x86's u8×s8 `vpmaddubsw` instruction (printed below; the reason is in
+#    [a comment of PyTorch's quantized-op tests](https://github.com/pytorch/pytorch/blob/c444e07ff3e67ff395069116435f6a87008ee45d/test/quantization/test_quantized_op.py));
+#    weights are min/max, int8, per
+#    channel or per tensor. PT2E's `X86InductorQuantizer` (below) uses the full 8 bits, and ONNX
+#    Runtime's QDQ (part 6) is a third scheme, so the closing table compares three;
 # 3. **prepare** inserts the observers, **calibrate** runs images through, **convert** swaps each
 #    module for an int8 one with the scales the observers chose.
 #
@@ -310,10 +316,19 @@ if ENGINE:
     prepared = quantize.eager_prepare(teacher, per_channel=True)
     observers = [type(m).__name__ for m in prepared.modules()
                  if isinstance(m, torch.ao.quantization.ObserverBase)]
-    convs = [type(m).__name__ for m in prepared.modules() if "Conv" in type(m).__name__]
-    print(f"after fusion: {len(convs)} x {sorted(set(convs))}, no BatchNorm modules left: "
+    fused = [m for m in prepared.modules() if isinstance(m, torch.ao.nn.intrinsic._FusedModule)]
+    inside = {id(c) for f in fused for c in f.children()}   # a fused module's own conv: count once
+    convs = [type(m).__name__ for m in prepared.modules()
+             if "Conv" in type(m).__name__ and id(m) not in inside]
+    print(f"after fusion: {len(convs)} convolutions ("
+          + ", ".join(f"{convs.count(k)} {k}" for k in sorted(set(convs)))
+          + f"), no BatchNorm modules left: "
           f"{not any(isinstance(m, nn.BatchNorm2d) for m in prepared.modules())}")
     print(f"observers: {len(observers)} ({', '.join(sorted(set(observers)))})")
+    with quantize.quiet():
+        act = prepared.conv1.qconfig.activation()
+    print(f"activation observer: {type(act).__name__}, {act.dtype}, reduce_range={act.reduce_range}: "
+          f"codes {act.quant_min}..{act.quant_max}")
     del prepared  # a prepared copy of the teacher: 45 MB
 
 # %% [markdown]
