@@ -180,7 +180,8 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
     return Panel(controls, compute, render, title="Prune the teacher")
 
 
-def bits_panel(model, images, labels, bits: int = 8, per_channel: bool = True) -> Panel:
+def bits_panel(model, images, labels, bits: int = 8, per_channel: bool = True,
+               subset_name: str = "validation") -> Panel:
     """Weight bit width (2–8) and per-tensor / per-channel scales, applied as fake quantization
     to every Conv/Linear weight of ``model`` (on a copy of those weights made for each move, not
     kept); shows accuracy on ``images`` (a fixed subset: say how many) and the bytes the weights
@@ -201,7 +202,7 @@ def bits_panel(model, images, labels, bits: int = 8, per_channel: bool = True) -
 
     def render(r, _panel):
         print(f"{r['bits']}-bit weights, {r['granularity']} scales: "
-              f"accuracy {100 * r['accuracy']:.1f} % on {r['images']} test images, "
+              f"accuracy {100 * r['accuracy']:.1f} % on {r['images']} {subset_name} images, "
               f"weights {r['bytes'] / 1e6:.2f} MB ({r['fp32_bytes'] / r['bytes']:.1f}x smaller "
               "than fp32)")
 

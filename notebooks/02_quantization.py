@@ -54,10 +54,10 @@ measure.setup_notebook()   # trims the heap after every cell: memory stays what 
 T_START = time.time()
 EVAL_IMAGES = 200 if SMOKE else None      # None: the full 10k test set (every claim below)
 LATENCY_S = 0.1 if SMOKE else 1.0         # seconds of timing per batch size
-SLIDER_IMAGES = 32 if SMOKE else 200      # the slider's fixed subset of the test set
+SLIDER_IMAGES = 32 if SMOKE else 200      # the slider's fixed subset of the validation set
 CALIB_IMAGES = 32 if SMOKE else 256       # calibration images for static quantization
 CALIB_SWEEP = [1, 16] if SMOKE else [1, 4, 16, 64, 256]
-SWEEP_IMAGES = 100 if SMOKE else 1000     # test images per point of the calibration sweep
+SWEEP_IMAGES = 100 if SMOKE else 1000     # validation images per point of the calibration sweep
 QAT_STEPS = 3 if SMOKE else 100           # a live demo: a few minutes would do better
 QAT_BITS = 4                              # QAT and PTQ are compared at this weight width
 BUILD = data.REPO_ROOT / "build" / "cache" / NOTEBOOK
@@ -148,11 +148,12 @@ print(f"your function on the weights above, 8 bits per channel: relative error "
 #
 # The slider fake-quantizes every convolution and linear weight of a copy of the teacher
 # (symmetric, to the chosen bits; activations stay fp32) and measures accuracy on a fixed subset
-# of the test set, so that it answers in under a second. The size is what the weights would take
+# of the validation set (choices such as "how few bits" are made there, never on the test set),
+# so that it answers in under a second. The size is what the weights would take
 # packed at that width, with their fp32 scales.
 
 # %%
-xs, ys = data.tensors("test", limit=SLIDER_IMAGES)
+xs, ys = data.tensors("val", limit=SLIDER_IMAGES)
 panel = widgets.bits_panel(teacher, xs, ys, bits=8, per_channel=True)
 panel
 
@@ -174,7 +175,7 @@ sweep_bits = list(range(8, 1, -1))
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.plot(sweep_bits, [100 * per_channel_curve[b] for b in sweep_bits], marker="o", label="per-channel")
 ax.plot(sweep_bits, [100 * per_tensor_curve[b] for b in sweep_bits], marker="s", label="per-tensor")
-ax.set_xlabel("weight bits"); ax.set_ylabel(f"accuracy (%) on {len(xs)} test images")
+ax.set_xlabel("weight bits"); ax.set_ylabel(f"accuracy (%) on {len(xs)} validation images")
 ax.invert_xaxis(); ax.grid(alpha=0.3); ax.legend()
 plt.show()
 print(f"{bits_sweep['moves']} moves, median response {bits_sweep['median_s']:.2f} s, "
@@ -194,7 +195,8 @@ print(f"fewest weight bits within 1 pt of 8 bits: per-channel {fewest_bits(per_c
       f"(on {len(xs)} images one image is {100 / len(xs):.1f} pt, so smaller wiggles are noise)")
 
 # %% [markdown]
-# The weights alone survive far fewer bits than eight; at 2 bits the model falls to chance. Where
+# The weights alone survive far fewer bits than eight; the 2-bit row above shows how far they fall
+# when pushed too far (chance is 10 %). Where
 # per-tensor scales give out before per-channel ones, the small filters are the first casualties.
 # The rest of this notebook uses 8 bits for weights *and* activations, the width CPU int8 kernels
 # compute in.
@@ -336,7 +338,7 @@ if ENGINE:
 # convert, and measure accuracy on a fixed subset:
 
 # %%
-sweep_x, sweep_y = data.tensors("test", limit=SWEEP_IMAGES)
+sweep_x, sweep_y = data.tensors("val", limit=SWEEP_IMAGES)
 calib_acc = []
 if ENGINE:
     for n in CALIB_SWEEP:
@@ -346,7 +348,7 @@ if ENGINE:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.semilogx(CALIB_SWEEP, [100 * a for a in calib_acc], marker="o", label="int8 (per-channel)")
     ax.axhline(100 * fp32_sweep, color="gray", ls=":", label="fp32")
-    ax.set_xlabel("calibration images"); ax.set_ylabel(f"accuracy (%) on {SWEEP_IMAGES} test images")
+    ax.set_xlabel("calibration images"); ax.set_ylabel(f"accuracy (%) on {SWEEP_IMAGES} validation images")
     ax.grid(alpha=0.3); ax.legend(); plt.show()
     for n, a in zip(CALIB_SWEEP, calib_acc):
         print(f"N = {n:5d}: {100 * a:.1f} %  (fp32 {100 * fp32_sweep:.1f} %)")
