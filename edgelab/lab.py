@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +26,28 @@ __all__ = ["has_display", "free_port", "lab_command", "main"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_PAGE = "notebooks/00_baseline.ipynb"
 READY_TIMEOUT_S = 120
+SETTLE_S = 1.5   # JupyterLab's extensions keep logging for a moment after the server answers
+
+
+class _Relay(threading.Thread):
+    """Copies JupyterLab's output to ours line by line and notes when it last spoke, so the URL
+    can be printed once the start-up messages are over and stay the last line."""
+
+    def __init__(self, stream):
+        super().__init__(daemon=True)
+        self.stream, self.last, self.lock = stream, time.monotonic(), threading.Lock()
+
+    def run(self):
+        for line in self.stream:
+            with self.lock:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                self.last = time.monotonic()
+
+    def wait_quiet(self, quiet_s: float = SETTLE_S, limit_s: float = 15.0) -> None:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() - self.last < quiet_s and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def has_display() -> bool:
@@ -109,14 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     token = os.environ.get("JUPYTER_TOKEN") or secrets.token_hex(24)
     # The token goes through the environment, not the command line, which other users can read.
     env = dict(os.environ, JUPYTER_TOKEN=token)
-    proc = subprocess.Popen(lab_command(args.ip, port, open_browser, as_root), env=env)
+    proc = subprocess.Popen(lab_command(args.ip, port, open_browser, as_root), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    relay = _Relay(proc.stdout)
+    relay.start()
     # Forward a polite stop to JupyterLab and wait for it to shut its kernels down.
     signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
     try:
         _wait_ready(proc, port, token)
+        relay.wait_quiet()
         host = "127.0.0.1" if ip.is_loopback or ip.is_unspecified else args.ip
-        print(f"JupyterLab is ready (Ctrl-C stops it). Open:\n"
-              f"http://{host}:{port}/lab/tree/{START_PAGE}?token={token}", flush=True)
+        with relay.lock:
+            print(f"JupyterLab is ready (Ctrl-C stops it). Open:\n"
+                  f"http://{host}:{port}/lab/tree/{START_PAGE}?token={token}", flush=True)
         proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
