@@ -292,10 +292,10 @@ def magnitude_threshold(fn, quiet: bool = False):
 def _qdq_cases():
     import torch
 
-    from . import quantize
+    from . import qmath
 
     def ref(x, bits, axis=None):
-        return quantize.quantize_dequantize(x, bits, axis=axis)
+        return qmath.quantize_dequantize(x, bits, axis=axis)
 
     def close(a, b, tol=1e-6):
         return a.shape == b.shape and bool(torch.allclose(a, b, atol=tol, rtol=0))
@@ -442,10 +442,10 @@ def _qdq_cases():
 def quantize_dequantize(fn: Callable, quiet: bool = False) -> Callable:
     """Check the learner's ``fn(x, bits, axis=None)``: asymmetric fake quantization (quantize to
     ``bits``-bit unsigned codes, then dequantize), per tensor or per slice along ``axis``."""
-    from . import quantize
+    from . import qmath
 
     def reference(x, bits, axis=None):
-        return quantize.quantize_dequantize(x, bits, axis=axis, symmetric=False)
+        return qmath.quantize_dequantize(x, bits, axis=axis, symmetric=False)
 
     return verdict(run_cases("quantize_dequantize", fn, _qdq_cases()), fn, reference, quiet)
 

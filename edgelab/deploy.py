@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import data, measure, quantize
+from . import data, measure, runtime
 from .data import REPO_ROOT
 from .pi_rootfs import (DEFAULT_MIRROR, HOW_TO_ENABLE, HWCAP_NAMES, PROBE, QEMU_CPU,  # noqa: F401
                         ROOTFS, Arm64Unavailable, arm64_available, build_rootfs, chroot_run,
@@ -60,14 +60,14 @@ class BundleError(FileNotFoundError):
 # --------------------------------------------------------------------------------------------
 
 def export(model: nn.Module, path, example: torch.Tensor) -> Path:
-    """``quantize.export_onnx`` (dynamo exporter, one self-contained ``.onnx`` file, dynamic
+    """``runtime.export_onnx`` (dynamo exporter, one self-contained ``.onnx`` file, dynamic
     batch, input ``image`` shaped like ``example``, output ``logits``), with one clear error when
     the model cannot be captured, instead of the exporter's page of traceback."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"export needs a torch.nn.Module, got {type(model).__name__}")
     try:
         with _quiet_torch_logs(), contextlib.redirect_stderr(io.StringIO()):
-            return quantize.export_onnx(model, path, example)
+            return runtime.export_onnx(model, path, example)
     except Exception as e:   # torch.export raises many types; all mean "could not capture"
         cause = e
         while cause.__cause__ is not None or cause.__context__ is not None:
@@ -87,7 +87,7 @@ def _quiet_torch_logs():
     """torch.export logs the graph it captured and its guesses when it fails; the ExportError
     says what matters."""
     names = [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] == "torch"]
-    return quantize._quiet_logs(*names, level=logging.CRITICAL)
+    return runtime.quiet_logs(*names, level=logging.CRITICAL)
 
 
 def check_export(model: nn.Module, path, images: torch.Tensor | None = None,
@@ -98,7 +98,7 @@ def check_export(model: nn.Module, path, images: torch.Tensor | None = None,
     images = data.tensors("test", limit=256)[0] if images is None else images
     with torch.inference_mode():
         expected = model.cpu().eval()(images).float().numpy()
-    got = measure.predict_logits(quantize.session(path), images).numpy()
+    got = measure.predict_logits(runtime.session(path), images).numpy()
     diff = float(np.abs(expected - got).max())
     same = float((expected.argmax(1) == got.argmax(1)).mean())
     result = {"images": len(images), "max_abs_diff": diff, "same_top1": same}
@@ -115,7 +115,7 @@ def latency_grid(path, threads=(1, 2, 3, 4), batch_sizes=(1, 64),
     contention; the notebook shows where that starts on the machine it runs on."""
     rows = []
     for t in threads:
-        sess = quantize.session(path, threads=t)
+        sess = runtime.session(path, threads=t)
         for b in batch_sizes:
             med, p90 = measure.latency(sess, b, min_run_time, threads=t)
             rows.append({"threads": t, "batch": b, "median_ms": med, "p90_ms": p90,
@@ -136,7 +136,7 @@ def labels_meta(labels=data.CLASSES) -> dict:
 
 
 def _model_io(path: Path) -> tuple[list, list]:
-    sess = quantize.session(path, threads=1)
+    sess = runtime.session(path, threads=1)
     return sess.get_inputs()[0].shape, sess.get_outputs()[0].shape
 
 
@@ -276,7 +276,7 @@ def verify_arm64(bundle=BUNDLE_DIR, images: int = 300, root=ROOTFS, threads: int
         raise Arm64Unavailable(why)
     ensure_binfmt()
     x, _ = data.tensors("test", limit=images)
-    x86 = quantize.session(bundle / "model.onnx", threads=1)
+    x86 = runtime.session(bundle / "model.onnx", threads=1)
     reference = measure.predict_logits(x86, x).numpy()
     work = Path(tempfile.mkdtemp(dir=root / "tmp", prefix="edgelab-verify-"))
     try:

@@ -189,15 +189,15 @@ def bits_panel(model, images, labels, bits: int = 8, per_channel: bool = True,
 
     ``panel.set(bits=4, granularity="per-tensor")`` moves the controls; ``panel.sweep("bits",
     range(8, 1, -1))`` times each move."""
-    from . import measure, quantize
+    from . import measure, qmath
 
-    fp32_bytes = quantize.float_bytes(model)
+    fp32_bytes = qmath.float_bytes(model)
 
     def compute(bits, granularity):
         pc = granularity == "per-channel"
-        fake = quantize.fake_quantized_weights(model, bits, pc)
-        accuracy = measure.accuracy_on(quantize.with_weights(model, fake), images, labels)
-        return {"accuracy": accuracy, "bytes": quantize.weight_bytes(model, bits, pc),
+        fake = qmath.fake_quantized_weights(model, bits, pc)
+        accuracy = measure.accuracy_on(qmath.with_weights(model, fake), images, labels)
+        return {"accuracy": accuracy, "bytes": qmath.weight_bytes(model, bits, pc),
                 "fp32_bytes": fp32_bytes, "images": len(images)}
 
     def render(r, _panel):

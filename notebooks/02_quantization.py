@@ -47,7 +47,7 @@ import warnings
 import matplotlib.pyplot as plt
 import torch
 
-from edgelab import check, data, measure, models, quantize, report, widgets
+from edgelab import check, data, measure, models, qmath, quantize, report, runtime, widgets
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -90,12 +90,12 @@ print(f"fp32 teacher: {100 * t['accuracy']:.2f} % on {t['test_images']:,} test i
 
 # %%
 x = torch.tensor([-0.37, 0.0, 0.12, 0.5, 1.0])
-scale, zero_point = quantize.qparams(x, bits=4)
-q = quantize.quantize(x, scale, zero_point, *quantize.int_range(4, symmetric=False))
+scale, zero_point = qmath.qparams(x, bits=4)
+q = qmath.quantize(x, scale, zero_point, *qmath.int_range(4, symmetric=False))
 print(f"x      = {x.tolist()}")
 print(f"scale  = {scale.item():.4f}, zero point = {zero_point.item():.0f}")
 print(f"q      = {q.int().tolist()}   (4-bit codes, 0..15)")
-print(f"x̂      = {[round(v, 4) for v in quantize.dequantize(q, scale, zero_point).tolist()]}")
+print(f"x̂      = {[round(v, 4) for v in qmath.dequantize(q, scale, zero_point).tolist()]}")
 
 # %% [markdown]
 # How much of a real weight tensor survives? The error of one of the teacher's convolutions
@@ -108,14 +108,14 @@ fig, ax = plt.subplots(figsize=(6, 3.5))
 for label, kw in [("asymmetric, per-tensor", dict(symmetric=False)),
                   ("symmetric, per-tensor", dict(symmetric=True)),
                   ("symmetric, per-channel", dict(symmetric=True, axis=0))]:
-    errs = [quantize.relative_error(w, quantize.quantize_dequantize(w, b, **kw)) for b in bit_range]
+    errs = [qmath.relative_error(w, qmath.quantize_dequantize(w, b, **kw)) for b in bit_range]
     ax.semilogy(bit_range, errs, marker="o", label=label)
 ax.set_xlabel("bits"); ax.set_ylabel("‖w − ŵ‖ / ‖w‖"); ax.grid(alpha=0.3); ax.legend()
 ax.set_title(f"layer3.0.conv1 weights {tuple(w.shape)}")
 plt.show()
 for kw, label in [(dict(symmetric=True), "per-tensor"), (dict(symmetric=True, axis=0), "per-channel")]:
     print(f"8-bit symmetric {label}: relative error "
-          f"{quantize.relative_error(w, quantize.quantize_dequantize(w, 8, **kw)):.4f}")
+          f"{qmath.relative_error(w, qmath.quantize_dequantize(w, 8, **kw)):.4f}")
 
 
 # %% [markdown]
@@ -141,7 +141,7 @@ def my_quantize_dequantize(x: torch.Tensor, bits: int, axis: int | None = None) 
 # %%
 fake_quant = check.quantize_dequantize(my_quantize_dequantize)
 print(f"your function on the weights above, 8 bits per channel: relative error "
-      f"{quantize.relative_error(w, fake_quant(w, 8, axis=0)):.4f}")
+      f"{qmath.relative_error(w, fake_quant(w, 8, axis=0)):.4f}")
 
 # %% [markdown]
 # ## 2 · How few bits do the weights need? A slider
@@ -327,7 +327,7 @@ if ENGINE:
           + f"), no BatchNorm modules left: "
           f"{not any(isinstance(m, nn.BatchNorm2d) for m in prepared.modules())}")
     print(f"observers: {len(observers)} ({', '.join(sorted(set(observers)))})")
-    with quantize.quiet():
+    with runtime.quiet():
         act = prepared.conv1.qconfig.activation()
     print(f"activation observer: {type(act).__name__}, {act.dtype}, reduce_range={act.reduce_range}: "
           f"codes {act.quant_min}..{act.quant_max}")
@@ -364,7 +364,7 @@ if ENGINE:
 calib = data.calibration_set(CALIB_IMAGES)
 if ENGINE:
     for per_channel in (False, True):
-        with quantize.Stopwatch() as sw:
+        with runtime.Stopwatch() as sw:
             q_model = quantize.eager_static(teacher, calib, per_channel=per_channel)
         name = "ptq-per-channel" if per_channel else "ptq-per-tensor"
         tags = ["int8", "static"] + (["per-channel"] if per_channel else [])
@@ -400,7 +400,7 @@ else:
 quantizer = quantize.x86_quantizer()
 from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-with quantize.quiet():
+with runtime.quiet():
     plain_graph = torch.export.export(teacher, (calib[:2],)).module()
 try:
     prepare_pt2e(plain_graph, quantizer)
@@ -411,7 +411,7 @@ reused = quantize.reused_modules(teacher, calib[:2])
 print(f"modules called more than once per forward pass: {len(reused)}, e.g. "
       + ", ".join(f"{n} x{c}" for n, c in list(reused.items())[:3]))
 del plain_graph, quantizer
-quantize.release_compiled()
+runtime.release_compiled()
 
 # %% [markdown]
 # `quantize.pt2e_static` therefore first gives each call of a reused stateless module its own copy
@@ -422,17 +422,17 @@ quantize.release_compiled()
 # compiled for batch 1 and batch 64 and fed only those.
 
 # %%
-with quantize.Stopwatch() as sw:
+with runtime.Stopwatch() as sw:
     pt2e_graph = quantize.pt2e_static(teacher, calib)
 ops = [str(n.target) for n in pt2e_graph.graph.nodes if n.op == "call_function"]
 print(f"export + prepare + calibrate + convert: {sw.s:.1f} s; "
       f"{sum('quantize_per_tensor' in o for o in ops)} quantize and "
       f"{sum('dequantize' in o for o in ops)} dequantize ops in the graph")
-pt2e_model, compile_s = quantize.compile_fixed(pt2e_graph, calib, batch=64)
+pt2e_model, compile_s = runtime.compile_fixed(pt2e_graph, calib, batch=64)
 print(f"torch.compile for batch 1 and 64: {compile_s:.0f} s")
 records.append(measure.measure(
     pt2e_model, "pt2e-compiled", tags=["int8", "static", "per-channel"], limit=EVAL_IMAGES,
-    min_run_time=LATENCY_S, artifact=quantize.graph_bytes(pt2e_graph),
+    min_run_time=LATENCY_S, artifact=runtime.graph_bytes(pt2e_graph),
     params=t["params"], nonzero=t["nonzero_params"], macs=t["macs"]))
 print(report.table([t, records[-1]]))
 if ENGINE:
@@ -441,7 +441,7 @@ if ENGINE:
           f"{eager['latency_b64_ms']:.1f} ms; accuracy {100 * records[-1]['accuracy']:.2f} % vs "
           f"{100 * eager['accuracy']:.2f} %")
 del pt2e_model, pt2e_graph
-quantize.release_compiled()  # torch.compile keeps its graphs and kernels otherwise
+runtime.release_compiled()  # torch.compile keeps its graphs and kernels otherwise
 
 # %% [markdown]
 # ## 5 · Quantization-aware training
@@ -461,7 +461,7 @@ if ENGINE:
     del ptq4  # one model in memory at a time: each copy of the teacher is 45 MB or more
     qat_model = quantize.qat_prepare(teacher, per_channel=True, weight_bits=QAT_BITS)
     batches = data.loader("train", batch_size=32, flip=True, seed=0)
-    with quantize.Stopwatch() as sw:
+    with runtime.Stopwatch() as sw:
         losses = quantize.qat_finetune(qat_model, batches, steps=QAT_STEPS, lr=1e-3)
     qat_int8 = quantize.eager_convert(qat_model)
     del qat_model
@@ -486,15 +486,15 @@ if ENGINE:
 
 # %%
 BUILD.mkdir(parents=True, exist_ok=True)
-fp32_onnx = quantize.export_onnx(teacher, BUILD / "teacher.onnx", calib[:2])
-int8_onnx = {act: quantize.ort_static(fp32_onnx, BUILD / f"teacher-int8-{act}.onnx", calib,
+fp32_onnx = runtime.export_onnx(teacher, BUILD / "teacher.onnx", calib[:2])
+int8_onnx = {act: runtime.ort_static(fp32_onnx, BUILD / f"teacher-int8-{act}.onnx", calib,
                                       per_channel=True, activations=act)
              for act in ("uint8", "int8")}
 counts = dict(params=t["params"], nonzero=t["nonzero_params"], macs=t["macs"])
-records.append(measure.measure(quantize.session(fp32_onnx), "teacher", tags=["baseline", "fp32", "onnx"],
+records.append(measure.measure(runtime.session(fp32_onnx), "teacher", tags=["baseline", "fp32", "onnx"],
                                limit=EVAL_IMAGES, min_run_time=LATENCY_S, artifact=fp32_onnx, **counts))
 for act, path in int8_onnx.items():
-    records.append(measure.measure(quantize.session(path), f"ort-int8-{act}-act",
+    records.append(measure.measure(runtime.session(path), f"ort-int8-{act}-act",
                                    tags=["int8", "static", "per-channel", "onnx"], limit=EVAL_IMAGES,
                                    min_run_time=LATENCY_S, artifact=path, **counts))
 print(report.table([r for r in records if r["runtime"] == "onnxruntime"]))
@@ -518,8 +518,8 @@ plt.show()
 
 # %%
 bars = report.int8_static_bars(records)
-for runtime, b in bars.items():
-    print(f"{runtime:>11}: {b['name']}: {b['smaller']:.2f}x smaller, {b['faster_b64']:.2f}x faster "
+for engine, b in bars.items():
+    print(f"{engine:>11}: {b['name']}: {b['smaller']:.2f}x smaller, {b['faster_b64']:.2f}x faster "
           f"at batch 64, {b['delta_pt']:+.2f} pt -> {'met' if b['met'] else 'NOT met'}")
 if SMOKE:
     print("(smoke mode: small test subset and short timings; the bars are judged at the defaults)")
@@ -558,33 +558,33 @@ for dtype in (torch.float16, torch.bfloat16):
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in teacher.state_dict().items()}
     stored = measure.saved_size(sd)
     back = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-    acc = measure.accuracy_on(quantize.with_weights(teacher, back), mx, my)
+    acc = measure.accuracy_on(qmath.with_weights(teacher, back), mx, my)
     half_rows[str(dtype).split(".")[1]] = {"bytes_vs_fp32": stored / t["bytes"], "val_accuracy": acc}
     print(f"{str(dtype):15s} weights: file {stored / 1e6:.1f} MB ({stored / t['bytes']:.0%} of fp32), "
           f"accuracy {100 * acc:.2f} % (fp32 {100 * fp32_val:.2f} %)")
 del sd, back
 
 # sensitivity: each layer alone at 2 bits (per-channel), the others fp32
-originals = {k: w.detach() for k, w in quantize.quantizable_weights(teacher).items()}
+originals = {k: w.detach() for k, w in qmath.quantizable_weights(teacher).items()}
 sizes = {k: w.numel() for k, w in originals.items()}
 base_sens = measure.accuracy_on(teacher, mx[:SENS_IMAGES], my[:SENS_IMAGES])
 drop2 = {}
 for k, w in originals.items():
-    fake = {k: quantize.quantize_dequantize(w, 2, axis=0, symmetric=True)}
-    drop2[k] = base_sens - measure.accuracy_on(quantize.with_weights(teacher, fake),
+    fake = {k: qmath.quantize_dequantize(w, 2, axis=0, symmetric=True)}
+    drop2[k] = base_sens - measure.accuracy_on(qmath.with_weights(teacher, fake),
                                                mx[:SENS_IMAGES], my[:SENS_IMAGES])
-mixed = quantize.mixed_bits(drop2, sizes, budget_bits=4 * sum(sizes.values()))
+mixed = qmath.mixed_bits(drop2, sizes, budget_bits=4 * sum(sizes.values()))
 
 
 def at_bits(widths):   # the teacher with each Conv/Linear weight fake-quantized at its width
-    return quantize.with_weights(teacher, {k: quantize.quantize_dequantize(
+    return qmath.with_weights(teacher, {k: qmath.quantize_dequantize(
         originals[k], widths[k], axis=0, symmetric=True) for k in originals})
 
 
 uniform4 = dict.fromkeys(originals, 4)
 mixed_rows = {}
 for label, widths in [("uniform 4-bit", uniform4), ("mixed, same bytes", mixed)]:
-    mixed_rows[label] = {"weight_bytes": quantize.weight_bytes(teacher, widths, per_channel=True),
+    mixed_rows[label] = {"weight_bytes": qmath.weight_bytes(teacher, widths, per_channel=True),
                          "val_accuracy": measure.accuracy_on(at_bits(widths), mx, my)}
     r = mixed_rows[label]
     print(f"{label:18s} weights {r['weight_bytes'] / 1e6:.2f} MB, accuracy {100 * r['val_accuracy']:.2f} %")
@@ -593,7 +593,6 @@ print("widths chosen: " + ", ".join(f"{b} bits x {sum(1 for v in mixed.values() 
 gap = mixed_rows["mixed, same bytes"]["val_accuracy"] - mixed_rows["uniform 4-bit"]["val_accuracy"]
 print(f"mixed minus uniform: {100 * gap:+.2f} pt on {MIXED_VAL} validation images "
       f"(one image is {100 / MIXED_VAL:.2f} pt)")
-del originals
 
 # %% [markdown]
 # 16-bit weights halve the file at an accuracy you can read above; per-layer widths spend the same

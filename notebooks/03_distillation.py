@@ -40,8 +40,8 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from edgelab import (check, data, distill, measure, models, prune, quantize, report, stats, train,
-                     widgets)
+from edgelab import (check, data, distill, measure, models, prune, quantize, report, runtime,
+                     stats, train, widgets)
 from edgelab.data import REPO_ROOT
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
@@ -395,11 +395,11 @@ t = records[0]
 for recipe in ("kd", "scratch"):
     name = best_on_val(recipe)
     key = models.read_card(name)["sha256"][:12]   # files keyed by the checkpoint's hash
-    fp32_onnx = quantize.export_onnx(students[name], WORK / f"{name}-{key}.onnx", val_x[:2])
-    int8_onnx = quantize.ort_static(fp32_onnx, WORK / f"{name}-{key}-int8.onnx",
+    fp32_onnx = runtime.export_onnx(students[name], WORK / f"{name}-{key}.onnx", val_x[:2])
+    int8_onnx = runtime.ort_static(fp32_onnx, WORK / f"{name}-{key}-int8.onnx",
                                     data.calibration_set(256 if SMOKE else 512))
     records.append(dict(measure.measure(
-        quantize.session(int8_onnx), f"{name}-int8", tags=["student", "int8", recipe], limit=EVAL_IMAGES,
+        runtime.session(int8_onnx), f"{name}-int8", tags=["student", "int8", recipe], limit=EVAL_IMAGES,
         artifact=int8_onnx, params=measure.count_params(students[name]),
         macs=measure.count_macs(students[name]), min_run_time=LATENCY_S), selected_on="val"))
     s8 = records[-1]

@@ -46,7 +46,7 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from edgelab import data, lowrank, measure, models, quantize, report, train, widgets
+from edgelab import data, lowrank, measure, models, report, runtime, train, widgets
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -374,15 +374,15 @@ measure.release_memory()
 # %%
 BUILD.mkdir(parents=True, exist_ok=True)
 calib = data.calibration_set(CALIB_IMAGES)
-teacher_onnx = quantize.export_onnx(teacher, BUILD / "teacher.onnx", calib[:2])
+teacher_onnx = runtime.export_onnx(teacher, BUILD / "teacher.onnx", calib[:2])
 measure.release_memory()  # the exporter's garbage, before ONNX Runtime allocates its own
-records.append(measure.measure(quantize.session(teacher_onnx), "teacher", tags=["baseline", "fp32", "onnx"],
+records.append(measure.measure(runtime.session(teacher_onnx), "teacher", tags=["baseline", "fp32", "onnx"],
                                limit=EVAL_IMAGES, min_run_time=LATENCY_S, artifact=teacher_onnx,
                                params=t["params"], nonzero=t["nonzero_params"], macs=t["macs"]))
-low_onnx = quantize.export_onnx(lowrank55, BUILD / "lowrank55.onnx", calib[:2])
-low_int8 = quantize.ort_static(low_onnx, BUILD / "lowrank55-int8.onnx", calib, per_channel=True)
+low_onnx = runtime.export_onnx(lowrank55, BUILD / "lowrank55.onnx", calib[:2])
+low_int8 = runtime.ort_static(low_onnx, BUILD / "lowrank55-int8.onnx", calib, per_channel=True)
 measure.release_memory()
-records.append(measure.measure(quantize.session(low_int8), "lowrank-55-int8",
+records.append(measure.measure(runtime.session(low_int8), "lowrank-55-int8",
                                tags=["lowrank", "finetune", "int8", "static", "per-channel", "onnx"],
                                limit=EVAL_IMAGES, min_run_time=LATENCY_S, artifact=low_int8,
                                params=low["params"], nonzero=low["nonzero_params"], macs=low["macs"]))

@@ -55,7 +55,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from edgelab import check, data, deploy, measure, models, quantize, report
+from edgelab import check, data, deploy, measure, models, report, runtime
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -98,7 +98,7 @@ print(f"torch {torch.__version__}: torch.onnx.export(dynamo=...) defaults to "
 example = data.tensors("val", limit=2)[0]   # two images: the input shape the exporter traces
 fp32_onnx = {}
 for name, m in torch_models.items():
-    with quantize.Stopwatch() as sw:
+    with runtime.Stopwatch() as sw:
         fp32_onnx[name] = deploy.export(m, WORK / f"{name}.onnx", example)
     print(f"{name}: exported in {sw.s:.1f} s, {fp32_onnx[name].stat().st_size / 1e6:.1f} MB "
           f"({measure.count_params(m) / 1e6:.2f} M parameters at 4 bytes, plus the graph)")
@@ -174,8 +174,8 @@ except deploy.ExportError as e:
 calib = data.calibration_set(CALIB_IMAGES)
 onnx_files = dict(fp32_onnx)
 for name in torch_models:
-    with quantize.Stopwatch() as sw:
-        onnx_files[f"{name}-int8"] = quantize.ort_static(
+    with runtime.Stopwatch() as sw:
+        onnx_files[f"{name}-int8"] = runtime.ort_static(
             fp32_onnx[name], WORK / f"{name}-int8.onnx", calib, per_channel=True,
             activations="uint8")
     print(f"{name}-int8: calibrated on {len(calib)} images and quantized in {sw.s:.1f} s")
@@ -188,7 +188,7 @@ records = []
 for name, path in onnx_files.items():
     source = torch_models[name.removesuffix("-int8")]
     records.append(measure.measure(
-        quantize.session(path), name, tags=TAGS[name], limit=EVAL_IMAGES, min_run_time=LATENCY_S,
+        runtime.session(path), name, tags=TAGS[name], limit=EVAL_IMAGES, min_run_time=LATENCY_S,
         val=VAL_IMAGES, artifact=path, params=measure.count_params(source), nonzero=measure.count_nonzero(source),
         macs=measure.count_macs(source)))
     measure.release_memory()
@@ -335,7 +335,7 @@ meta = json.loads((bundle / "labels.json").read_text())["input"]
 mean, std = meta["mean"], meta["std"]
 test_pixels, test_labels = (t[:PREP_IMAGES] for t in data.load().split("test"))
 test_pixels = test_pixels.numpy()
-shipped = quantize.session(bundle / "model.onnx")
+shipped = runtime.session(bundle / "model.onnx")
 
 feeds = {"preprocess as in training": lambda p: preprocess(p, mean, std),
          "forgot to divide by 255": lambda p: ((p - mean) / std).astype(np.float32)[:, None],

@@ -36,7 +36,7 @@ NOTEBOOK = "06_pipeline"
 import matplotlib.pyplot as plt
 import torch
 
-from edgelab import data, deploy, measure, models, quantize, report
+from edgelab import data, deploy, measure, models, report, runtime
 from edgelab.data import REPO_ROOT
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
@@ -85,14 +85,14 @@ for name, m in torch_models.items():
         deploy.export(m, onnx_files[name], example)
     deploy.check_export(m, onnx_files[name], data.tensors("test", limit=64)[0])
     if name != "teacher":
-        onnx_files[f"{name}-int8"] = quantize.ort_static(
+        onnx_files[f"{name}-int8"] = runtime.ort_static(
             onnx_files[name], WORK / f"{name}-{key}-int8-{CALIBRATION}.onnx", calibration)
 
 records = []
 for name, path in onnx_files.items():
     source = torch_models[name.removesuffix("-int8")]
     tags = ["int8" if name.endswith("int8") else "fp32", "onnxruntime"]
-    records.append(measure.measure(quantize.session(path, threads=THREADS), name, tags=tags,
+    records.append(measure.measure(runtime.session(path, threads=THREADS), name, tags=tags,
                                    limit=EVAL_IMAGES, batch_sizes=(1,), artifact=path,
                                    val=VAL_IMAGES, params=measure.count_params(source),
                                    macs=measure.count_macs(source), min_run_time=LATENCY_S,

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from torchvision.models import mobilenet_v3_small
 
-from edgelab import deploy, lowrank, measure, prune, quantize
+from edgelab import deploy, lowrank, measure, prune, quantize, runtime
 
 
 def depthwise_net():
@@ -102,7 +102,7 @@ def test_pt2e_static_quantizes_the_model(arch):
     with torch.no_grad():
         agree = (graph(x).argmax(1) == model(x).argmax(1)).float().mean().item()
     assert agree > 0.8, f"int8 {name} agrees with fp32 on {agree:.0%} of predictions"
-    quantize.release_compiled()
+    runtime.release_compiled()
 
 
 def test_onnx_export_and_ort_int8_match_the_model(arch, tmp_path):
@@ -110,8 +110,8 @@ def test_onnx_export_and_ort_int8_match_the_model(arch, tmp_path):
     fp32 = deploy.export(model, tmp_path / f"{name}.onnx", x[:2])
     check = deploy.check_export(model, fp32, x[:16])
     assert check["same_top1"] == 1.0 and check["max_abs_diff"] <= 1e-4
-    int8 = quantize.ort_static(fp32, tmp_path / f"{name}-int8.onnx", x[:32])
-    logits = measure.predict_logits(quantize.session(int8), x)
+    int8 = runtime.ort_static(fp32, tmp_path / f"{name}-int8.onnx", x[:32])
+    logits = measure.predict_logits(runtime.session(int8), x)
     assert logits.shape == (len(x), 10)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgelab import check, distill, prune, quantize
+from edgelab import check, distill, prune, qmath
 
 
 def judge(checker, fn, capsys):
@@ -226,7 +226,7 @@ def test_quantize_dequantize_rejects_a_typical_mistake_and_names_it(mistake, hin
 
 def test_quantize_dequantize_rejects_a_symmetric_answer(capsys):
     def symmetric(x, bits, axis=None):
-        return quantize.quantize_dequantize(x, bits, axis=axis, symmetric=True)
+        return qmath.quantize_dequantize(x, bits, axis=axis, symmetric=True)
     accepted, out = judge(check.quantize_dequantize, symmetric, capsys)
     assert not accepted and "expected:" in out
 
@@ -251,7 +251,7 @@ def _qdq_channels_first(x, bits, axis=None):
 
 
 @pytest.mark.parametrize("right", [
-    lambda x, bits, axis=None: quantize.quantize_dequantize(x, bits, axis=axis),
+    lambda x, bits, axis=None: qmath.quantize_dequantize(x, bits, axis=axis),
     _qdq(), _qdq_channels_first], ids=["reference", "plain", "channels_first"])
 def test_quantize_dequantize_accepts_right_answers(right, capsys):
     assert_accepted(check.quantize_dequantize, right, capsys)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from edgelab import data, deploy, measure, quantize
+from edgelab import data, deploy, measure, runtime
 
 
 def tiny_cnn(seed=0):
@@ -61,7 +61,7 @@ def test_export_of_a_tiny_model_matches_torch_with_any_batch_size(tiny, tiny_onn
     assert not list(tiny_onnx.parent.glob("*.data")), "no external-data file next to it"
     result = deploy.check_export(tiny, tiny_onnx, data.tensors("test", limit=64)[0])
     assert result["max_abs_diff"] < 1e-4 and result["same_top1"] == 1.0
-    sess = quantize.session(tiny_onnx, threads=1)
+    sess = runtime.session(tiny_onnx, threads=1)
     for n in (1, 3):
         x = data.tensors("test", limit=n)[0]
         got = sess.run(None, {"image": x.numpy()})[0]
@@ -150,7 +150,7 @@ def test_predict_on_test_pngs_equals_onnxruntime_on_the_test_tensors(bundle, tmp
     preds = json.loads(run.stdout)["predictions"]
     assert [p["file"] for p in preds] == [str(p) for p in paths]
     x = data.tensors("test", limit=12)[0]
-    expected = measure.predict_logits(quantize.session(bundle / "model.onnx"), x).numpy()
+    expected = measure.predict_logits(runtime.session(bundle / "model.onnx"), x).numpy()
     np.testing.assert_allclose(np.array([p["logits"] for p in preds]), expected, atol=1e-5)
     assert run.stderr == ""   # 28x28 grayscale: nothing to convert
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgelab import check, quantize, widgets
+from edgelab import check, qmath, quantize, runtime, widgets
 
 
 # ---- the affine math ----------------------------------------------------------------------
@@ -13,65 +13,65 @@ from edgelab import check, quantize, widgets
 @pytest.mark.parametrize("bits", [1, 17, 0, -8, 8.0, "8", None, True])
 def test_bits_outside_2_to_16_is_one_clear_error(bits):
     with pytest.raises(ValueError, match="from 2 to 16"):
-        quantize.check_bits(bits)
+        qmath.check_bits(bits)
     with pytest.raises(ValueError, match="from 2 to 16"):
-        quantize.quantize_dequantize(torch.ones(3), bits)
+        qmath.quantize_dequantize(torch.ones(3), bits)
 
 
 def test_bits_at_the_edges_of_the_range_work():
     x = torch.linspace(-1, 1, 50)
-    assert quantize.quantize_dequantize(x, 2).unique().numel() <= 4
-    assert quantize.relative_error(x, quantize.quantize_dequantize(x, 16)) < 1e-4
+    assert qmath.quantize_dequantize(x, 2).unique().numel() <= 4
+    assert qmath.relative_error(x, qmath.quantize_dequantize(x, 16)) < 1e-4
 
 
 def test_widgets_and_fake_quantize_reject_bad_bits():
     m = nn.Sequential(nn.Linear(4, 2))
     with pytest.raises(ValueError, match="from 2 to 16"):
-        quantize.fake_quantize_weights(m, 1, per_channel=True)
+        qmath.fake_quantize_weights(m, 1, per_channel=True)
     with pytest.raises(ValueError, match="from 2 to 16"):
-        quantize.weight_bytes(m, 32 + 1, per_channel=False)
+        qmath.weight_bytes(m, 32 + 1, per_channel=False)
 
 
 def test_integer_ranges():
-    assert quantize.int_range(8, symmetric=False) == (0, 255)
-    assert quantize.int_range(8, symmetric=True) == (-127, 127)
-    assert quantize.int_range(4, symmetric=True) == (-7, 7)
+    assert qmath.int_range(8, symmetric=False) == (0, 255)
+    assert qmath.int_range(8, symmetric=True) == (-127, 127)
+    assert qmath.int_range(4, symmetric=True) == (-7, 7)
 
 
 def test_zero_is_exactly_representable_asymmetric_and_symmetric():
     x = torch.tensor([-0.37, 0.0, 0.2, 1.0])
     for sym in (False, True):
-        assert quantize.quantize_dequantize(x, 4, symmetric=sym)[1] == 0
+        assert qmath.quantize_dequantize(x, 4, symmetric=sym)[1] == 0
 
 
 def test_asymmetric_error_is_at_most_half_a_step():
     x = torch.randn(1000)
-    scale, zp = quantize.qparams(x, 8)
+    scale, zp = qmath.qparams(x, 8)
     assert zp == zp.round() and 0 <= zp <= 255
-    err = (quantize.quantize_dequantize(x, 8) - x).abs().max()
+    err = (qmath.quantize_dequantize(x, 8) - x).abs().max()
     assert err <= scale / 2 * (1 + 1e-4)
 
 
 def test_per_channel_scales_follow_the_axis():
     w = torch.randn(4, 3, 3, 3)
     w[1] *= 1e-3
-    scale, zp = quantize.qparams(w, 8, axis=0, symmetric=True)
+    scale, zp = qmath.qparams(w, 8, axis=0, symmetric=True)
     assert scale.shape == (4, 1, 1, 1) and torch.all(zp == 0)
-    per_t = quantize.relative_error(w[1], quantize.quantize_dequantize(w, 4, symmetric=True)[1])
-    per_c = quantize.relative_error(w[1], quantize.quantize_dequantize(w, 4, axis=0,
+    per_t = qmath.relative_error(w[1], qmath.quantize_dequantize(w, 4, symmetric=True)[1])
+    per_c = qmath.relative_error(w[1], qmath.quantize_dequantize(w, 4, axis=0,
                                                                       symmetric=True)[1])
     assert per_c < 0.2 < per_t   # per tensor, the small filter drowns in the big one's steps
 
 
 def test_an_all_zero_tensor_stays_zero():
     for sym in (False, True):
-        assert torch.equal(quantize.quantize_dequantize(torch.zeros(2, 3), 8, axis=0,
+        assert torch.equal(qmath.quantize_dequantize(torch.zeros(2, 3), 8, axis=0,
                                                         symmetric=sym), torch.zeros(2, 3))
 
 
 def test_error_shrinks_with_bits():
     x = torch.randn(2000)
-    errs = [quantize.relative_error(x, quantize.quantize_dequantize(x, b)) for b in range(2, 9)]
+    errs = [qmath.relative_error(x, qmath.quantize_dequantize(x, b)) for b in range(2, 9)]
     assert all(a > b for a, b in zip(errs, errs[1:]))
 
 
@@ -85,19 +85,19 @@ def tiny_cnn():
 
 def test_fake_quantize_weights_does_not_compound_and_levels_match_bits():
     m = tiny_cnn()
-    source = {k: w.detach().clone() for k, w in quantize.quantizable_weights(m).items()}
-    quantize.fake_quantize_weights(m, 2, per_channel=False, source=source)
+    source = {k: w.detach().clone() for k, w in qmath.quantizable_weights(m).items()}
+    qmath.fake_quantize_weights(m, 2, per_channel=False, source=source)
     assert m[0].weight.unique().numel() <= 3       # symmetric 2-bit: -1, 0, +1 steps
-    quantize.fake_quantize_weights(m, 8, per_channel=True, source=source)
-    assert quantize.relative_error(source["0.weight"], m[0].weight) < 0.01
+    qmath.fake_quantize_weights(m, 8, per_channel=True, source=source)
+    assert qmath.relative_error(source["0.weight"], m[0].weight) < 0.01
 
 
 def test_weight_bytes_counts_bits_and_scales():
     m = tiny_cnn()
     conv, lin = 4 * 9, 10 * 4
     other = 4 + 4 * 4 + 10       # conv bias, bn weight/bias/mean/var, linear bias (fp32)
-    assert quantize.weight_bytes(m, 8, per_channel=False) == conv + lin + 4 * (2 + other)
-    assert quantize.weight_bytes(m, 4, per_channel=True) == (
+    assert qmath.weight_bytes(m, 8, per_channel=False) == conv + lin + 4 * (2 + other)
+    assert qmath.weight_bytes(m, 4, per_channel=True) == (
         (conv + lin) * 4 + 32 * (4 + 10) + 32 * other + 7) // 8
 
 
@@ -124,18 +124,18 @@ def test_bits_panel_answers_what_a_fake_quantized_copy_would():
     m = tiny_cnn()
     x, y = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
     panel = widgets.bits_panel(m, x, y, bits=3, per_channel=False)
-    copy_3bit = quantize.fake_quantize_weights(copy.deepcopy(m), 3, per_channel=False)
+    copy_3bit = qmath.fake_quantize_weights(copy.deepcopy(m), 3, per_channel=False)
     assert panel.result["accuracy"] == measure.accuracy_on(copy_3bit, x, y)
-    fake = {k: quantize.quantize_dequantize(w.detach(), 3, symmetric=True)
-            for k, w in quantize.quantizable_weights(m).items()}
+    fake = {k: qmath.quantize_dequantize(w.detach(), 3, symmetric=True)
+            for k, w in qmath.quantizable_weights(m).items()}
     with torch.no_grad():
-        assert torch.allclose(quantize.with_weights(m, fake)(x), copy_3bit(x), atol=1e-6)
+        assert torch.allclose(qmath.with_weights(m, fake)(x), copy_3bit(x), atol=1e-6)
 
 
 # ---- the exercise checker -----------------------------------------------------------------
 
 def reference(x, bits, axis=None):
-    return quantize.quantize_dequantize(x, bits, axis=axis)
+    return qmath.quantize_dequantize(x, bits, axis=axis)
 
 
 def _wrong(*, zp_round=True, rounding=torch.round, clamp=True, steps=lambda b: 2 ** b - 1,
@@ -202,14 +202,14 @@ def test_the_checker_rejects_typical_mistakes_and_says_what_is_off(mistake, expe
 
 def test_the_checker_rejects_symmetric_and_integer_answers(capsys):
     def symmetric(x, bits, axis=None):
-        return quantize.quantize_dequantize(x, bits, axis=axis, symmetric=True)
+        return qmath.quantize_dequantize(x, bits, axis=axis, symmetric=True)
 
     def codes(x, bits, axis=None):
-        scale, zp = quantize.qparams(x, bits, axis)
-        return quantize.quantize(x, scale, zp, 0, 2 ** bits - 1).to(torch.int32)
+        scale, zp = qmath.qparams(x, bits, axis)
+        return qmath.quantize(x, scale, zp, 0, 2 ** bits - 1).to(torch.int32)
 
     def per_channel_always(x, bits, axis=None):
-        return quantize.quantize_dequantize(x, bits, axis=0 if axis is None else axis)
+        return qmath.quantize_dequantize(x, bits, axis=0 if axis is None else axis)
 
     for wrong in (symmetric, codes, per_channel_always):
         assert check.quantize_dequantize(wrong) is not wrong, wrong.__name__
@@ -225,7 +225,7 @@ def test_zero_calibration_images_is_a_clear_error():
         with pytest.raises(ValueError, match="calibration images"):
             quantize.calibrate(m, images)
         with pytest.raises(ValueError, match="calibration images"):
-            quantize.ort_static("unused.onnx", "unused-int8.onnx", images)
+            runtime.ort_static("unused.onnx", "unused-int8.onnx", images)
 
 
 def test_dynamic_quantization_skips_convolutions():
@@ -254,14 +254,14 @@ def test_quantizable_teacher_keeps_the_weights_and_the_outputs():
 
 def test_onnx_export_and_ort_static_on_a_tiny_model(tmp_path):
     m = tiny_cnn()
-    fp32 = quantize.export_onnx(m, tmp_path / "tiny.onnx", torch.zeros(2, 1, 28, 28))
-    sess = quantize.session(fp32, threads=1)
+    fp32 = runtime.export_onnx(m, tmp_path / "tiny.onnx", torch.zeros(2, 1, 28, 28))
+    sess = runtime.session(fp32, threads=1)
     x = torch.randn(5, 1, 28, 28)
     out = sess.run(None, {"image": x.numpy()})[0]
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(out), m(x), atol=1e-4)
-    int8 = quantize.ort_static(fp32, tmp_path / "tiny-int8.onnx", torch.randn(16, 1, 28, 28))
-    out8 = quantize.session(int8, threads=1).run(None, {"image": x.numpy()})[0]
+    int8 = runtime.ort_static(fp32, tmp_path / "tiny-int8.onnx", torch.randn(16, 1, 28, 28))
+    out8 = runtime.session(int8, threads=1).run(None, {"image": x.numpy()})[0]
     assert out8.shape == (5, 10)
     assert not list(tmp_path.glob(".*"))       # no temporary files left behind
 
@@ -280,7 +280,7 @@ def test_fixed_batches_feeds_only_batch_1_and_full_chunks():
         seen.append(len(x))
         return x.flatten(1)[:, :3] * 2
 
-    wrapped = quantize.FixedBatches(model, batch=4)
+    wrapped = runtime.FixedBatches(model, batch=4)
     x = torch.randn(10, 1, 28, 28)
     out = wrapped(x)
     assert torch.allclose(out, x.flatten(1)[:, :3] * 2)
@@ -314,8 +314,8 @@ def test_int8_static_bars_pick_the_best_model_per_runtime():
 
 
 def test_ort_static_calibrates_over_several_batches(tmp_path):
-    fp32 = quantize.export_onnx(tiny_cnn(), tmp_path / "tiny.onnx", torch.zeros(2, 1, 28, 28))
-    out = quantize.ort_static(fp32, tmp_path / "tiny-int8.onnx", torch.randn(40, 1, 28, 28),
+    fp32 = runtime.export_onnx(tiny_cnn(), tmp_path / "tiny.onnx", torch.zeros(2, 1, 28, 28))
+    out = runtime.ort_static(fp32, tmp_path / "tiny-int8.onnx", torch.randn(40, 1, 28, 28),
                               batch_size=8)
     assert out.is_file()
 
@@ -332,13 +332,13 @@ def test_release_compiled_frees_a_deleted_pt2e_graph():
     del graph
     gc.collect()
     assert alive() is not None, "a library cache no longer holds the graph: this test is stale"
-    quantize.release_compiled()
+    runtime.release_compiled()
     assert alive() is None, "the PT2E graph is still referenced after release_compiled()"
 
 
 def test_every_named_export_cache_exists_in_the_pinned_libraries():
     import importlib
-    for module, name in quantize._GRAPH_CACHES:
+    for module, name in runtime._GRAPH_CACHES:
         assert hasattr(getattr(importlib.import_module(module), name), "cache_clear"), (module, name)
 
 
@@ -346,31 +346,31 @@ def test_every_named_export_cache_exists_in_the_pinned_libraries():
 def test_a_non_finite_value_is_an_error_not_a_tensor_of_nans(bad):
     x = torch.tensor([0.5, -1.0, bad, 2.0])
     with pytest.raises(ValueError, match="NaN or Inf: 1 of its 4 values"):
-        quantize.quantize_dequantize(x, 8)
+        qmath.quantize_dequantize(x, 8)
     with pytest.raises(ValueError, match="NaN or Inf"):
-        quantize.qparams(x.view(2, 2), 8, axis=0)
+        qmath.qparams(x.view(2, 2), 8, axis=0)
 
 
 
 def test_mixed_bits_gives_the_sensitive_layer_more_bits_within_the_budget():
     sizes = {"a": 100, "b": 100, "c": 100}
     drops = {"a": 0.5, "b": 0.01, "c": 0.0}
-    bits = quantize.mixed_bits(drops, sizes, budget_bits=4 * 300)
+    bits = qmath.mixed_bits(drops, sizes, budget_bits=4 * 300)
     assert sum(sizes[k] * b for k, b in bits.items()) <= 4 * 300
     assert bits["a"] > 4 > bits["c"] and bits["a"] >= bits["b"] >= bits["c"]
     with pytest.raises(ValueError, match="below 2 bits a weight"):
-        quantize.mixed_bits(drops, sizes, budget_bits=100)
+        qmath.mixed_bits(drops, sizes, budget_bits=100)
 
 
 def test_weight_bytes_takes_a_width_per_layer():
     m = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
-    uniform = quantize.weight_bytes(m, 4, per_channel=True)
-    assert quantize.weight_bytes(m, {"0.weight": 4, "2.weight": 4}, per_channel=True) == uniform
-    assert quantize.weight_bytes(m, {"0.weight": 8, "2.weight": 2}, per_channel=True) < uniform
+    uniform = qmath.weight_bytes(m, 4, per_channel=True)
+    assert qmath.weight_bytes(m, {"0.weight": 4, "2.weight": 4}, per_channel=True) == uniform
+    assert qmath.weight_bytes(m, {"0.weight": 8, "2.weight": 2}, per_channel=True) < uniform
     with pytest.raises(ValueError, match="must name exactly"):
-        quantize.weight_bytes(m, {"0.weight": 8}, per_channel=True)
+        qmath.weight_bytes(m, {"0.weight": 8}, per_channel=True)
 
 
 def test_with_weights_names_a_tensor_the_model_does_not_have():
     with pytest.raises(KeyError, match=r"no tensors named \['3.weight'\]"):
-        quantize.with_weights(nn.Sequential(nn.Linear(2, 2)), {"3.weight": torch.zeros(2, 2)})
+        qmath.with_weights(nn.Sequential(nn.Linear(2, 2)), {"3.weight": torch.zeros(2, 2)})

@@ -1,0 +1,245 @@
+"""Running quantized and exported models: ONNX export and ONNX Runtime (sessions, static int8),
+``torch.compile`` for fixed shapes, the library caches that keep exported graphs alive, and the
+quiet wrappers around PyTorch's and ONNX Runtime's chatter. Everything on the CPU, no network.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .measure import release_memory
+from .models import atomic_write_bytes
+
+__all__ = ["quiet", "quiet_logs", "check_calibration", "graph_bytes", "FixedBatches",
+           "compile_fixed", "release_compiled", "export_onnx", "session", "ort_static",
+           "Stopwatch"]
+
+@contextlib.contextmanager
+def quiet():
+    """Silence the deprecation warnings of torch.ao.quantization once they have been shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@contextlib.contextmanager
+def quiet_logs(*names, level: int = logging.ERROR):
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(level)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def check_calibration(images) -> None:
+    if images is None or len(images) == 0:
+        raise ValueError("static quantization needs calibration images to set the activation "
+                         "ranges, got 0; pass e.g. edgelab.data.calibration_set(256)")
+
+
+def graph_bytes(gm: nn.Module) -> bytes:
+    """What a converted PT2E graph ships: the tensors its nodes read (int8 weights, scales,
+    fp32 biases), saved like a state dict; the original fp32 parameters it no longer uses are
+    left out."""
+    used = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            obj = gm
+            for part in str(node.target).split("."):
+                obj = getattr(obj, part)
+            if isinstance(obj, torch.Tensor):
+                used[str(node.target)] = obj.detach()
+    buf = io.BytesIO()
+    torch.save(used, buf)
+    return buf.getvalue()
+
+
+class FixedBatches(nn.Module):
+    """Feeds a compiled model only the shapes it was compiled for: batch 1, or chunks of
+    ``batch`` (the last one padded). Each new shape would cost another compile."""
+
+    def __init__(self, compiled, batch: int = 64):
+        super().__init__()
+        self.compiled, self.batch = compiled, batch
+
+    def train(self, mode: bool = True):
+        # an exported graph refuses train()/eval(); this one is for inference only
+        self.training = mode
+        return self
+
+    def forward(self, x):
+        if len(x) == 1:
+            return self.compiled(x)
+        outs = []
+        for start in range(0, len(x), self.batch):
+            chunk = x[start:start + self.batch]
+            n = len(chunk)
+            if n < self.batch:
+                chunk = torch.cat([chunk, chunk.new_zeros((self.batch - n, *chunk.shape[1:]))])
+            outs.append(self.compiled(chunk)[:n])
+        return torch.cat(outs)
+
+
+def compile_fixed(model: nn.Module, example: torch.Tensor, batch: int = 64) -> tuple[nn.Module, float]:
+    """``torch.compile`` with Inductor's weight freezing (needed to pick the int8 kernels) and
+    static shapes (``dynamic=False``: one graph per input shape, hence the fixed batches),
+    compiled now for batch 1 and ``batch`` of ``example``'s rows; returns the model and the
+    seconds the two compiles took (cold the first time in a process; Inductor caches on disk)."""
+    release_memory()
+    import torch._inductor.config as inductor_config
+
+    logging.getLogger("torch._inductor").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="torch._inductor")
+    compiled = torch.compile(model, dynamic=False)
+    wrapped = FixedBatches(compiled, batch)
+    t0 = time.perf_counter()
+    # both shapes compile now, under freezing; the setting does not outlive this call
+    with torch.inference_mode(), quiet(), inductor_config.patch(freezing=True):
+        row = torch.zeros_like(example[:1])
+        wrapped(row)
+        wrapped(row.expand(batch, *row.shape[1:]).contiguous())
+    return wrapped, time.perf_counter() - t0
+
+
+# Process-wide caches that keep every exported graph (and its fake tensors and shape
+# environment) alive after the model is deleted: ~65 MB after one PT2E export + compile, and more
+# with each round (torch 2.14 / torchao 0.17). Named here so a version bump that moves one is
+# found by tests/test_quantize.py rather than silently leaking again.
+_GRAPH_CACHES = (
+    ("torchao.utils", "_assert_and_get_unique_device"),             # functools.cache on modules
+    ("torch.ao.quantization.fx.utils", "assert_and_get_unique_device"),
+)
+
+
+def _clear_export_caches() -> None:
+    """Empty the caches above."""
+    import importlib
+    import sys
+
+    from torch.fx.experimental import proxy_tensor
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    for module, name in _GRAPH_CACHES:
+        if module in sys.modules:    # never import a module just to clear it
+            getattr(importlib.import_module(module), name).cache_clear()
+    # ShapeEnv's methods are memoized on ``self``: each cache keeps its shape environments.
+    for attr in vars(ShapeEnv).values():
+        if hasattr(attr, "cache_clear"):
+            attr.cache_clear()
+    proxy_tensor._FAKE_TENSOR_ID_TO_PROXY_MAP_FOR_EXPORT.clear()
+    if "torch._decomp.decompositions_for_rng" in sys.modules:
+        from torch._decomp.decompositions_for_rng import PhiloxStateTracker
+        PhiloxStateTracker.reset()
+
+
+def release_compiled() -> None:
+    """Drop what torch.compile and torch.export keep after their models are deleted (guards,
+    graphs, kernels, exported graphs in library caches): otherwise it stays resident, and grows
+    with each export. Inductor's on-disk cache stays, so a recompile is warm."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    _clear_export_caches()
+    release_memory()
+
+
+def export_onnx(model: nn.Module, path, example: torch.Tensor) -> Path:
+    """Export with the dynamo exporter: one self-contained ``.onnx`` file, input ``image`` shaped
+    like ``example`` but with a dynamic batch size, output ``logits``; written atomically."""
+    release_memory()
+    path = Path(path)
+    if not isinstance(example, torch.Tensor) or example.dim() < 1:
+        raise TypeError("example must be an input batch the model accepts, e.g. "
+                        f"images[:2]; got {type(example).__name__}")
+    if len(example) < 2:   # a batch of 1 would let the exporter specialise the batch to 1
+        example = example.expand(2, *example.shape[1:])
+    model = model.cpu().eval()
+    with quiet(), quiet_logs("torch.onnx", "onnxscript"), \
+            contextlib.redirect_stdout(io.StringIO()):
+        program = torch.onnx.export(model, (example,), input_names=["image"],
+                                    output_names=["logits"], dynamo=True,
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                    external_data=False)
+    atomic_write_bytes(path, program.model_proto.SerializeToString())
+    del program
+    _clear_export_caches()   # the exporter runs torch.export: the caches PT2E fills
+    release_memory()
+    return path
+
+
+def session(path, threads: int | None = None):
+    """An ONNX Runtime CPU session with all graph optimizations, ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    # Idle worker threads sleep instead of spinning: a little slower on an idle machine, far
+    # steadier on a shared one (spinning threads fight over the cores).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # No memory arena: it keeps the largest batch's activations for the session's life (100 MB
+    # and more), and latency was the same without it.
+    opts.enable_cpu_mem_arena = False
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_static(fp32_path, out_path, images: torch.Tensor, per_channel: bool = True,
+               activations: str = "uint8", batch_size: int = 16) -> Path:
+    """ONNX Runtime post-training static quantization in QDQ format: int8 weights (per channel
+    or per tensor), ``uint8`` or ``int8`` activations calibrated (MinMax) on ``images``."""
+    release_memory()
+    from onnxruntime import quantization as oq
+
+    check_calibration(images)
+    if activations not in ("uint8", "int8"):
+        raise ValueError(f"activations must be 'uint8' or 'int8', got {activations!r}")
+
+    class Reader(oq.CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"image": images[i:i + batch_size].numpy()}
+                                 for i in range(0, len(images), batch_size)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    pre = out_path.with_name(f".{out_path.name}.pre.onnx")
+    with quiet_logs("root"):
+        oq.quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        oq.quantize_static(str(pre), str(tmp), Reader(), quant_format=oq.QuantFormat.QDQ,
+                           per_channel=per_channel,
+                           activation_type=oq.QuantType.QUInt8 if activations == "uint8"
+                           else oq.QuantType.QInt8,
+                           weight_type=oq.QuantType.QInt8,
+                           calibrate_method=oq.CalibrationMethod.MinMax)
+    pre.unlink(missing_ok=True)
+    os.replace(tmp, out_path)
+    return out_path
+
+
+class Stopwatch:
+    """``with Stopwatch() as t: ...`` then ``t.s``: wall seconds of a block."""
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.s = time.perf_counter() - self.t0
+        return False
