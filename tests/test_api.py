@@ -48,3 +48,13 @@ def test_notebooks_use_only_public_names(path):
     private = sorted(f"{m}.{n}" for m, n in used
                      if n not in importlib.import_module(f"edgelab.{m}").__all__)
     assert not private, f"{path.name} uses names outside their module's __all__: {private}"
+
+
+def test_docs_api_md_is_generated_from_the_code():
+    import runpy
+
+    from edgelab.data import REPO_ROOT
+
+    render = runpy.run_path(str(REPO_ROOT / "docs" / "update_api.py"))["render"]
+    assert (REPO_ROOT / "docs" / "api.md").read_text() == render(), \
+        "docs/api.md is out of date: run `python docs/update_api.py --write`"
