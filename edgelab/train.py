@@ -50,10 +50,19 @@ def predict(model: nn.Module, batches, device=None, progress: bool = False) -> t
     return torch.cat(out)
 
 
+@torch.no_grad()
 def evaluate(model: nn.Module, batches, device=None, progress: bool = False) -> float:
-    """Top-1 accuracy as a fraction."""
-    labels = torch.cat([y for _, y in batches])
-    return (predict(model, batches, device, progress).argmax(1) == labels).float().mean().item()
+    """Top-1 accuracy as a fraction, from one pass in which each batch's labels and predictions
+    are read together (two passes over a shuffled loader would pair them wrongly)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = n = 0
+    for x, y in tqdm(batches, desc="eval", leave=False, disable=not progress):
+        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
+        n += len(y)
+    model.train(was_training)
+    return correct / n
 
 
 def to_device(target, device):

@@ -60,3 +60,11 @@ def test_finetune_steps_trains_in_place_and_leaves_the_model_on_the_cpu_in_eval_
     assert out is model and not model.training
     assert next(model.parameters()).device.type == "cpu"
     assert not torch.equal(before, model.fc.weight)
+
+
+def test_evaluate_gives_the_same_accuracy_on_a_shuffled_loader():
+    torch.manual_seed(0)
+    model = models.student(widths=(8, 16), blocks=1)
+    in_order = train.evaluate(model, data.loader("test", 100, shuffle=False, limit=400))
+    shuffled = train.evaluate(model, data.loader("test", 100, shuffle=True, limit=400, seed=3))
+    assert in_order == shuffled
