@@ -157,3 +157,16 @@ def test_a_rate_that_would_empty_a_layer_names_the_layer_and_the_highest_rate_th
 def test_structured_pruning_refuses_an_unknown_importance():
     with pytest.raises(ValueError, match=r"importance must be one of \('l1', 'l2'\)"):
         prune.structured(tiny(), 0.5, X1, importance="taylor")
+
+
+def test_the_sensitivity_scan_prunes_exactly_round_rate_n_weights_even_with_ties():
+    layer = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.1, 0.2, 0.2, 0.2], [0.2, 0.3, 0.4, 0.5]]))
+    seen = []
+    model = nn.Sequential(layer)
+    model.register_forward_pre_hook(lambda m, a: seen.append(int((layer.weight == 0).sum())))
+    prune.sensitivity_scan(model, [0.25, 0.5], torch.zeros(1, 4), torch.zeros(1, dtype=torch.long),
+                           progress=False)
+    assert seen == [2, 4]   # the threshold rule '>' would have zeroed 1 and then 5
+    assert layer.weight.min().item() == pytest.approx(0.1)   # restored afterwards
