@@ -90,7 +90,9 @@ def subset_accuracy(model):
 #
 # is one Linear in → `r` followed by one Linear `r` → out. No rank-`r` matrix is closer to `W`
 # (the Eckart–Young theorem), and the error is exactly what was dropped:
-# ‖W − W_r‖ = √(s²ᵣ₊₁ + … ). `edgelab.lowrank.factor(layer, r)` builds the two layers.
+# ‖W − W_r‖_F = √(s²ᵣ₊₁ + … ) in the Frobenius norm (the square root of the sum of squared
+# entries; in the spectral norm it is s_{r+1}). `edgelab.lowrank.factor(layer, r)` builds the two
+# layers.
 #
 # The teacher's classifier `fc` is the one Linear layer in the network:
 
@@ -132,7 +134,7 @@ with torch.no_grad():
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
 ax1.bar(ranks, s.tolist(), color="C0")
 ax1.set_xlabel("i"); ax1.set_ylabel("singular value sᵢ"); ax1.set_title("fc: singular values")
-ax2.plot(ranks, errors, "o-", label="‖W − W_r‖ / ‖W‖")
+ax2.plot(ranks, errors, "o-", label="‖W − W_r‖_F / ‖W‖_F")
 ax2.set_xlabel("rank r"); ax2.set_ylabel("relative error")
 ax2b = ax2.twinx()
 ax2b.plot(ranks, [100 * a for a in accs], "s--", color="C1", label="accuracy")
@@ -183,8 +185,11 @@ plt.show()
 #
 # A k×k convolution from C_in to C_out channels has a weight of shape C_out × C_in × k × k. Every
 # output value is one filter (a row) times one C_in·k·k input patch, so the weight *is* a matrix,
-# C_out × (C_in·k·k), and it factors the same way (**channel SVD**; Zhang, Zou, He and Sun,
-# *Accelerating Very Deep Convolutional Networks for Classification and Detection*, 2015):
+# C_out × (C_in·k·k), and it factors the same way (**channel SVD**, a plain truncated SVD of each
+# layer's weights; Zhang, Zou, He and Sun, *Accelerating Very Deep Convolutional Networks for
+# Classification and Detection*, 2015, use the same two-layer shape but fit the factors to each
+# layer's *outputs on real data*, which this notebook does not do: it takes the SVD of the weights
+# and lets the fine-tune repair what that loses):
 #
 # - the `r` rows of `S^½ Vᵀ` become `r` filters of a **k×k convolution C_in → r**, with the
 #   original stride and padding;
@@ -433,6 +438,9 @@ print(f"wrote {len(records)} records to {path.relative_to(path.parents[2])}")
 # **What it means.** A layer's singular values say how much of it a rank keeps, and the break-even
 # rank says whether keeping it pays. One energy threshold gives every convolution its own rank,
 # cuts parameters and MACs by the factors printed above, and a fine-tune wins the accuracy back.
+# That last part has no control here: `lowrank55` was fine-tuned for the epochs its card records,
+# and nobody trained the same factored architecture from scratch for as long, so this notebook
+# cannot say how much of the recovery the factored starting point deserves.
 # Whether the latency follows depends on the runtime and the batch size, which is why it is
 # measured. Low rank stacks with int8; compare it with channel pruning (notebook 01) in the table
 # above before choosing.
