@@ -9,7 +9,7 @@ from pathlib import Path
 from .data import REPO_ROOT
 from .models import atomic_write_bytes
 
-__all__ = ["paired_delta", "SEED_CLAIMS", "seed_claim", "BUILD", "RESULTS_DIR",
+__all__ = ["Table", "paired_delta", "SEED_CLAIMS", "seed_claim", "BUILD", "RESULTS_DIR",
            "write_notebook_results", "find", "table", "plot", "pareto_front", "pareto_plot",
            "TARGETS", "check_targets", "targets_table", "assemble", "int8_static_bars"]
 
@@ -93,8 +93,41 @@ def _fmt_delta(a: dict, b: dict) -> str:
     return f"{delta:+.2f}" + (f" ±{se:.2f}" if se is not None else "")
 
 
-def table(records: list[dict], baseline: str = "teacher") -> str:
-    """A side-by-side text table; ratios are against the baseline in the same runtime."""
+class Table(str):
+    """A records table: plain text wherever text is printed (papermill logs, terminals, ``str``),
+    an HTML table in JupyterLab (right-aligned numbers, the baseline rows in bold), where 170
+    columns of text would wrap into an unreadable block."""
+
+    def __new__(cls, cols: list[str], rows: list[list[str]], baseline_rows: set[int]):
+        widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
+        line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+        text = "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows])
+        self = super().__new__(cls, text)
+        self.cols, self.rows, self.baseline_rows = cols, rows, baseline_rows
+        return self
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        def cell(tag, value, i):
+            align = "left" if i < 2 else "right"
+            return f'<{tag} style="text-align:{align}; white-space:nowrap">{escape(str(value))}</{tag}>'
+        head = "".join(cell("th", c, i) for i, c in enumerate(self.cols))
+        body = []
+        for k, row in enumerate(self.rows):
+            style = ' style="font-weight:bold"' if k in self.baseline_rows else ""
+            body.append(f"<tr{style}>" + "".join(cell("td", v, i) for i, v in enumerate(row)) + "</tr>")
+        return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+                "<p style='font-size:smaller'>Bold: the baseline each ratio is taken against (same "
+                "runtime). Δ pt ±: accuracy difference and its paired standard error.</p>")
+
+
+def table(records: list[dict], baseline: str = "teacher") -> Table:
+    """A side-by-side table (text, and HTML in JupyterLab); ratios are against the baseline in
+    the same runtime."""
     cols = ["name", "runtime", "accuracy", "Δ pt", "params", "nonzero", "MACs", "bytes", "gzip",
             "×smaller", "b1 ms", "×faster b1", "b64 ms", "×faster b64"]
     rows = []
@@ -117,9 +150,7 @@ def table(records: list[dict], baseline: str = "teacher") -> str:
             f"{r['latency_b1_ms']:.2f}" if r.get("latency_b1_ms") else "-", ratio("latency_b1_ms"),
             f"{r['latency_b64_ms']:.1f}" if r.get("latency_b64_ms") else "-", ratio("latency_b64_ms"),
         ])
-    widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
-    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return Table(cols, rows, {k for k, r in enumerate(records) if r["name"] == baseline})
 
 
 def plot(records: list[dict], x: str = "bytes", y: str = "accuracy", ax=None, logx: bool = True):

@@ -37,6 +37,7 @@ NOTEBOOK = "00_baseline"
 # %%
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 
 from edgelab import data, measure, models, report
 
@@ -185,7 +186,7 @@ records = [
     measure.measure(student, "student-untrained", tags=["student", "fp32"], limit=EVAL_IMAGES,
                     min_run_time=LATENCY_S),
 ]
-print(report.table(records))
+display(report.table(records))
 
 # %%
 t, s = records

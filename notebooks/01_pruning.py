@@ -38,6 +38,7 @@ NOTEBOOK = "01_pruning"
 # %%
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 
 from edgelab import cache, check, data, measure, models, prune, report, train, widgets
 
@@ -57,7 +58,7 @@ val_x, val_y = data.tensors("val", limit=SUBSET)
 teacher = models.load_checkpoint("teacher")
 records = [measure.measure(teacher, "teacher", tags=["baseline", "fp32"], limit=EVAL_IMAGES,
                            min_run_time=LATENCY_S)]
-print(report.table(records))
+display(report.table(records))
 
 
 # %%
@@ -137,7 +138,7 @@ measure.release_memory()
 zeros50 = prune.remove_masks(prune.clone(pruned_global))
 records.append(measure.measure(zeros50, "unstructured-50", tags=["prune-unstructured"],
                                limit=EVAL_IMAGES, min_run_time=LATENCY_S))
-print(report.table(records))
+display(report.table(records))
 t, z = records[0], records[-1]
 print(f"\nnon-zero weights: {z['nonzero_params'] / t['nonzero_params']:.0%} of the teacher's; "
       f"saved file: {z['bytes'] / t['bytes']:.0%}; gzip: {z['gzip_bytes'] / t['gzip_bytes']:.0%}; "
@@ -284,7 +285,7 @@ print(f"parameters: {measure.count_params(teacher):,} -> {measure.count_params(h
 # %%
 records.append(measure.measure(half, "structured-50", tags=["prune-structured"],
                                limit=SUBSET, min_run_time=LATENCY_S))
-print(report.table([records[0], records[-1]]))
+display(report.table([records[0], records[-1]]))
 
 # %% [markdown]
 # Smaller and faster, but without recovery the accuracy collapses (this row is measured on the
@@ -310,7 +311,7 @@ pruned50 = models.load_checkpoint("pruned50")
 records.append(measure.measure(pruned50, "structured-50-finetuned",
                                tags=["prune-structured", "finetune"], limit=EVAL_IMAGES,
                                min_run_time=LATENCY_S))
-print(report.table([records[0], records[-1]]))
+display(report.table([records[0], records[-1]]))
 
 # %% [markdown]
 # ## 4 · The slider
@@ -344,7 +345,7 @@ print(f"median response {slider['median_s']:.2f} s over {slider['moves']} moves 
 # Every row was measured in this run, the teacher included, so the ratios compare like with like.
 
 # %%
-print(report.table(records))
+display(report.table(records))
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
 report.plot(records, x="bytes", ax=axes[0]); report.plot(records, x="latency_b1_ms", ax=axes[1])
 plt.show()

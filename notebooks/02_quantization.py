@@ -46,6 +46,7 @@ import warnings
 
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 
 from edgelab import check, data, measure, models, qmath, quantize, report, runtime, widgets
 
@@ -371,7 +372,7 @@ if ENGINE:
         records.append(measure.measure(q_model, name, tags=tags, limit=EVAL_IMAGES,
                                        min_run_time=LATENCY_S, macs=t["macs"]))
         print(f"{name}: calibrated on {len(calib)} images and converted in {sw.s:.1f} s")
-    print(report.table(records))
+    display(report.table(records))
     with torch.no_grad():
         static_row_diff = float((q_model(row_x[:1])[0] - q_model(row_x)[0]).abs().max())
     print(f"static int8 ({name}): the same image's logits differ by {static_row_diff:.2e} between "
@@ -434,7 +435,7 @@ records.append(measure.measure(
     pt2e_model, "pt2e-compiled", tags=["int8", "static", "per-channel"], limit=EVAL_IMAGES,
     min_run_time=LATENCY_S, artifact=runtime.graph_bytes(pt2e_graph),
     params=t["params"], nonzero=t["nonzero_params"], macs=t["macs"]))
-print(report.table([t, records[-1]]))
+display(report.table([t, records[-1]]))
 if ENGINE:
     eager = report.find(records, "ptq-per-channel")
     print(f"compiled PT2E vs eager int8 at batch 64: {records[-1]['latency_b64_ms']:.1f} ms vs "
@@ -497,7 +498,7 @@ for act, path in int8_onnx.items():
     records.append(measure.measure(runtime.session(path), f"ort-int8-{act}-act",
                                    tags=["int8", "static", "per-channel", "onnx"], limit=EVAL_IMAGES,
                                    min_run_time=LATENCY_S, artifact=path, **counts))
-print(report.table([r for r in records if r["runtime"] == "onnxruntime"]))
+display(report.table([r for r in records if r["runtime"] == "onnxruntime"]))
 
 # %% [markdown]
 # ## 7 · Everything side by side
@@ -505,7 +506,7 @@ print(report.table([r for r in records if r["runtime"] == "onnxruntime"]))
 # Ratios are against the fp32 teacher **in the same runtime**, measured in this run.
 
 # %%
-print(report.table(records))
+display(report.table(records))
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
 report.plot(records, x="bytes", ax=axes[0])
 report.plot(records, x="latency_b64_ms", ax=axes[1])

@@ -39,6 +39,7 @@ import statistics
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from IPython.display import display
 
 from edgelab import (check, data, distill, measure, models, prune, quantize, report, runtime,
                      stats, train, widgets)
@@ -412,7 +413,7 @@ for recipe in ("kd", "scratch"):
 best = best_on_val("kd")
 
 # %%
-print(report.table(records))
+display(report.table(records))
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
 report.plot(records, x="bytes", ax=axes[0])
 report.plot(records, x="latency_b1_ms", ax=axes[1])

@@ -45,6 +45,7 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 
 from edgelab import data, lowrank, measure, models, report, runtime, train, widgets
 
@@ -67,7 +68,7 @@ val_x, val_y = data.tensors("val", limit=SUBSET)
 teacher = models.load_checkpoint("teacher")
 records = [measure.measure(teacher, "teacher", tags=["baseline", "fp32"], limit=EVAL_IMAGES,
                            min_run_time=LATENCY_S)]
-print(report.table(records))
+display(report.table(records))
 
 
 def subset_accuracy(model):
@@ -361,7 +362,7 @@ print(f"its ranks are the ones this run's plan chose at energy {ENERGY}: "
 records.append(measure.measure(lowrank55, "lowrank-55-finetuned", tags=["lowrank", "finetune"],
                                limit=EVAL_IMAGES, min_run_time=LATENCY_S))
 t, low = records[0], records[-1]
-print(report.table([t, low]))
+display(report.table([t, low]))
 print(f"\n{t['params'] / low['params']:.2f}x fewer parameters, {t['macs'] / low['macs']:.2f}x fewer MACs, "
       f"{100 * (low['accuracy'] - t['accuracy']):+.2f} pt; batch-1 latency {low['latency_b1_ms']:.2f} ms "
       f"vs {t['latency_b1_ms']:.2f} ms, batch 64 {low['latency_b64_ms']:.1f} ms vs {t['latency_b64_ms']:.1f} ms")
@@ -409,7 +410,7 @@ print(f"low rank + int8 (ONNX Runtime): {ot['bytes'] / q['bytes']:.1f}x smaller 
 # same runtime.
 
 # %%
-print(report.table(records))
+display(report.table(records))
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
 report.plot(records, x="bytes", ax=axes[0]); report.plot(records, x="latency_b1_ms", ax=axes[1])
 plt.show()

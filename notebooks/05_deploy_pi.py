@@ -54,6 +54,7 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from IPython.display import display
 
 from edgelab import check, data, deploy, measure, models, report, runtime
 
@@ -193,7 +194,7 @@ for name, path in onnx_files.items():
         macs=measure.count_macs(source)))
     measure.release_memory()
 del torch_models
-print(report.table(records))
+display(report.table(records))
 
 # %% [markdown]
 # `bytes` is the `.onnx` file as shipped. int8 stores each weight in one byte instead of four;

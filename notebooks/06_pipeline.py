@@ -35,6 +35,7 @@ NOTEBOOK = "06_pipeline"
 # %%
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 
 from edgelab import data, deploy, measure, models, report, runtime
 from edgelab.data import REPO_ROOT
@@ -99,7 +100,7 @@ for name, path in onnx_files.items():
                                    threads=THREADS))
     measure.release_memory()
 print(f"student = {student_name}")
-print(report.table(records))
+display(report.table(records))
 
 # %% [markdown]
 # ## Two Pareto plots

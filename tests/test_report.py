@@ -101,3 +101,12 @@ def test_a_seed_claim_needs_a_known_key_and_an_outcome(tmp_path):
                                       seed_claims={"8": report.seed_claim("x", "y")})
     with pytest.raises(ValueError, match="what ran and what happened"):
         report.seed_claim("x", None)
+
+
+def test_a_table_is_text_when_printed_and_html_in_jupyterlab():
+    t = report.table([rec("teacher", 0.93, 400, 4.0), rec("half", 0.92, 100, 2.0)])
+    assert str(t).splitlines()[0].split()[:3] == ["name", "runtime", "accuracy"]
+    assert repr(t) == str(t)
+    html = t._repr_html_()
+    assert html.count("<tr") == 3 and '<tr style="font-weight:bold">' in html   # header, 2 rows
+    assert "text-align:right" in html and "&lt;" not in html
