@@ -31,6 +31,10 @@ SHIPPED_SHA256: dict[str, str] = {
     "student-kd-s2": "d446a5660be9a4610ca54a40298659262278d5fd8726a13f5077492a26be73ae",
     "student-scratch-s1": "2830742e4906c1e7109115647ef38065bf0962ba4caa28abd9d7570a4ba187e8",
     "student-scratch-s2": "20e0c5fe0842b0d2d51417381befe9e2026963d362c203941331fcb9def1e972",
+    "student-kd-s3": "bf075a152cf396fdc356be6b05d5421025b7167003b99b321f6c2fdb9174b538",
+    "student-kd-s4": "dc3be92b810f5cb75653f5121b27e7c67c86681466936bfc1b074696b10b7355",
+    "student-scratch-s3": "b39f921afb42a2bb66063c2cb49911e84f7b44b38f899f499e2c8d7d0c2a6e00",
+    "student-scratch-s4": "4d580160eb06f8913b53bb1f49c5d6f1482a0d4dc5bea8f0aa69a1f309edaa07",
 }
 
 
