@@ -80,16 +80,21 @@ class FixedBatches(nn.Module):
         return self
 
     def forward(self, x):
-        if len(x) == 1:
-            return self.compiled(x)
-        outs = []
-        for start in range(0, len(x), self.batch):
-            chunk = x[start:start + self.batch]
-            n = len(chunk)
-            if n < self.batch:
-                chunk = torch.cat([chunk, chunk.new_zeros((self.batch - n, *chunk.shape[1:]))])
-            outs.append(self.compiled(chunk)[:n])
-        return torch.cat(outs)
+        # The graphs were compiled under Inductor's freezing; the same setting on every call keeps
+        # Dynamo's guards satisfied (without it each shape recompiles unfrozen: about 5x slower).
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            if len(x) == 1:
+                return self.compiled(x)
+            outs = []
+            for start in range(0, len(x), self.batch):
+                chunk = x[start:start + self.batch]
+                n = len(chunk)
+                if n < self.batch:
+                    chunk = torch.cat([chunk, chunk.new_zeros((self.batch - n, *chunk.shape[1:]))])
+                outs.append(self.compiled(chunk)[:n])
+            return torch.cat(outs)
 
 
 def compile_fixed(model: nn.Module, example: torch.Tensor, batch: int = 64) -> tuple[nn.Module, float]:
@@ -98,15 +103,14 @@ def compile_fixed(model: nn.Module, example: torch.Tensor, batch: int = 64) -> t
     compiled now for batch 1 and ``batch`` of ``example``'s rows; returns the model and the
     seconds the two compiles took (cold the first time in a process; Inductor caches on disk)."""
     release_memory()
-    import torch._inductor.config as inductor_config
-
     logging.getLogger("torch._inductor").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="torch._inductor")
     compiled = torch.compile(model, dynamic=False)
     wrapped = FixedBatches(compiled, batch)
     t0 = time.perf_counter()
-    # both shapes compile now, under freezing; the setting does not outlive this call
-    with torch.inference_mode(), quiet(), inductor_config.patch(freezing=True):
+    # both shapes compile now, under freezing (FixedBatches sets it for each call, not for the
+    # rest of the process)
+    with torch.inference_mode(), quiet():
         row = torch.zeros_like(example[:1])
         wrapped(row)
         wrapped(row.expand(batch, *row.shape[1:]).contiguous())
