@@ -236,8 +236,9 @@ for m in dict.fromkeys(messages):   # each distinct one once
     print(" ", m)
 mentions_conv = [m for m in messages if "conv" in m.lower()]
 print(f"warnings that mention a convolution: {len(mentions_conv)}")
-n_conv = quantize.module_types(teacher).get("Conv2d", 0)
-n_conv_after = quantize.module_types(dynamic_model).get("Conv2d", 0)
+n_conv = sum(isinstance(m, nn.Conv2d) for m in teacher.modules())
+n_conv_after = sum(type(m) is nn.Conv2d for m in dynamic_model.modules())   # still float convs
+print(f"float Conv2d modules: {n_conv} before, {n_conv_after} after quantize_dynamic")
 
 # %%
 records.append(measure.measure(dynamic_model, "dynamic", tags=["int8", "dynamic"],
