@@ -39,7 +39,7 @@ run: setup $(if $(SUDO),,pi-rootfs)
 	$(PY) -m edgelab.workbook run
 
 test: setup pi-rootfs browser
-	EDGELAB_SMOKE=1 $(PY) -m pytest -p no:cacheprovider tests notebooks --nbval-lax --nbval-cell-timeout=300
+	EDGELAB_SMOKE=1 EDGELAB_CHECK_FIGURES=1 $(PY) -m pytest -p no:cacheprovider tests notebooks --nbval-lax --nbval-cell-timeout=300
 
 # JupyterLab on 127.0.0.1 (IP=0.0.0.0 opens it to the network), the first free port from 8888
 # (or PORT=...); as root it passes --allow-root, without a display it opens no browser, and it

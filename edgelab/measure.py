@@ -81,9 +81,13 @@ def release_after_every_cell() -> None:
 def setup_notebook() -> None:
     """What a notebook calls once, after its imports: two malloc arenas and a heap trim after
     every cell, so the kernel's resident memory tracks what Python still holds (Binder's 2 GB
-    limit counts resident memory). Importing edgelab changes nothing by itself."""
+    limit counts resident memory), and the workbook's figure style. Importing edgelab changes
+    nothing by itself."""
+    from .figures import style
+
     _fewer_malloc_arenas()
     release_after_every_cell()
+    style()
 
 
 def is_onnx_session(model) -> bool:

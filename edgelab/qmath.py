@@ -4,11 +4,13 @@ what notebook 02's first half teaches and its exercises check against.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 
 __all__ = ["MIN_BITS", "MAX_BITS", "check_bits", "int_range", "qparams", "quantize", "dequantize",
-           "quantize_dequantize", "relative_error", "quantizable_weights", "weight_bytes",
+           "quantize_dequantize", "mse_clip", "fold_batchnorm", "relative_error", "quantizable_weights", "weight_bytes",
            "mixed_bits", "float_bytes", "fake_quantized_weights", "WithWeights", "with_weights",
            "fake_quantize_weights"]
 
@@ -88,6 +90,34 @@ def quantize_dequantize(x: torch.Tensor, bits: int = 8, axis: int | None = None,
     scale, zero_point = qparams(x, bits, axis, symmetric)
     qmin, qmax = int_range(bits, symmetric)
     return dequantize(quantize(x.float(), scale, zero_point, qmin, qmax), scale, zero_point).to(x.dtype)
+
+
+def mse_clip(w: torch.Tensor, bits: int, axis: int = 0, grid: int = 40) -> torch.Tensor:
+    """Per-slice symmetric clipping thresholds that minimise the squared error of rounding *and*
+    clipping, searched over ``grid`` fractions (0.2 to 1) of each slice's largest magnitude. MinMax
+    takes the whole range; at 4 bits a few large weights then stretch every step, and clipping
+    them buys finer steps for the rest. Returns one threshold per slice along ``axis``."""
+    check_bits(bits)
+    qmax = 2 ** (bits - 1) - 1
+    w = w.detach().float().transpose(0, axis % w.dim()).flatten(1)
+    amax = w.abs().amax(1).clamp(min=1e-12)
+    best, best_err = amax.clone(), torch.full_like(amax, float("inf"))
+    for frac in torch.linspace(0.2, 1.0, grid):
+        t = amax * frac
+        scale = (t / qmax)[:, None]
+        err = ((w / scale).round().clamp(-qmax, qmax) * scale - w).pow(2).sum(1)
+        better = err < best_err
+        best, best_err = torch.where(better, t, best), torch.where(better, err, best_err)
+    return best
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy with every eval-mode BatchNorm folded into the convolution before it, as int8
+    runtimes do before they quantize (``torch.fx.experimental.optimization.fuse``; the model must
+    be traceable by torch.fx)."""
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(copy.deepcopy(model).eval())
 
 
 def relative_error(x: torch.Tensor, x_hat: torch.Tensor) -> float:

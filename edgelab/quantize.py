@@ -15,7 +15,7 @@ from .qmath import check_bits
 from .runtime import check_calibration, quiet, quiet_logs
 
 __all__ = ["NoQuantizedEngine", "quantized_engine", "quantizable_teacher", "dynamic",
-           "eager_qconfig", "calibrate", "eager_prepare", "eager_convert", "eager_static",
+           "MSEPerChannelObserver", "eager_qconfig", "calibrate", "eager_prepare", "eager_convert", "eager_static",
            "qat_prepare", "qat_finetune", "CallSites", "reused_modules", "unshare_modules",
            "x86_quantizer", "pt2e_static", "deprecation_notice", "module_types"]
 
@@ -75,9 +75,33 @@ def dynamic(model: nn.Module, layers=(nn.Linear, nn.Conv2d)) -> nn.Module:
                                                       dtype=torch.qint8)
 
 
-def eager_qconfig(per_channel: bool, qat: bool = False, weight_bits: int = 8):
+class MSEPerChannelObserver(torch.ao.quantization.PerChannelMinMaxObserver):
+    """Per-channel symmetric weight ranges clipped where each channel's squared error is least
+    (``qmath.mse_clip``) instead of MinMax's full range: post-training quantization's standard
+    answer to a few outlying weights at low bit widths."""
+
+    def forward(self, x):
+        self._weight = x.detach()
+        return super().forward(x)
+
+    @torch.jit.export
+    def calculate_qparams(self):
+        from .qmath import mse_clip
+
+        bits = int(self.quant_max - self.quant_min + 1).bit_length() - 1
+        t = mse_clip(self._weight, bits, axis=self.ch_axis)
+        return self._calculate_qparams(-t, t)
+
+
+def eager_qconfig(per_channel: bool, qat: bool = False, weight_bits: int = 8,
+                  weight_range: str = "minmax"):
     """x86 defaults: histogram observer for activations (uint8), MinMax for weights (signed,
-    symmetric, ``weight_bits`` wide, stored in int8), per output channel or per tensor."""
+    symmetric, ``weight_bits`` wide, stored in int8), per output channel or per tensor.
+    ``weight_range="mse"`` clips each channel's range where its squared error is least."""
+    if weight_range not in ("minmax", "mse"):
+        raise ValueError(f"weight_range is 'minmax' or 'mse', got {weight_range!r}")
+    if weight_range == "mse" and (qat or not per_channel):
+        raise ValueError("weight_range='mse' is for post-training, per-channel weights")
     tq = torch.ao.quantization
     check_bits(weight_bits)
     if weight_bits > 8:
@@ -93,6 +117,8 @@ def eager_qconfig(per_channel: bool, qat: bool = False, weight_bits: int = 8):
                                                dtype=torch.qint8, qscheme=scheme)
         else:
             observer = tq.PerChannelMinMaxObserver if per_channel else tq.MinMaxObserver
+            if weight_range == "mse":
+                observer = MSEPerChannelObserver
             weight = observer.with_args(dtype=torch.qint8, qscheme=scheme, quant_min=qmin,
                                         quant_max=qmax)
         return tq.QConfig(activation=base.activation, weight=weight)
@@ -107,14 +133,15 @@ def calibrate(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> n
     return model
 
 
-def eager_prepare(teacher: nn.Module, per_channel: bool = True, weight_bits: int = 8) -> nn.Module:
+def eager_prepare(teacher: nn.Module, per_channel: bool = True, weight_bits: int = 8,
+                  weight_range: str = "minmax") -> nn.Module:
     """Fuse Conv+BN(+ReLU), attach observers (a copy; the teacher is untouched)."""
     release_memory()
     quantized_engine()
     m = quantizable_teacher(teacher)
     with quiet():
         m.fuse_model()
-        m.qconfig = eager_qconfig(per_channel, weight_bits=weight_bits)
+        m.qconfig = eager_qconfig(per_channel, weight_bits=weight_bits, weight_range=weight_range)
         torch.ao.quantization.prepare(m, inplace=True)
     return m
 
@@ -126,10 +153,11 @@ def eager_convert(prepared: nn.Module) -> nn.Module:
 
 
 def eager_static(teacher: nn.Module, images: torch.Tensor, per_channel: bool = True,
-                 weight_bits: int = 8) -> nn.Module:
+                 weight_bits: int = 8, weight_range: str = "minmax") -> nn.Module:
     """Post-training static quantization with the eager flow: fuse, observe, calibrate, convert."""
     check_calibration(images)
-    return eager_convert(calibrate(eager_prepare(teacher, per_channel, weight_bits), images))
+    return eager_convert(calibrate(eager_prepare(teacher, per_channel, weight_bits, weight_range),
+                                   images))
 
 
 def qat_prepare(teacher: nn.Module, per_channel: bool = True, weight_bits: int = 8) -> nn.Module:

@@ -4,13 +4,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 from .data import REPO_ROOT
 from .models import atomic_write_bytes
 
 __all__ = ["Table", "paired_delta", "SEED_CLAIMS", "seed_claim", "BUILD", "RESULTS_DIR",
-           "write_notebook_results", "find", "table", "plot", "pareto_front", "pareto_plot",
+           "write_notebook_results", "find", "table", "plot", "plot_points", "cost_figure",
+           "pareto_front", "pareto_plot",
            "TARGETS", "check_targets", "targets_table", "assemble", "int8_static_bars"]
 
 BUILD = REPO_ROOT / "build"
@@ -153,33 +155,139 @@ def table(records: list[dict], baseline: str = "teacher") -> Table:
     return Table(cols, rows, {k for k, r in enumerate(records) if r["name"] == baseline})
 
 
-def plot(records: list[dict], x: str = "bytes", y: str = "accuracy", ax=None, logx: bool = True):
-    """The standard picture: accuracy against a cost (bytes, latency, MACs), one dot a model.
+_SEED = re.compile(r"^(?P<base>.+)-s\d+(?P<rest>-.+)?$")
+_COST_AXES = {"bytes": ("bytes as deployed", "MB", 1e6), "gzip_bytes": ("bytes gzipped", "MB", 1e6),
+              "latency_b1_ms": ("batch-1 latency", "ms", 1), "latency_b64_ms": ("batch-64 latency", "ms", 1),
+              "macs": ("multiply-accumulates", "M", 1e6), "params": ("parameters", "M", 1e6)}
 
-    Only records measured on the most test images are drawn, so every dot is comparable."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
 
-    ax = ax or plt.subplots(figsize=(6, 4))[1]
-    most = max(r["test_images"] for r in records)
-    shown = [r for r in records if r.get(x) is not None and r["test_images"] == most]
-    for i, r in enumerate(shown):
-        yv = 100 * r[y] if y == "accuracy" else r[y]
-        ax.scatter(r[x], yv, s=40)
-        label = r["name"] if r["runtime"] == "torch" else f"{r['name']} ({r['runtime']})"
-        ax.annotate(label, (r[x], yv), textcoords="offset points", fontsize=8,
-                    xytext=(5, 6 if i % 2 == 0 else -12))
-    if logx:
+def _label(r: dict) -> str:
+    return r["name"] if r["runtime"] == "torch" else f"{r['name']} ({r['runtime']})"
+
+
+def plot_points(records: list[dict], x: str, y: str = "accuracy") -> list[dict]:
+    """The points a cost plot draws: one per model, the seeds of a recipe (``<name>-s<k>``) pooled
+    into one point at their mean with the standard error over seeds; a single model's accuracy
+    carries its binomial standard error over the test images. Only records measured on the most
+    test images are drawn, so every point is comparable."""
+    from .figures import accuracy_se
+
+    shown = [r for r in records if r.get(x) is not None and r.get(y) is not None]
+    if not shown:
+        raise ValueError(f"no record has both {x!r} and {y!r} to plot")
+    most = max(r["test_images"] for r in shown)
+    groups: dict[tuple, list[dict]] = {}
+    for r in shown:
+        if r["test_images"] != most:
+            continue
+        m = _SEED.match(r["name"])
+        key = (m["base"] + (m["rest"] or ""), r["runtime"]) if m else (r["name"], r["runtime"])
+        groups.setdefault(key, []).append(r)
+    points = []
+    for (name, runtime), rs in groups.items():
+        if len(rs) == 1 or not _SEED.match(rs[0]["name"]):
+            for r in rs:
+                se = accuracy_se(r[y], most) if y == "accuracy" else 0.0
+                points.append({"label": _label(r), "x": r[x], "y": r[y], "se": se, "seeds": [],
+                               "n": most})
+            continue
+        ys = [r[y] for r in rs]
+        mean = sum(ys) / len(ys)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in ys) / (len(ys) - 1))
+        label = _label({"name": name, "runtime": runtime}) + f", {len(rs)} seeds"
+        points.append({"label": label, "x": sum(r[x] for r in rs) / len(rs), "y": mean,
+                       "se": sd / math.sqrt(len(rs)), "seeds": [(r[x], r[y]) for r in rs], "n": most})
+    return points
+
+
+def _cost_axis(ax, x: str, values) -> None:
+    from .figures import log_axis
+
+    what, unit, scale = _COST_AXES.get(x, (x.replace("_", " "), "", 1))
+    lo, hi = min(values), max(values)
+    if lo > 0 and hi / lo > 3:
         ax.set_xscale("log")
-    scale, unit = (1e6, " (MB)") if x.endswith("bytes") else (1, "")
-    for axis_set in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
-        axis_set(FuncFormatter(lambda v, _: f"{v / scale:g}"))
-    ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.set_xlabel(x.replace("_", " ") + unit)
-    ax.set_ylabel(f"test accuracy (%, {most:,} images)" if y == "accuracy" else y)
-    ax.margins(x=0.25, y=0.3)
-    ax.grid(alpha=0.3)
+        ax.set_xlim(lo / 1.6, hi * 1.6)
+        log_axis(ax, "x", fmt=lambda v, s=scale: f"{v / s:g}")
+    else:
+        from matplotlib.ticker import FuncFormatter
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _, s=scale: f"{v / s:g}"))
+    ax.set_xlabel(f"{what} ({unit}, log scale)" if ax.get_xscale() == "log" and unit else
+                  f"{what} ({unit})" if unit else what)
+
+
+def plot(records: list[dict], x: str = "bytes", y: str = "accuracy", ax=None, labels: str = "auto",
+         style_of=None):
+    """The standard picture: accuracy against a cost (bytes, latency, MACs), one point a model,
+    with ±1 standard error (see ``plot_points``). ``labels``: "auto" labels up to six points
+    beside them (placed apart by adjustText) and uses a legend beyond that; "legend"; "none".
+    Returns the axes."""
+    import matplotlib.pyplot as plt
+
+    from .figures import MARKERS, PALETTE, collide, label_points
+
+    ax = ax or plt.subplots()[1]
+    points = plot_points(records, x, y)
+    scale = 100 if y == "accuracy" else 1
+    for i, p in enumerate(points):
+        color, marker = style_of(p["label"]) if style_of else (PALETTE[i % 7], MARKERS[i // 7 % len(MARKERS)])
+        if p["seeds"]:
+            ax.scatter([sx for sx, _ in p["seeds"]], [scale * sy for _, sy in p["seeds"]], s=14,
+                       color=color, alpha=0.35, zorder=2)
+        ax.errorbar(p["x"], scale * p["y"], yerr=scale * p["se"], marker=marker, color=color, ms=7,
+                    capsize=3, ls="none", zorder=3, label=p["label"])
+    _cost_axis(ax, x, [p["x"] for p in points])
+    n = points[0]["n"]
+    ax.set_ylabel(f"test accuracy (%)\n{n:,} images, ±1 SE" if y == "accuracy" else y)
+    ax.margins(y=0.15)
+    mode = labels if labels != "auto" else ("text" if len(points) <= 6 else "legend")
+    if mode == "text":
+        texts = label_points(ax, [p["x"] for p in points], [scale * p["y"] for p in points],
+                             [p["label"] for p in points])
+        if collide(texts):   # adjustText could not part them: a legend always reads
+            for t in texts:
+                t.remove()
+            for patch in list(ax.patches):   # its leader lines
+                patch.remove()
+            mode = "legend"
+    if mode == "legend":
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     return ax
+
+
+def cost_figure(records: list[dict], costs=("bytes", "latency_b1_ms"), title: str | None = None,
+                pareto: bool = False, height: float = 4.2):
+    """Accuracy against each cost in side-by-side panels, every model drawn in the same colour and
+    marker in both, one legend under the panels. ``pareto`` draws each panel's frontier.
+    Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from .figures import MARKERS, PALETTE, WIDTH
+
+    fig, axes = plt.subplots(1, len(costs), figsize=(WIDTH, height), squeeze=False)
+    labels = []
+    for x in costs:
+        for p in plot_points(records, x):
+            if p["label"] not in labels:
+                labels.append(p["label"])
+    style_of = lambda lab: (PALETTE[labels.index(lab) % 7],  # noqa: E731  (no yellow: too pale)
+                            MARKERS[labels.index(lab) // 7 % len(MARKERS)])
+    for ax, x in zip(axes[0], costs):
+        plot(records, x, ax=ax, labels="none", style_of=style_of)
+        if pareto:
+            _frontier(ax, records, x)
+        if ax is not axes[0][0]:
+            ax.set_ylabel("")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
+    fig.legend(handles, names, loc="outside lower center", ncols=min(3, len(names)), frameon=False)
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
 def pareto_front(records: list[dict], cost: str, y: str = "accuracy") -> list[dict]:
@@ -194,15 +302,19 @@ def pareto_front(records: list[dict], cost: str, y: str = "accuracy") -> list[di
     return front
 
 
-def pareto_plot(records: list[dict], x: str = "bytes", y: str = "accuracy", ax=None):
-    """``plot`` with the Pareto frontier drawn through the models worth choosing."""
-    ax = plot(records, x, y, ax)
-    most = max(r["test_images"] for r in records)
+def _frontier(ax, records, x, y="accuracy"):
+    most = max(r["test_images"] for r in records if r.get(x) is not None)
     front = pareto_front([r for r in records if r["test_images"] == most], x, y)
     scale = 100 if y == "accuracy" else 1
-    ax.step([r[x] for r in front], [scale * r[y] for r in front], where="post", color="black",
-            lw=1, ls="--", label="Pareto frontier")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.step([r[x] for r in front], [scale * r[y] for r in front], where="post", color="0.3",
+            lw=1, ls="--", label="Pareto frontier", zorder=1)
+
+
+def pareto_plot(records: list[dict], x: str = "bytes", y: str = "accuracy", ax=None):
+    """``plot`` with the Pareto frontier drawn through the models worth choosing."""
+    ax = plot(records, x, y, ax, labels="legend")
+    _frontier(ax, records, x, y)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     return ax
 
 
@@ -368,7 +480,7 @@ def _json_default(o):
 
 
 # --------------------------------------------------------------------------------------------
-# 02_quantization: the best static int8 model against the fp32 teacher, runtime by runtime
+# 02_quantization_flows: the best static int8 model against the fp32 teacher, runtime by runtime
 # --------------------------------------------------------------------------------------------
 
 INT8_SMALLER, INT8_FASTER_B64, INT8_MAX_DROP_PT = 3.5, 1.5, 0.5
@@ -408,7 +520,7 @@ def _int8_bars(runtime):
     def target(res):
         if res["run"].get("smoke"):
             return None
-        bars = int8_static_bars(res["records"], "02_quantization")
+        bars = int8_static_bars(res["records"], "02_quantization_flows")
         if runtime not in bars:
             return None
         b = bars[runtime]

@@ -20,7 +20,7 @@ from .models import atomic_write_bytes
 
 __all__ = ["quiet", "quiet_logs", "check_calibration", "graph_bytes", "FixedBatches",
            "compile_fixed", "release_compiled", "export_onnx", "session", "ort_static",
-           "Stopwatch"]
+           "Stopwatch", "cpu_isa"]
 
 @contextlib.contextmanager
 def quiet():
@@ -248,3 +248,23 @@ class Stopwatch:
     def __exit__(self, *exc):
         self.s = time.perf_counter() - self.t0
         return False
+
+
+def cpu_isa() -> dict:
+    """What this CPU offers int8 kernels: PyTorch's dispatch level, whether it has VNNI (the
+    u8 x s8 dot-product instructions), and the relevant /proc/cpuinfo flags (Linux only)."""
+    import platform
+
+    wanted = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {"machine": platform.machine(), "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "vnni": bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)()),
+            "flags": [f for f in wanted if f in flags]}

@@ -14,6 +14,8 @@ import ipywidgets as W
 import torch
 from IPython.display import display
 
+from . import figures
+
 __all__ = ["Panel", "prune_panel", "bits_panel", "distill_panel", "lowrank_panel"]
 
 
@@ -159,18 +161,20 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
               f"on {len(labels)} {subset_name} images\n"
               f"non-zero weights {r['nonzero']:,} of {r['params']:,} · bytes {r['bytes'] / 1e6:.1f} MB "
               f"· gzip {r['gzip_bytes'] / 1e6:.1f} MB · batch-1 latency {r['latency_b1_ms']:.1f} ms")
-        fig, ax = plt.subplots(figsize=(5.5, 3))
+        fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.4))
         for method, pts in seen.items():
             if pts:
                 xs = sorted(pts)
-                ax.plot(xs, [100 * pts[x] for x in xs], "o-", label=method)
+                figures.accuracy_errorbar(ax, xs, [pts[x] for x in xs], len(labels), ls="-",
+                                          label=method)
         ax.set_xlim(-0.02, 0.97)
         ax.set_ylim(0, 100)
-        ax.set_xlabel("prune rate")
-        ax.set_ylabel(f"accuracy on {len(labels)} images (%)")
+        ax.set_xlabel("prune rate (share of weights or channels removed)")
+        ax.set_ylabel(f"accuracy (%)\n{len(labels):,} images, ±1 SE")
+        ax.set_title(f"{r['method'].capitalize()} pruning at {r['rate']:.2f}: "
+                     f"{100 * r['accuracy']:.1f} % ({len(seen[r['method']])} rates tried)")
         ax.legend(loc="lower left")
-        ax.grid(alpha=0.3)
-        plt.show()
+        figures.show(fig)
 
     controls = {
         "rate": W.FloatSlider(value=0.0, min=0.0, max=0.95, step=rates_step,
@@ -240,16 +244,17 @@ def distill_panel(teacher_logits, student_logits, labels, class_names, T: float 
         print(f"T = {r['T']:.1f}, alpha = {r['alpha']:.2f} on {len(labels)} test images: "
               f"soft term (T² · KL) {r['soft']:.3f} · hard term (CE) {r['hard']:.3f} · "
               f"loss {r['total']:.3f}")
-        fig, ax = plt.subplots(figsize=(8, 2.8))
+        fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.4))
         x = range(len(class_names))
         ax.bar([i - 0.2 for i in x], r["teacher_p"], 0.4, label="teacher")
         ax.bar([i + 0.2 for i in x], r["student_p"], 0.4, label="student")
-        ax.set_xticks(list(x), class_names, rotation=30, ha="right", fontsize=8)
-        ax.set_ylim(0, 1)
+        ax.set_xticks(list(x), class_names, rotation=30, ha="right")
+        ax.set_ylim(0, 1.05)
         ax.set_ylabel(f"probability at T = {r['T']:.1f}")
-        ax.set_title(f"image {r['image']}", fontsize=9)
-        ax.legend()
-        plt.show()
+        ax.set_title(f"Image {r['image']}: the largest teacher probability at T = {r['T']:.1f} "
+                     f"is {max(r['teacher_p']):.2f}")
+        ax.legend(loc="upper right")
+        figures.show(fig)
 
     controls = {
         "T": W.FloatSlider(value=T, min=1.0, max=20.0, step=0.5, description="temperature T",
@@ -315,23 +320,23 @@ def lowrank_panel(model, images, labels, energy: float = 0.9, step: float = 0.05
               f"({original['macs'] / r['macs']:.2f}x fewer) · accuracy {100 * r['accuracy']:.1f} % "
               f"on {r['images']} {subset_name} images (original {100 * original['accuracy']:.1f} %)"
               f" · batch-1 latency {r['latency_b1_ms']:.1f} ms")
-        fig, ax = plt.subplots(figsize=(5.5, 3))
+        fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.4))
         pts = sorted(seen.items(), key=lambda kv: kv[1]["params"])
-        ax.plot([p["params"] / 1e6 for _, p in pts], [100 * p["accuracy"] for _, p in pts], "o-",
-                label="factored (energy kept)")
-        for e, p in pts:
-            ax.annotate(f"{e:g}", (p["params"] / 1e6, 100 * p["accuracy"]), fontsize=7,
-                        textcoords="offset points", xytext=(3, -10))
-        ax.plot(r["params"] / 1e6, 100 * r["accuracy"], "o", ms=11, mfc="none", mec="C3")
-        ax.plot(original["params"] / 1e6, 100 * original["accuracy"], "k*", ms=10,
-                label="original")
+        figures.accuracy_errorbar(ax, [p["params"] / 1e6 for _, p in pts],
+                                  [p["accuracy"] for _, p in pts], r["images"], ls="-",
+                                  label="factored, one point per energy tried")
+        ax.plot(r["params"] / 1e6, 100 * r["accuracy"], "o", ms=13, mfc="none",
+                mec=figures.PALETTE[3], mew=2, label=f"energy {r['energy']:.2f} (now)")
+        figures.accuracy_errorbar(ax, [original["params"] / 1e6], [original["accuracy"]],
+                                  r["images"], marker="*", ms=12, color="black", label="original")
         ax.set_xlim(0, 1.08 * original["params"] / 1e6)
         ax.set_ylim(0, 100)
         ax.set_xlabel("parameters (M)")
-        ax.set_ylabel(f"accuracy on {r['images']} images (%)")
-        ax.legend(loc="lower right", fontsize=8)
-        ax.grid(alpha=0.3)
-        plt.show()
+        ax.set_ylabel(f"accuracy (%)\n{r['images']:,} images, ±1 SE")
+        ax.set_title(f"Keeping {r['energy']:.2f} of the energy: "
+                     f"{original['params'] / r['params']:.2f}x fewer parameters")
+        ax.legend(loc="lower right")
+        figures.show(fig)
 
     controls = {"energy": W.FloatSlider(value=energy, min=0.3, max=1.0, step=step,
                                         description="energy kept", readout_format=".2f",

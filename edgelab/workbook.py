@@ -108,7 +108,8 @@ def _execute_once(nb, out_dir, smoke, extra_env, cpus, memory_cap_mb) -> dict:
             "-k", "python3", "--cwd", str(nb.parent), "--no-progress-bar",
             "--execution-timeout", str(CELL_TIMEOUT_S[bool(smoke)]),
             "-p", "SMOKE", str(smoke), "-p", "NOTEBOOK", nb.stem]
-    env = dict(os.environ, **(extra_env or {}))
+    # Every figure a notebook shows passes edgelab.figures.check, or the run stops there.
+    env = {"EDGELAB_CHECK_FIGURES": "1", **os.environ, **(extra_env or {})}
     t0 = time.time()
     proc = subprocess.Popen(cmd, env=env)
     stop, peak = threading.Event(), [0, 0, 0]

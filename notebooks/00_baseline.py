@@ -39,7 +39,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from edgelab import data, measure, models, report
+from edgelab import data, figures, measure, models, report
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -61,7 +61,7 @@ print(f"found in {ds.source}")
 print(f"train {len(ds.train_images):,} · validation {len(ds.val_images):,} · test {len(ds.test_images):,}")
 
 # %%
-fig, axes = plt.subplots(3, 10, figsize=(12, 4))
+fig, axes = plt.subplots(3, 10, figsize=(figures.WIDTH, 4))
 for c, name in enumerate(data.CLASSES):
     picks = torch.nonzero(ds.test_labels == c).flatten()[:3]
     for row, i in enumerate(picks):
@@ -70,8 +70,8 @@ for c, name in enumerate(data.CLASSES):
         ax.set_xticks([]); ax.set_yticks([])
         if row == 0:
             ax.set_title(name, fontsize=9)
-fig.suptitle("Three test images of each class")
-plt.show()
+fig.suptitle("Three test images of each of the ten classes (28 x 28 grayscale)")
+figures.show(fig)
 
 # %% [markdown]
 # Each class has the same number of test images, so plain accuracy is a fair summary, and guessing
@@ -214,19 +214,21 @@ test_x, test_y = data.tensors("test", limit=EVAL_IMAGES)
 pred = measure.predict_logits(teacher, test_x).argmax(1)
 confusion = torch.zeros(10, 10, dtype=torch.long)
 confusion.index_put_((test_y, pred), torch.ones_like(pred), accumulate=True)
-fig, ax = plt.subplots(figsize=(6.5, 5.5))
-ax.imshow(confusion.log1p(), cmap="Blues")
-ax.set_xticks(range(10), data.CLASSES, rotation=60, ha="right", fontsize=8)
-ax.set_yticks(range(10), data.CLASSES, fontsize=8)
-ax.set_xlabel("predicted"); ax.set_ylabel("true")
-for i in range(10):
-    for j in range(10):
-        if confusion[i, j]:
-            ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if i == j else "black")
-ax.set_title(f"Teacher on {len(test_y):,} test images (colour: log count)")
-plt.show()
 mistakes = confusion.clone().fill_diagonal_(0)
+i, j = divmod(int(mistakes.argmax()), 10)
+fig, ax = plt.subplots(figsize=(7, 6.2))
+ax.imshow(confusion.log1p(), cmap="Blues")
+ax.set_xticks(range(10), data.CLASSES, rotation=45, ha="right")
+ax.set_yticks(range(10), data.CLASSES)
+ax.set_xlabel("predicted class"); ax.set_ylabel("true class"); ax.grid(False)
+for a in range(10):
+    for b in range(10):
+        if confusion[a, b]:
+            ax.text(b, a, int(confusion[a, b]), ha="center", va="center", fontsize=8,
+                    color="white" if a == b else "black")
+ax.set_title(f"Teacher, {len(test_y):,} test images (colour: log count):\n"
+             f"the most common mistake is {data.CLASSES[i]} taken for {data.CLASSES[j]}")
+figures.show(fig)
 top = sorted(((int(mistakes[i, j]), i, j) for i in range(10) for j in range(10) if i != j),
              reverse=True)[:5]
 print(f"{int(mistakes.sum())} mistakes; the most frequent (true -> predicted): " + "; ".join(
@@ -242,12 +244,13 @@ del test_x
 
 # %%
 per_layer = measure.macs_by_layer(teacher)
-fig, ax = plt.subplots(figsize=(12, 3.5))
+fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.5))
 ax.bar(range(len(per_layer)), [m / 1e6 for m in per_layer.values()])
-ax.set_xticks(range(len(per_layer)), list(per_layer), rotation=90, fontsize=8)
+ax.set_xticks(range(len(per_layer)), list(per_layer), rotation=90, fontsize=9)
 ax.set_ylabel("million MACs per image")
-ax.set_title("Teacher: multiply-accumulates per layer (batch 1)")
-plt.show()
+ax.set_title(f"Teacher: no layer takes more than {max(per_layer.values()) / sum(per_layer.values()):.0%}"
+             " of the multiply-accumulates (batch 1)")
+figures.show(fig)
 
 total = sum(per_layer.values())
 for stage in ["conv1", "layer1", "layer2", "layer3", "layer4", "fc"]:

@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from edgelab import cache, check, data, measure, models, prune, report, train, widgets
+from edgelab import cache, check, data, figures, measure, models, prune, report, train, widgets
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -113,12 +113,13 @@ pruned_layer = prune.remove_masks(prune.unstructured(teacher, RATE, scope="layer
 
 names = list(prune.prunable_layers(teacher))
 per_layer = [(m.weight == 0).float().mean().item() for m in prune.prunable_layers(pruned_global).values()]
-fig, ax = plt.subplots(figsize=(12, 3))
+fig, ax = plt.subplots(figsize=(figures.WIDTH, 3))
 ax.bar(range(len(names)), per_layer, label="global threshold")
 ax.axhline(RATE, color="k", ls="--", label=f"per-layer rate {RATE}")
-ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
-ax.set_ylabel("fraction pruned"); ax.legend(); ax.set_title(f"Where a global {RATE:.0%} threshold prunes")
-plt.show()
+ax.set_xticks(range(len(names)), names, rotation=90, fontsize=9)
+ax.set_ylabel("fraction pruned"); ax.legend(loc="upper left")
+ax.set_title(f"A global {RATE:.0%} threshold prunes layers from {min(per_layer):.0%} to {max(per_layer):.0%}")
+figures.show(fig)
 all_weights = torch.cat([m.weight.flatten() for m in prune.prunable_layers(teacher).values()])
 print(f"the global cut removes every weight with |w| <= {magnitude_threshold(all_weights, RATE):.4f}")
 for name, m in [("global", pruned_global), ("per-layer", pruned_layer)]:
@@ -225,15 +226,23 @@ scan_x, scan_y = val_x[:SCAN_IMAGES], val_y[:SCAN_IMAGES]
 # cached under build/cache/, keyed by the teacher's sha256 and the scan's sizes
 scan = cache.cached_json("sensitivity", [models.read_card("teacher")["sha256"], SCAN_RATES, SCAN_IMAGES],
                          lambda: prune.sensitivity_scan(teacher, SCAN_RATES, scan_x, scan_y))
-fig, ax = plt.subplots(figsize=(9, 4))
-for name, accs in scan.items():
-    ax.plot(SCAN_RATES, [100 * a for a in accs], marker="o", lw=1,
-            color=plt.cm.viridis(names.index(name) / len(names)), label=name)
-ax.set_xlabel("rate pruned in this layer alone"); ax.set_ylabel(f"accuracy on {SCAN_IMAGES} images (%)")
-ax.legend(fontsize=6, ncol=3); ax.grid(alpha=0.3); ax.set_title("Per-layer sensitivity")
-plt.show()
 worst = min(scan, key=lambda n: scan[n][-1])
 best = max(scan, key=lambda n: scan[n][-1])
+# All layers in grey; the three most and the three least sensitive in colour, with ±1 SE.
+ranked = sorted(scan, key=lambda n: scan[n][-1])
+picked = ranked[:3] + ranked[-3:]
+fig, ax = plt.subplots(figsize=(figures.WIDTH, 4))
+for name, accs in scan.items():
+    if name not in picked:
+        ax.plot(SCAN_RATES, [100 * a for a in accs], color="0.8", lw=1, zorder=1)
+for name in picked:
+    figures.accuracy_errorbar(ax, SCAN_RATES, scan[name], SCAN_IMAGES, ls="-", label=name)
+ax.plot([], [], color="0.8", label=f"the other {len(scan) - len(picked)} layers")
+ax.set_xlabel("rate pruned in this layer alone")
+ax.set_ylabel(f"accuracy (%)\n{SCAN_IMAGES:,} val. images, ±1 SE")
+ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+ax.set_title(f"{worst} is the most sensitive layer, {best} the least")
+figures.show(fig)
 print(f"most sensitive at rate {SCAN_RATES[-1]}: {worst} ({100 * scan[worst][-1]:.1f} %); "
       f"least: {best} ({100 * scan[best][-1]:.1f} %)")
 
@@ -255,12 +264,13 @@ for name, how in [("uniform per-layer", dict(rate=TARGET, scope="layer")),
           f"{100 * subset_accuracy(m):.1f} %")
     del m
     measure.release_memory()
-fig, ax = plt.subplots(figsize=(12, 3))
+fig, ax = plt.subplots(figsize=(figures.WIDTH, 3))
 ax.bar(range(len(plan)), list(plan.values()), label="sensitivity plan")
 ax.axhline(TARGET, color="k", ls="--", label="uniform")
-ax.set_xticks(range(len(plan)), list(plan), rotation=90, fontsize=8); ax.legend()
-ax.set_ylabel("rate"); ax.set_title(f"Per-layer rates at {TARGET:.0%} overall")
-plt.show()
+ax.set_xticks(range(len(plan)), list(plan), rotation=90, fontsize=9); ax.legend(loc="upper left")
+ax.set_ylabel("rate"); ax.set_title(f"The plan's per-layer rates for {TARGET:.0%} overall: "
+                                    f"{min(plan.values()):.2f} to {max(plan.values()):.2f}")
+figures.show(fig)
 
 # %% [markdown]
 # ## 3 · Structured pruning: remove channels, not weights
@@ -346,9 +356,10 @@ print(f"median response {slider['median_s']:.2f} s over {slider['moves']} moves 
 
 # %%
 display(report.table(records))
-fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-report.plot(records, x="bytes", ax=axes[0]); report.plot(records, x="latency_b1_ms", ax=axes[1])
-plt.show()
+t, u, s = (report.find(records, n) for n in ("teacher", "unstructured-50", "structured-50-finetuned"))
+fig = report.cost_figure(records, title=f"Zeros leave the file at {t['bytes'] / u['bytes']:.2f}x; "
+                                        f"removing channels makes it {t['bytes'] / s['bytes']:.1f}x smaller")
+figures.show(fig)
 
 # %%
 t = report.find(records, "teacher")

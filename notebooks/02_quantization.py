@@ -14,26 +14,22 @@
 # ---
 
 # %% [markdown]
-# # 02 · Quantization: from the affine map to int8 that is really faster
+# # 02 · Quantization: the affine map, how few bits, and dynamic quantization
 #
 # A trained ResNet18 stores every weight as a 32-bit float. Quantization stores them, and computes
 # with them, as 8-bit integers (or fewer bits): four times fewer bytes, and on CPUs with int8
-# instructions, faster arithmetic. Whether it *is* faster depends on the runtime and the kernels,
-# so this notebook measures every variant on your machine.
+# instructions, faster arithmetic. This notebook is the arithmetic; the next one,
+# [02 · Quantization flows](02_quantization_flows.ipynb), runs the int8 flows and measures them.
 #
 # **You will learn**
 # - the affine map behind every int8 model: scale, zero point, rounding and clamping; symmetric
 #   vs asymmetric, per-tensor vs per-channel; and you will write quantize/dequantize yourself;
-# - how few bits the teacher's weights survive, with a slider;
+# - why batch norm is folded into the weights before they are quantized;
+# - how few bits the teacher's (folded) weights survive, with a slider;
 # - what dynamic quantization does to a CNN (the seed's call), and what it is for;
-# - static post-training quantization: observers, calibration, the classic eager flow and the
-#   current PT2E flow with `torch.compile`;
-# - quantization-aware training (QAT), compared with post-training quantization at the same bits;
-# - ONNX Runtime's int8, and why the activation type matters on an x86 CPU;
-# - which variant to use.
+# - what "mixed precision" can and cannot mean for deployment.
 #
-# **Time:** about 5 minutes at the defaults on a 2-core laptop (most of it measuring accuracy on
-# the full 10k test set); under a minute in smoke mode.
+# **Time:** about 2 minutes at the defaults on a 2-core laptop; under a minute in smoke mode.
 
 # %% tags=["parameters"]
 import os
@@ -48,7 +44,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from edgelab import check, data, measure, models, qmath, quantize, report, runtime, widgets
+from edgelab import check, data, figures, measure, models, qmath, quantize, report, widgets
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -56,11 +52,6 @@ T_START = time.time()
 EVAL_IMAGES = 200 if SMOKE else None      # None: the full 10k test set (every claim below)
 LATENCY_S = 0.1 if SMOKE else 1.0         # seconds of timing per batch size
 SLIDER_IMAGES = 32 if SMOKE else 200      # the slider's fixed subset of the validation set
-CALIB_IMAGES = 32 if SMOKE else 256       # calibration images for static quantization
-CALIB_SWEEP = [1, 16] if SMOKE else [1, 4, 16, 64, 256]
-SWEEP_IMAGES = 100 if SMOKE else 1000     # validation images per point of the calibration sweep
-QAT_STEPS = 3 if SMOKE else 100           # a live demo: a few minutes would do better
-QAT_BITS = 4                              # QAT and PTQ are compared at this weight width
 BUILD = data.REPO_ROOT / "build" / "cache" / NOTEBOOK
 print(f"smoke mode: {SMOKE}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
 
@@ -105,15 +96,18 @@ print(f"x̂      = {[round(v, 4) for v in qmath.dequantize(q, scale, zero_point)
 # %%
 w = teacher.layer3[0].conv1.weight.detach()
 bit_range = list(range(2, 9))
-fig, ax = plt.subplots(figsize=(6, 3.5))
-for label, kw in [("asymmetric, per-tensor", dict(symmetric=False)),
-                  ("symmetric, per-tensor", dict(symmetric=True)),
-                  ("symmetric, per-channel", dict(symmetric=True, axis=0))]:
+fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.6))
+for (label, kw), marker in zip([("asymmetric, per-tensor", dict(symmetric=False)),
+                                ("symmetric, per-tensor", dict(symmetric=True)),
+                                ("symmetric, per-channel", dict(symmetric=True, axis=0))], figures.MARKERS):
     errs = [qmath.relative_error(w, qmath.quantize_dequantize(w, b, **kw)) for b in bit_range]
-    ax.semilogy(bit_range, errs, marker="o", label=label)
-ax.set_xlabel("bits"); ax.set_ylabel("‖w − ŵ‖ / ‖w‖"); ax.grid(alpha=0.3); ax.legend()
-ax.set_title(f"layer3.0.conv1 weights {tuple(w.shape)}")
-plt.show()
+    ax.plot(bit_range, errs, marker=marker, label=label)
+per_bit = (errs[bit_range.index(4)] / errs[-1]) ** (1 / (bit_range[-1] - 4))  # per-channel, 4 -> 8 bits
+figures.log_axis(ax, "y")
+ax.set_xlabel("bits per weight"); ax.set_ylabel("relative error ‖w − ŵ‖ / ‖w‖"); ax.legend()
+ax.set_title(f"From 4 to 8 bits each bit divides the error by {per_bit:.2f} "
+             f"(per-channel, {w.numel():,} weights)")
+figures.show(fig)
 for kw, label in [(dict(symmetric=True), "per-tensor"), (dict(symmetric=True, axis=0), "per-channel")]:
     print(f"8-bit symmetric {label}: relative error "
           f"{qmath.relative_error(w, qmath.quantize_dequantize(w, 8, **kw)):.4f}")
@@ -147,15 +141,41 @@ print(f"your function on the weights above, 8 bits per channel: relative error "
 # %% [markdown]
 # ## 2 · How few bits do the weights need? A slider
 #
-# The slider fake-quantizes every convolution and linear weight of a copy of the teacher
+# First, which weights? In eval mode a batch norm after a convolution is an affine map per
+# channel, `γ (y − μ) / σ + β`, so every int8 runtime **folds** it into the convolution before
+# quantizing: the weights of output channel `c` are multiplied by `γ_c / σ_c` and the bias absorbs
+# the rest. The folded weights are what gets quantized, and their per-channel ranges are far less
+# alike than the raw ones, which matters for a per-tensor scale. Folded with
+# `torch.fx.experimental.optimization.fuse` ([source](https://github.com/pytorch/pytorch/blob/main/torch/fx/experimental/optimization.py)),
+# the same function to float precision:
+
+# %%
+folded = qmath.fold_batchnorm(teacher)
+xs, ys = data.tensors("val", limit=SLIDER_IMAGES)
+with torch.no_grad():
+    fold_diff = float((folded(xs[:64]) - teacher(xs[:64])).abs().max())
+raw_w, fold_w = teacher.layer3[0].conv1.weight.detach(), folded.layer3[0].conv1.weight.detach()
+
+
+def channel_spread(w):   # largest per-channel range over the smallest
+    amax = w.abs().flatten(1).amax(1)
+    return float(amax.max() / amax.min())
+
+
+print(f"folded vs original logits: largest difference {fold_diff:.1e}; "
+      f"batch-norm modules left: {sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())}")
+print(f"layer3.0.conv1: largest/smallest per-channel |w| max: raw {channel_spread(raw_w):.1f}x, "
+      f"folded {channel_spread(fold_w):.1f}x")
+
+# %% [markdown]
+# The slider fake-quantizes every convolution and linear weight of the **folded** teacher
 # (symmetric, to the chosen bits; activations stay fp32) and measures accuracy on a fixed subset
 # of the validation set (choices such as "how few bits" are made there, never on the test set),
 # so that it answers in under a second. The size is what the weights would take
 # packed at that width, with their fp32 scales.
 
 # %%
-xs, ys = data.tensors("val", limit=SLIDER_IMAGES)
-panel = widgets.bits_panel(teacher, xs, ys, bits=8, per_channel=True)
+panel = widgets.bits_panel(folded, xs, ys, bits=8, per_channel=True)
 panel
 
 # %% [markdown]
@@ -173,12 +193,16 @@ per_tensor_curve.update({h["bits"]: h["accuracy"] for h in panel.history[-6:]})
 times = sorted(panel.response_times)
 bits_sweep = {"median_s": times[len(times) // 2], "max_s": times[-1], "moves": len(times)}
 sweep_bits = list(range(8, 1, -1))
-fig, ax = plt.subplots(figsize=(6, 3.5))
-ax.plot(sweep_bits, [100 * per_channel_curve[b] for b in sweep_bits], marker="o", label="per-channel")
-ax.plot(sweep_bits, [100 * per_tensor_curve[b] for b in sweep_bits], marker="s", label="per-tensor")
-ax.set_xlabel("weight bits"); ax.set_ylabel(f"accuracy (%) on {len(xs)} validation images")
-ax.invert_xaxis(); ax.grid(alpha=0.3); ax.legend()
-plt.show()
+fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.6))
+figures.accuracy_errorbar(ax, sweep_bits, [per_channel_curve[b] for b in sweep_bits], len(xs),
+                          ls="-", label="per-channel scales")
+figures.accuracy_errorbar(ax, sweep_bits, [per_tensor_curve[b] for b in sweep_bits], len(xs),
+                          ls="-", marker="s", label="per-tensor scale")
+ax.set_xlabel("weight bits"); ax.set_ylabel(f"accuracy (%)\n{len(xs):,} val. images, ±1 SE")
+ax.invert_xaxis(); ax.legend(loc="lower left")
+lowest_ok = min(b for b in sweep_bits if per_channel_curve[b] >= per_channel_curve[8] - 0.01)
+ax.set_title(f"Per-channel weights keep accuracy within 1 point down to {lowest_ok} bits")
+figures.show(fig)
 print(f"{bits_sweep['moves']} moves, median response {bits_sweep['median_s']:.2f} s, "
       f"slowest {bits_sweep['max_s']:.2f} s")
 for b in sweep_bits:
@@ -195,12 +219,15 @@ print(f"fewest weight bits within 1 pt of 8 bits: per-channel {fewest_bits(per_c
       f"per-tensor {fewest_bits(per_tensor_curve)} "
       f"(on {len(xs)} images one image is {100 / len(xs):.1f} pt, so smaller wiggles are noise)")
 
+# %%
+print(f"at 2 bits: per-channel {100 * per_channel_curve[2]:.1f} %, per-tensor "
+      f"{100 * per_tensor_curve[2]:.1f} % on {len(xs)} validation images (chance: 10 %)")
+
 # %% [markdown]
-# The weights alone survive far fewer bits than eight; the 2-bit row above shows how far they fall
-# when pushed too far (chance is 10 %). Where
-# per-tensor scales give out before per-channel ones, the small filters are the first casualties.
-# The rest of this notebook uses 8 bits for weights *and* activations, the width CPU int8 kernels
-# compute in.
+# The 2-bit line above says how far the folded weights fall when pushed too far. Where per-tensor
+# scales give out before per-channel ones, the channels with small folded weights are the first
+# casualties: one scale for the whole tensor leaves them only a few codes. The next notebook uses
+# 8 bits for weights *and* activations, the width CPU int8 kernels compute in.
 #
 # ## 3 · Dynamic quantization, honestly
 #
@@ -272,272 +299,28 @@ print(f"dynamic int8: the same image's logits differ by up to {dynamic_row_diff:
 del dynamic_model
 
 # %% [markdown]
-# Calibration belongs to *static* quantization, next: its activation scales are fixed before any
-# image arrives, so (as measured after the next cell) an image gets the same output in any batch.
-#
-# ## 4 · Static post-training quantization
-#
-# Static quantization fixes the activation scales ahead of time, so whole convolutions run in int8
-# from input to output. Those scales come from **calibration**: observers placed after each layer
-# record the range of the activations while a few hundred real images go through the network.
-#
-# ### The classic eager flow (`torch.ao.quantization`)
-#
-# 1. **fuse** Conv + BatchNorm (+ ReLU) into one convolution: batch norm folds into the weights;
-# 2. attach a **qconfig**: which observer watches activations and weights. PyTorch's x86 default
-#    (`get_default_qconfig("x86")`) watches activations with a histogram and stores them as uint8
-#    with `reduce_range=True`: codes 0..127, 7 bits, which leaves headroom in the int16
-#    intermediate sums of x86's u8×s8 `vpmaddubsw` instruction (printed below; the reason is in
-#    [a comment of PyTorch's quantized-op tests](https://github.com/pytorch/pytorch/blob/c444e07ff3e67ff395069116435f6a87008ee45d/test/quantization/test_quantized_op.py));
-#    weights are min/max, int8, per
-#    channel or per tensor. PT2E's `X86InductorQuantizer` (below) uses the full 8 bits, and ONNX
-#    Runtime's QDQ (part 6) is a third scheme, so the closing table compares three;
-# 3. **prepare** inserts the observers, **calibrate** runs images through, **convert** swaps each
-#    module for an int8 one with the scales the observers chose.
-#
-# PyTorch has deprecated this API (it prints a migration notice, shown once below) in favour of
-# PT2E in torchao; it still runs and is the clearest picture of what happens. It needs a quantized
-# CPU engine (`torch.backends.quantized.supported_engines`, printed below: x86 builds have `x86`
-# and `fbgemm`, Arm builds such as the macOS arm64 wheels have `qnnpack`); on a build without
-# one the notebook says so and carries on with ONNX Runtime in part 6.
+# Calibration belongs to *static* quantization (the next notebook): its activation scales are
+# fixed before any image arrives, so an image should get the same output in any batch. A quick
+# static int8 model, calibrated on a few images, measured the same way:
 
 # %%
 try:
-    ENGINE = quantize.quantized_engine()
-    print(f"PyTorch quantized engine: {ENGINE} (this build supports "
-          f"{torch.backends.quantized.supported_engines})")
+    quantize.quantized_engine()
+    ENGINE = True
 except quantize.NoQuantizedEngine as e:
-    ENGINE = None
+    ENGINE = False
     print(e)
-
 if ENGINE:
-    notice = quantize.deprecation_notice()
-    print("torch.ao.quantization says:", (notice or "(no deprecation notice in this version)")[:300])
-
-# %%
-# NBVAL_CHECK_OUTPUT
-if ENGINE:
-    prepared = quantize.eager_prepare(teacher, per_channel=True)
-    observers = [type(m).__name__ for m in prepared.modules()
-                 if isinstance(m, torch.ao.quantization.ObserverBase)]
-    fused = [m for m in prepared.modules() if isinstance(m, torch.ao.nn.intrinsic._FusedModule)]
-    inside = {id(c) for f in fused for c in f.children()}   # a fused module's own conv: count once
-    convs = [type(m).__name__ for m in prepared.modules()
-             if "Conv" in type(m).__name__ and id(m) not in inside]
-    print(f"after fusion: {len(convs)} convolutions ("
-          + ", ".join(f"{convs.count(k)} {k}" for k in sorted(set(convs)))
-          + f"), no BatchNorm modules left: "
-          f"{not any(isinstance(m, nn.BatchNorm2d) for m in prepared.modules())}")
-    print(f"observers: {len(observers)} ({', '.join(sorted(set(observers)))})")
-    with runtime.quiet():
-        act = prepared.conv1.qconfig.activation()
-    print(f"activation observer: {type(act).__name__}, {act.dtype}, reduce_range={act.reduce_range}: "
-          f"codes {act.quant_min}..{act.quant_max}")
-    del prepared  # a prepared copy of the teacher: 45 MB
-
-# %% [markdown]
-# How many calibration images are enough? Calibrate on N images (balanced over the classes),
-# convert, and measure accuracy on a fixed subset:
-
-# %%
-sweep_x, sweep_y = data.tensors("val", limit=SWEEP_IMAGES)
-calib_acc = []
-if ENGINE:
-    for n in CALIB_SWEEP:
-        q_model = quantize.eager_static(teacher, data.calibration_set(n), per_channel=True)
-        calib_acc.append(measure.accuracy_on(q_model, sweep_x, sweep_y))
-    fp32_sweep = measure.accuracy_on(teacher, sweep_x, sweep_y)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.semilogx(CALIB_SWEEP, [100 * a for a in calib_acc], marker="o", label="int8 (per-channel)")
-    ax.axhline(100 * fp32_sweep, color="gray", ls=":", label="fp32")
-    ax.set_xlabel("calibration images"); ax.set_ylabel(f"accuracy (%) on {SWEEP_IMAGES} validation images")
-    ax.grid(alpha=0.3); ax.legend(); plt.show()
-    for n, a in zip(CALIB_SWEEP, calib_acc):
-        print(f"N = {n:5d}: {100 * a:.1f} %  (fp32 {100 * fp32_sweep:.1f} %)")
-    del q_model
-
-# %% [markdown]
-# Is the curve flat? For this model and these activation observers (histograms, which ignore rare
-# outliers) a handful of images can already be enough; models with outlier activations need more.
-# A few hundred balanced images is the safe, cheap default. Now per-tensor against per-channel
-# weights, both calibrated on the same images, each measured on the full test set:
-
-# %%
-calib = data.calibration_set(CALIB_IMAGES)
-if ENGINE:
-    for per_channel in (False, True):
-        with runtime.Stopwatch() as sw:
-            q_model = quantize.eager_static(teacher, calib, per_channel=per_channel)
-        name = "ptq-per-channel" if per_channel else "ptq-per-tensor"
-        tags = ["int8", "static"] + (["per-channel"] if per_channel else [])
-        records.append(measure.measure(q_model, name, tags=tags, limit=EVAL_IMAGES,
-                                       min_run_time=LATENCY_S, macs=t["macs"]))
-        print(f"{name}: calibrated on {len(calib)} images and converted in {sw.s:.1f} s")
-    display(report.table(records))
+    quick = quantize.eager_static(teacher, data.calibration_set(32), per_channel=True)
     with torch.no_grad():
-        static_row_diff = float((q_model(row_x[:1])[0] - q_model(row_x)[0]).abs().max())
-    print(f"static int8 ({name}): the same image's logits differ by {static_row_diff:.2e} between "
-          f"batch 1 and batch 64 (dynamic: {dynamic_row_diff:.2e})")
-    del q_model
+        static_row_diff = float((quick(row_x[:1])[0] - quick(row_x)[0]).abs().max())
+    print(f"static int8: the same image's logits differ by {static_row_diff:.2e} between batch 1 "
+          f"and batch 64 (dynamic: {dynamic_row_diff:.2e})")
+    del quick
 else:
     static_row_diff = None
 
 # %% [markdown]
-# ### The current path: PT2E (torchao) and `torch.compile`
-#
-# PyTorch 2's flow captures the whole graph first, so the eager flow's stubs and
-# `FloatFunctional`s are not needed:
-# `torch.export` → a **quantizer** annotates the graph for a backend → `prepare_pt2e` inserts
-# observers → calibrate → `convert_pt2e` leaves explicit quantize/dequantize ops → `torch.compile`
-# (Inductor) fuses them with the convolutions into int8 kernels. The quantizer names the target:
-# `X86InductorQuantizer` here; for a Raspberry Pi, ExecuTorch's `XNNPACKQuantizer`
-# (`executorch.backends.xnnpack.quantizer`) targets the ARM kernels the Pi runs.
-#
-# One catch remains. The quantizer groups graph nodes by the module that produced them, and
-# torchvision's `BasicBlock` calls one `ReLU` module twice, before and after the residual add
-# ([its source](https://github.com/pytorch/vision/blob/main/torchvision/models/resnet.py)). Tried on
-# the teacher exactly as torchvision builds it:
-
-# %%
-quantizer = quantize.x86_quantizer()
-from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
-
-with runtime.quiet():
-    plain_graph = torch.export.export(teacher, (calib[:2],)).module()
-try:
-    prepare_pt2e(plain_graph, quantizer)
-    print("prepare_pt2e accepted the plain teacher")
-except ValueError as e:
-    print(f"prepare_pt2e on the plain teacher: ValueError: {e}")
-reused = quantize.reused_modules(teacher, calib[:2])
-print(f"modules called more than once per forward pass: {len(reused)}, e.g. "
-      + ", ".join(f"{n} x{c}" for n, c in list(reused.items())[:3]))
-del plain_graph, quantizer
-runtime.release_compiled()
-
-# %% [markdown]
-# `quantize.pt2e_static` therefore first gives each call of a reused stateless module its own copy
-# (`quantize.unshare_modules`, which works on any model); nothing else about the model changes.
-#
-# A cold `torch.compile` takes a while and is counted in this notebook's time. `compile_fixed`
-# compiles with `dynamic=False`, so each new input shape would compile a new graph: the model is
-# compiled for batch 1 and batch 64 and fed only those.
-
-# %%
-with runtime.Stopwatch() as sw:
-    pt2e_graph = quantize.pt2e_static(teacher, calib)
-ops = [str(n.target) for n in pt2e_graph.graph.nodes if n.op == "call_function"]
-print(f"export + prepare + calibrate + convert: {sw.s:.1f} s; "
-      f"{sum('quantize_per_tensor' in o for o in ops)} quantize and "
-      f"{sum('dequantize' in o for o in ops)} dequantize ops in the graph")
-pt2e_model, compile_s = runtime.compile_fixed(pt2e_graph, calib, batch=64)
-print(f"torch.compile for batch 1 and 64: {compile_s:.0f} s")
-records.append(measure.measure(
-    pt2e_model, "pt2e-compiled", tags=["int8", "static", "per-channel"], limit=EVAL_IMAGES,
-    min_run_time=LATENCY_S, artifact=runtime.graph_bytes(pt2e_graph),
-    params=t["params"], nonzero=t["nonzero_params"], macs=t["macs"]))
-display(report.table([t, records[-1]]))
-if ENGINE:
-    eager = report.find(records, "ptq-per-channel")
-    print(f"compiled PT2E vs eager int8 at batch 64: {records[-1]['latency_b64_ms']:.1f} ms vs "
-          f"{eager['latency_b64_ms']:.1f} ms; accuracy {100 * records[-1]['accuracy']:.2f} % vs "
-          f"{100 * eager['accuracy']:.2f} %")
-del pt2e_model, pt2e_graph
-runtime.release_compiled()  # torch.compile keeps its graphs and kernels otherwise
-
-# %% [markdown]
-# ## 5 · Quantization-aware training
-#
-# Post-training quantization rounds weights that were never trained to sit on a grid. QAT inserts
-# the rounding (fake quantization) into the forward pass and fine-tunes, so the weights learn to
-# live with it. At 8 bits post-training quantization already loses almost nothing, so QAT has
-# nothing to win there; the comparison below uses **4-bit weights** (still stored in int8, still
-# run by the int8 kernels), with 8-bit activations, where post-training rounding costs accuracy.
-# This is a short live run; a real QAT fine-tune runs for an epoch or more.
-
-# %%
-if ENGINE:
-    ptq4 = quantize.eager_static(teacher, calib, per_channel=True, weight_bits=QAT_BITS)
-    records.append(measure.measure(ptq4, f"ptq-w{QAT_BITS}", tags=["int8", "static", "per-channel"],
-                                   limit=EVAL_IMAGES, min_run_time=LATENCY_S, macs=t["macs"]))
-    del ptq4  # one model in memory at a time: each copy of the teacher is 45 MB or more
-    qat_model = quantize.qat_prepare(teacher, per_channel=True, weight_bits=QAT_BITS)
-    batches = data.loader("train", batch_size=32, flip=True, seed=0)
-    with runtime.Stopwatch() as sw:
-        losses = quantize.qat_finetune(qat_model, batches, steps=QAT_STEPS, lr=1e-3)
-    qat_int8 = quantize.eager_convert(qat_model)
-    del qat_model
-    records.append(measure.measure(qat_int8, f"qat-w{QAT_BITS}", tags=["int8", "qat", "per-channel"],
-                                   limit=EVAL_IMAGES, min_run_time=LATENCY_S, macs=t["macs"]))
-    del qat_int8
-    p4, q4 = records[-2], records[-1]
-    print(f"{QAT_STEPS} QAT steps of 32 images in {sw.s:.0f} s; loss {losses[0]:.3f} -> "
-          f"{sum(losses[-10:]) / len(losses[-10:]):.3f} (mean of the last 10)")
-    print(f"{QAT_BITS}-bit weights: post-training {100 * p4['accuracy']:.2f} %, "
-          f"after QAT {100 * q4['accuracy']:.2f} %, fp32 {100 * t['accuracy']:.2f} %")
-
-# %% [markdown]
-# ## 6 · ONNX Runtime int8
-#
-# ONNX Runtime is what runs the model on the Pi in notebook 05. Its static quantization works on
-# the exported graph: calibrate, then write **QDQ** pairs (QuantizeLinear / DequantizeLinear)
-# around each operator, which the runtime fuses into int8 kernels. Weights are int8 per channel;
-# the activations can be **uint8** or **int8**, and on x86 that choice matters: the fast
-# integer instructions of many x86 CPUs (AVX2 / AVX-512 VNNI) multiply unsigned by signed bytes.
-# The teacher is measured again in ONNX Runtime, so each ratio is runtime against the same runtime.
-
-# %%
-BUILD.mkdir(parents=True, exist_ok=True)
-fp32_onnx = runtime.export_onnx(teacher, BUILD / "teacher.onnx", calib[:2])
-int8_onnx = {act: runtime.ort_static(fp32_onnx, BUILD / f"teacher-int8-{act}.onnx", calib,
-                                      per_channel=True, activations=act)
-             for act in ("uint8", "int8")}
-counts = dict(params=t["params"], nonzero=t["nonzero_params"], macs=t["macs"])
-records.append(measure.measure(runtime.session(fp32_onnx), "teacher", tags=["baseline", "fp32", "onnx"],
-                               limit=EVAL_IMAGES, min_run_time=LATENCY_S, artifact=fp32_onnx, **counts))
-for act, path in int8_onnx.items():
-    records.append(measure.measure(runtime.session(path), f"ort-int8-{act}-act",
-                                   tags=["int8", "static", "per-channel", "onnx"], limit=EVAL_IMAGES,
-                                   min_run_time=LATENCY_S, artifact=path, **counts))
-display(report.table([r for r in records if r["runtime"] == "onnxruntime"]))
-
-# %% [markdown]
-# ## 7 · Everything side by side
-#
-# Ratios are against the fp32 teacher **in the same runtime**, measured in this run.
-
-# %%
-display(report.table(records))
-fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-report.plot(records, x="bytes", ax=axes[0])
-report.plot(records, x="latency_b64_ms", ax=axes[1])
-axes[0].set_title("accuracy against file size"); axes[1].set_title("accuracy against batch-64 latency")
-plt.show()
-
-# %% [markdown]
-# **The bars.** The best static int8 model in each runtime should be at least 3.5× smaller and
-# 1.5× faster at batch 64 than the fp32 teacher in that runtime, within 0.5 points of its accuracy:
-
-# %%
-bars = report.int8_static_bars(records)
-for engine, b in bars.items():
-    print(f"{engine:>11}: {b['name']}: {b['smaller']:.2f}x smaller, {b['faster_b64']:.2f}x faster "
-          f"at batch 64, {b['delta_pt']:+.2f} pt -> {'met' if b['met'] else 'NOT met'}")
-if SMOKE:
-    print("(smoke mode: small test subset and short timings; the bars are judged at the defaults)")
-
-# %% [markdown]
-# ### Which one should I use?
-#
-# - **A CNN on a CPU (this teacher, the Pi):** static int8 with per-channel weights and a few
-#   hundred calibration images. Deploying with ONNX Runtime: QDQ with uint8 activations on x86,
-#   and measure both activation types on the target, since ARM kernels differ. Staying in
-#   PyTorch: PT2E with the quantizer for your backend, then `torch.compile`.
-# - **Transformers, LSTMs, models that are mostly Linear layers:** dynamic quantization, no
-#   calibration needed.
-# - **Accuracy lost after post-training quantization** (fewer than 8 bits, small or sensitive
-#   models): QAT, starting from the trained weights.
-#
 # ### "Mixed-precision training" as a way to deploy (the blog's last method)
 #
 # Mixed-precision *training* runs parts of training in fp16 or bf16 to train faster and in less
@@ -605,6 +388,15 @@ print(f"mixed minus uniform: {100 * gap:+.2f} pt on {MIXED_VAL} validation image
 # *training*, which changes how fast a model trains, not what ships.
 
 # %% [markdown]
+# ## The two models of this notebook
+#
+# Dynamic quantization left the convolutions in fp32, so the file barely shrank; the int8 models
+# that are smaller and faster are in the next notebook.
+
+# %%
+display(report.table(records))
+
+# %% [markdown]
 # ## Save this run's records
 
 # %%
@@ -630,5 +422,5 @@ print(f"wrote {len(records)} records to {path.relative_to(path.parents[2])}; "
       f"notebook body ran in {time.time() - T_START:.0f} s")
 
 # %% [markdown]
-# **Next:** [03 · Distillation](03_distillation.ipynb) trains a much smaller student to imitate
-# this teacher; quantizing that student stacks the savings.
+# **Next:** [02 · Quantization flows](02_quantization_flows.ipynb) quantizes whole convolutions to
+# int8 (static post-training, PT2E, QAT, ONNX Runtime) and measures what each one buys.

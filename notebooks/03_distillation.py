@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from IPython.display import display
 
-from edgelab import (check, data, distill, measure, models, prune, quantize, report, runtime,
+from edgelab import (check, data, distill, figures, measure, models, prune, quantize, report, runtime,
                      stats, train, widgets)
 from edgelab.data import REPO_ROOT
 
@@ -138,14 +138,16 @@ seed_claims = {"5": report.seed_claim(
 x_few, y_few = data.tensors("test", limit=8)
 with torch.no_grad():
     z = teacher(x_few[:1])[0]
-fig, ax = plt.subplots(figsize=(8, 2.8))
+fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.4))
 for k, T in enumerate([1, 4, 10]):
     ax.bar([i + 0.27 * (k - 1) for i in range(10)], distill.soften(z, T), 0.27, label=f"T = {T}")
-ax.set_xticks(range(10), data.CLASSES, rotation=30, ha="right", fontsize=8)
+ax.set_xticks(range(10), data.CLASSES, rotation=30, ha="right")
 ax.set_ylabel("teacher's probability")
-ax.set_title(f"one test image ({data.CLASSES[y_few[0]]}) at three temperatures", fontsize=9)
-ax.legend()
-plt.show()
+top = [distill.soften(z, T).max().item() for T in (1, 10)]
+ax.set_title(f"One {data.CLASSES[y_few[0]]}: the top probability falls from {top[0]:.2f} at T = 1 "
+             f"to {top[1]:.2f} at T = 10")
+ax.legend(loc="upper right")
+figures.show(fig)
 for T in (1, 4, 10):
     p = distill.soften(z, T)
     print(f"T = {T:>2}: top class {p.max():.3f}, the other nine {1 - p.max():.2e} together")
@@ -274,12 +276,14 @@ print(f"(each: seed {SEED}, one pass over {LIVE_IMAGES} training images in batch
       f"accuracy on {len(val_y)} validation images)")
 
 # %%
-fig, ax = plt.subplots(figsize=(8, 3.2))
+fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.4))
 names = list(live)[::-1]
-ax.barh(names, [100 * live[n] for n in names])
-ax.set_xlabel(f"accuracy on {len(val_y)} validation images (%)")
-ax.set_title(f"one pass over {LIVE_IMAGES} training images, seed {SEED}", fontsize=9)
-plt.show()
+ax.barh(names, [100 * live[n] for n in names],
+        xerr=[100 * figures.accuracy_se(live[n], len(val_y)) for n in names], capsize=3)
+ax.set_xlabel(f"accuracy (%) on {len(val_y):,} validation images, ±1 SE")
+ax.set_title(f"One pass over {LIVE_IMAGES:,} training images (seed {SEED}): "
+             f"{max(live, key=live.get).split(' (')[0].lstrip('+ ')} scores best")
+figures.show(fig)
 steps = list(live.values())
 print("each change, in points: " + ", ".join(
     f"{name.split(' (')[0].lstrip('+ ')} {100 * (b - a):+.1f}"
@@ -359,16 +363,23 @@ else:
 seed_gain = {"seeds": SEEDS, "test": {k: v for k, v in verdict["test"].items() if k != "diffs"},
              "validation_mean_gain": verdict["validation"]["mean"]}
 
-fig, ax = plt.subplots(figsize=(6, 3))
+fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.6))
 for k, (recipe, a) in enumerate(acc.items()):
-    ax.scatter([k] * len(a), a, zorder=3, label=recipe)
-    ax.hlines(statistics.mean(a), k - 0.2, k + 0.2, color="black")
-ax.axhline(100 * records[0]["accuracy"], ls="--", color="grey", label="teacher")
-ax.set_xticks([0, 1], list(acc))
+    ax.scatter([k - 0.12] * len(a), a, s=22, alpha=0.6, zorder=3, color=figures.PALETTE[k],
+               label=f"{recipe}: one dot a seed")
+    ax.errorbar(k + 0.12, statistics.mean(a), yerr=statistics.stdev(a) / len(a) ** 0.5,
+                marker="D", color=figures.PALETTE[k], capsize=4, ms=7, zorder=4)
+teacher_acc, n_test = records[0]["accuracy"], records[0]["test_images"]
+se = 100 * figures.accuracy_se(teacher_acc, n_test)
+ax.axhspan(100 * teacher_acc - se, 100 * teacher_acc + se, color="0.88", label="teacher ±1 SE")
+ax.set_xticks([0, 1], [f"{r} (mean ±1 SE over seeds)" for r in acc])
 ax.set_xlim(-0.6, 1.6)
-ax.set_ylabel(f"accuracy on {records[0]['test_images']} test images (%)")
-ax.legend(fontsize=8)
-plt.show()
+ax.set_ylabel(f"test accuracy (%)\n{n_test:,} images")
+ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), borderaxespad=0)
+lo, hi = c["ci"]
+ax.set_title(f"Distillation's gain over {len(SEEDS)} paired seeds: {c['mean']:+.2f} points, "
+             f"95 % CI [{lo:+.2f}, {hi:+.2f}]")
+figures.show(fig)
 
 # %% [markdown]
 # Read the verdict line above, not the blog: it comes from this run. What a few paired seeds can
@@ -414,10 +425,11 @@ best = best_on_val("kd")
 
 # %%
 display(report.table(records))
-fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-report.plot(records, x="bytes", ax=axes[0])
-report.plot(records, x="latency_b1_ms", ax=axes[1])
-plt.show()
+t = report.find(records, "teacher")
+small = min((r for r in records if r["name"].startswith("student")), key=lambda r: r["bytes"])
+fig = report.cost_figure(records, title=f"Students: {t['bytes'] / small['bytes']:.0f}x fewer bytes "
+                                        "than the teacher, seeds pooled (faint dots)")
+figures.show(fig)
 
 # %%
 t, s8 = records[0], report.find(records, f"{best}-int8")

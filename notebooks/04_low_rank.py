@@ -47,7 +47,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from edgelab import data, lowrank, measure, models, report, runtime, train, widgets
+from edgelab import data, figures, lowrank, measure, models, report, runtime, train, widgets
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -132,17 +132,17 @@ with torch.no_grad():
     same = torch.allclose(lowrank.factor(fc, ranks[-1], usv)(feats), fc(feats), atol=1e-4,
                           rtol=1e-4)
 
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
-ax1.bar(ranks, s.tolist(), color="C0")
-ax1.set_xlabel("i"); ax1.set_ylabel("singular value sᵢ"); ax1.set_title("fc: singular values")
-ax2.plot(ranks, errors, "o-", label="‖W − W_r‖_F / ‖W‖_F")
-ax2.set_xlabel("rank r"); ax2.set_ylabel("relative error")
-ax2b = ax2.twinx()
-ax2b.plot(ranks, [100 * a for a in accs], "s--", color="C1", label="accuracy")
-ax2b.set_ylabel(f"accuracy on {len(val_y)} validation images (%)")
-ax2.legend(loc="center left"); ax2b.legend(loc="center right"); ax2.grid(alpha=0.3)
-ax2.set_title("fc at rank r")
-plt.show()
+fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(figures.WIDTH, 3.4))
+ax1.bar(ranks, s.tolist())
+ax1.set_xlabel("index i"); ax1.set_ylabel("singular value sᵢ"); ax1.set_title("fc's singular values")
+ax2.plot(ranks, errors, "o-")
+ax2.set_xlabel("rank r"); ax2.set_ylabel("‖W − W_r‖ / ‖W‖"); ax2.set_title("error at rank r")
+figures.accuracy_errorbar(ax3, ranks, accs, len(val_y), ls="-", color=figures.PALETTE[1], marker="s")
+ax3.set_xlabel("rank r"); ax3.set_ylabel(f"accuracy (%), {len(val_y):,} val.\nimages, ±1 SE")
+ax3.set_title("accuracy at rank r")
+fig.suptitle(f"fc (10 x 512) at rank {min(r for r, a in zip(ranks, accs) if a >= accs[-1] - 0.01)} "
+             "is within 1 point of full rank")
+figures.show(fig)
 for r in (1, 3, 6, ranks[-1]):
     print(f"rank {r:2d}: relative error {errors[r - 1]:.3f}, accuracy {100 * accs[r - 1]:.1f} %")
 print(f"at full rank the factors reproduce fc (up to float rounding): {same}")
@@ -162,24 +162,23 @@ print(f"at full rank the factors reproduce fc (up to float rounding): {same}")
 # %%
 shapes = {"fc (10 × 512)": teacher.fc, "a square Linear (512 × 512)": torch.nn.Linear(512, 512),
           "layer4.1.conv2 as a matrix (512 × 4608)": teacher.layer4[1].conv2}
-fig, ax = plt.subplots(figsize=(7, 3.8))
+fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.8))
 for i, (label, layer) in enumerate(shapes.items()):
     full = lowrank.full_rank(layer)
     out_f, in_f = lowrank.matrix(layer).shape
     rs = range(1, full + 1)
     ax.plot([r / full for r in rs], [r * (in_f + out_f) / (in_f * out_f) for r in rs],
-            color=f"C{i}", label=label)
+            color=figures.PALETTE[i], label=label)
     be = lowrank.break_even_rank(layer)
-    ax.axvline(be / full, color=f"C{i}", ls=":", lw=1)
+    ax.axvline(be / full, color=figures.PALETTE[i], ls=":", lw=1)
     print(f"{label}: full rank {full}, break-even rank {be:.1f} ({be / full:.0%} of full); "
           f"factored at full rank: {lowrank.factored_params(layer, full):,} parameters vs "
           f"{measure.count_params(layer):,}")
-ax.axhline(1, color="k", lw=1)
-ax.text(0.02, 1.04, "the original layer", fontsize=8)
-ax.set_xlabel("rank / full rank"); ax.set_ylabel("factored weights / original weights")
+ax.axhline(1, color="k", lw=1, label="the original layer")
+ax.set_xlabel("rank / full rank"); ax.set_ylabel("factored weights /\noriginal weights")
 ax.set_title("Above the break-even rank (dotted) factoring adds parameters")
-ax.legend(fontsize=8, loc="upper left"); ax.grid(alpha=0.3)
-plt.show()
+ax.legend(loc="upper left")
+figures.show(fig)
 
 # %% [markdown]
 # ## 2 · Convolutions: channel SVD
@@ -245,17 +244,19 @@ print(f"layer3.0.conv2 at full rank: largest difference {diff:.1e} on outputs up
 
 # %%
 names = list(svds)
-fig, ax = plt.subplots(figsize=(8, 4))
+fig, ax = plt.subplots(figsize=(figures.WIDTH, 4))
+share = {}
 for i, (name, (_, s, _)) in enumerate(svds.items()):
     energy = (s.double() ** 2).cumsum(0) / (s.double() ** 2).sum()
-    ax.plot(torch.arange(1, len(s) + 1) / len(s), energy, lw=1,
+    share[name] = lowrank.energy_rank(s, ENERGY) / len(s)
+    ax.plot(torch.arange(1, len(s) + 1) / len(s), energy, lw=1.2,
             color=plt.cm.viridis(i / len(names)), label=name)
-ax.axhline(ENERGY, color="k", ls="--", lw=1)
-ax.text(0.75, ENERGY - 0.06, f"threshold {ENERGY}", fontsize=8)
+ax.axhline(ENERGY, color="k", ls="--", lw=1, label=f"threshold {ENERGY}")
 ax.set_xlabel("rank / full rank"); ax.set_ylabel("energy kept")
-ax.set_title("Singular-value energy of the teacher's 3×3 convolutions")
-ax.legend(fontsize=6, ncol=2, loc="lower right"); ax.grid(alpha=0.3)
-plt.show()
+ax.set_title(f"Energy {ENERGY} needs {min(share.values()):.0%} to {max(share.values()):.0%} "
+             "of a layer's full rank")
+ax.legend(fontsize=8, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+figures.show(fig)
 
 # %% [markdown]
 # Now the plan at the threshold the shipped model uses (`lowrank.plan`): each layer's rank, its
@@ -281,15 +282,15 @@ print(f"\nwhole model: parameters {p0:,} -> {p1:,} ({p0 / p1:.2f}x fewer); "
 print(f"accuracy on {SUBSET} validation images: teacher {100 * subset_accuracy(teacher):.1f} %, "
       f"factored, before any fine-tuning {100 * subset_accuracy(factored):.1f} %")
 
-fig, ax = plt.subplots(figsize=(11, 3))
+fig, ax = plt.subplots(figsize=(figures.WIDTH, 3))
 fulls = [lowrank.full_rank(layers[n]) for n in names]
 ax.bar(range(len(names)), [plan.get(n, f) / f for n, f in zip(names, fulls)], label="rank kept")
 ax.scatter(range(len(names)), [lowrank.break_even_rank(layers[n]) / f for n, f in zip(names, fulls)],
-           marker="_", s=300, color="C3", label="break-even")
-ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
-ax.set_ylim(0, 1); ax.set_ylabel("rank / full rank"); ax.legend(fontsize=8)
-ax.set_title(f"Per-layer ranks at energy {ENERGY}")
-plt.show()
+           marker="_", s=300, color=figures.PALETTE[3], label="break-even")
+ax.set_xticks(range(len(names)), names, rotation=90, fontsize=9)
+ax.set_ylim(0, 1.15); ax.set_ylabel("rank / full rank"); ax.legend(loc="upper left", ncols=2)
+ax.set_title(f"Energy {ENERGY}: {len(plan)} of {len(names)} convolutions get a rank below break-even")
+figures.show(fig)
 del factored  # every model copy costs tens of MB: keep only what is still needed
 measure.release_memory()
 
@@ -411,9 +412,10 @@ print(f"low rank + int8 (ONNX Runtime): {ot['bytes'] / q['bytes']:.1f}x smaller 
 
 # %%
 display(report.table(records))
-fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-report.plot(records, x="bytes", ax=axes[0]); report.plot(records, x="latency_b1_ms", ax=axes[1])
-plt.show()
+t, f = report.find(records, "teacher", "torch"), report.find(records, "lowrank-55-finetuned")
+fig = report.cost_figure(records, title=f"Factoring: {t['bytes'] / f['bytes']:.1f}x fewer bytes, "
+                                        f"{100 * (f['accuracy'] - t['accuracy']):+.2f} points (fp32, torch)")
+figures.show(fig)
 
 # %%
 low = report.find(records, "lowrank-55-finetuned")

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from IPython.display import display
 
-from edgelab import check, data, deploy, measure, models, report, runtime
+from edgelab import check, data, deploy, figures, measure, models, report, runtime
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -215,17 +215,22 @@ grid = {}
 for name, path in onnx_files.items():
     grid[name] = deploy.latency_grid(path, threads=THREADS, batch_sizes=BATCHES,
                                      min_run_time=GRID_S)
-fig, axes = plt.subplots(1, len(BATCHES), figsize=(12, 4))
+fig, axes = plt.subplots(1, len(BATCHES), figsize=(figures.WIDTH, 4), sharey=True)
 for ax, b in zip(axes, BATCHES):
-    for name, rows in grid.items():
+    for (name, rows), marker in zip(grid.items(), figures.MARKERS):
         ys = [r["per_image_ms"] for r in rows if r["batch"] == b]
-        ax.plot(THREADS, ys, marker="o", label=name, ls="--" if name.endswith("int8") else "-")
+        ax.plot(THREADS, ys, marker=marker, label=name, ls="--" if name.endswith("int8") else "-")
     ax.axvline(os.cpu_count(), color="gray", ls=":", lw=1)
-    ax.set_yscale("log"); ax.set_xticks(THREADS); ax.grid(alpha=0.3)
-    ax.set_xlabel(f"intra-op threads (dotted line: {os.cpu_count()} cores here)")
-    ax.set_ylabel("ms per image (median)"); ax.set_title(f"batch {b}")
-axes[0].legend()
-plt.show()
+    ax.set_xticks(THREADS); ax.set_title(f"batch {b}")
+figures.log_axis(axes[0], "y", fmt=lambda v: f"{v:g}")
+axes[0].set_ylabel("ms per image (median, log scale)")
+fig.supxlabel(f"intra-op threads (dotted line: the {os.cpu_count()} cores of this machine)")
+fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=4, frameon=False)
+best = {b: min((r for rows in grid.values() for r in rows if r["batch"] == b),
+               key=lambda r: r["per_image_ms"])["threads"] for b in BATCHES}
+fig.suptitle("Fastest thread count per batch size here: "
+             + ", ".join(f"batch {b}: {t}" for b, t in best.items()))
+figures.show(fig)
 print("ms per image (median), by threads:")
 for b in BATCHES:
     for name, rows in grid.items():

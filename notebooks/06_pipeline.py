@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from edgelab import data, deploy, measure, models, report, runtime
+from edgelab import data, deploy, figures, measure, models, report, runtime
 from edgelab.data import REPO_ROOT
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
@@ -110,13 +110,11 @@ display(report.table(records))
 # beaten by something on the line. The figure is also saved as `build/pareto.png`.
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-report.pareto_plot(records, x="bytes", ax=axes[0])
-report.pareto_plot(records, x="latency_b1_ms", ax=axes[1])
-axes[0].set_title("accuracy against bytes as deployed", fontsize=10)
-axes[1].set_title(f"accuracy against batch-1 latency, ONNX Runtime, {THREADS} thread", fontsize=10)
-fig.savefig(REPO_ROOT / "build" / "pareto.png", dpi=120, bbox_inches="tight")
-plt.show()
+front = report.pareto_front(records, "bytes")
+fig = report.cost_figure(records, pareto=True, title=f"ONNX Runtime, {THREADS} thread: "
+                         f"{len(front)} of {len(records)} models are on the size frontier (dashed)")
+fig.savefig(REPO_ROOT / "build" / "pareto.png", dpi=120)
+figures.show(fig)
 for cost in ("bytes", "latency_b1_ms"):
     print(f"frontier on {cost}: " + " → ".join(r["name"] for r in report.pareto_front(records, cost)))
 

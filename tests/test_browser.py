@@ -238,3 +238,45 @@ def test_slider_moved_in_a_real_browser_changes_accuracy_and_size(browser, name)
     finally:
         page.close()
         lab.shut_down(nb.name)
+
+
+FIT_JS = """(el) => ({scroll: el.scrollWidth, client: el.clientWidth,
+                      natural: el.tagName === 'IMG' ? el.naturalWidth : null,
+                      shown: el.getBoundingClientRect().width})"""
+
+
+def test_pareto_figure_and_results_table_fit_a_1280px_window_without_scrolling(browser, tmp_path):
+    """06 executed (smoke sizes), opened as a learner would at 1280 px with the file browser open:
+    the Pareto figure is shown at its own size (not scaled down) and neither it nor the results
+    table needs horizontal scrolling. Screenshots: build/browser/06_pareto.png, 06_table.png."""
+    lab, root, ctx = browser
+    name = "06_pipeline"
+    src = REPO_ROOT / "notebooks" / f"{name}.ipynb"
+    env = dict(os.environ, EDGELAB_SMOKE="1", EDGELAB_RESULTS=str(tmp_path / "results"))
+    subprocess.run([sys.executable, "-m", "papermill", str(src), str(root / src.name), "-k", "python3",
+                    "--cwd", str(src.parent), "--no-progress-bar", "-p", "SMOKE", "True"],
+                   env=env, check=True, capture_output=True, timeout=RUN_ALL_TIMEOUT_S)
+    page = ctx.new_page()
+    page.set_viewport_size({"width": 1280, "height": 900})
+    try:
+        page.goto(f"{lab.url}/lab/workspaces/fit/tree/{src.name}?reset&token={lab.token}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+        figure = page.locator(".jp-CodeCell", has_text="pareto=True").locator(".jp-OutputArea-output img")
+        table = page.locator(".jp-OutputArea-output table").first
+        figure.wait_for(timeout=60_000)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        for what, el, shot in (("Pareto figure", figure.first, "06_pareto.png"), ("results table", table, "06_table.png")):
+            el.scroll_into_view_if_needed()
+            el.screenshot(path=str(SHOTS / shot))
+            area = el.locator("xpath=ancestor::div[contains(@class, 'jp-OutputArea-output')][1]")
+            fit = area.evaluate(FIT_JS)
+            assert fit["scroll"] <= fit["client"] + 1, (
+                f"the {what} needs horizontal scrolling at 1280 px: {fit['scroll']} px of content in "
+                f"{fit['client']} px (screenshot build/browser/{shot})")
+            if what == "Pareto figure":
+                img = el.evaluate(FIT_JS)
+                assert img["shown"] >= img["natural"] - 1, (
+                    f"the Pareto figure is scaled down from {img['natural']} to {img['shown']:.0f} px "
+                    f"at 1280 px (screenshot build/browser/{shot})")
+    finally:
+        page.close()

@@ -307,7 +307,7 @@ def test_int8_static_bars_pick_the_best_model_per_runtime():
     assert bars["torch"]["name"] == "ptq" and bars["torch"]["met"]
     assert bars["torch"]["faster_b64"] == pytest.approx(2.5)
     assert bars["onnxruntime"]["name"] == "ort-s8" and not bars["onnxruntime"]["met"]
-    res = {"run": {"smoke": False}, "records": [dict(r, notebook="02_quantization") for r in records]}
+    res = {"run": {"smoke": False}, "records": [dict(r, notebook="02_quantization_flows") for r in records]}
     int8_targets = [fn for desc, fn in report.TARGETS if desc.startswith("int8 static")]
     assert [fn(res)[1] for fn in int8_targets] == [True, False]
     assert all(fn(dict(res, run={"smoke": True})) is None for _, fn in report.TARGETS[-2:])
