@@ -22,7 +22,8 @@ from . import data
 __all__ = ["setup_notebook", "release_memory", "release_after_every_cell", "is_onnx_session",
            "count_params", "count_nonzero", "example_input", "count_macs", "macs_by_layer",
            "state_dict_bytes", "GZIP_CHUNK", "saved_sizes", "saved_size", "gzip_compress",
-           "gzip_size", "artifact_sizes", "latency", "quick_latency", "predict_logits",
+           "gzip_size", "artifact_sizes", "latency", "interleaved_latency", "remeasure_latency",
+           "architecture_key", "quick_latency", "predict_logits",
            "accuracy_on", "accuracy", "correct_mask", "pack_mask", "unpack_mask", "measure"]
 
 # torch.utils.benchmark imports cpp_extension, which logs a CUDA warning on CPU-only machines.
@@ -290,6 +291,102 @@ def latency(model, batch_size: int = 1, min_run_time: float = 1.0,
     return _timer_stats(fn, min_run_time, threads)
 
 
+def _latency_fn(model, x):
+    if is_onnx_session(model):
+        feed = {model.get_inputs()[0].name: x.numpy()}
+        return lambda: model.run(None, feed)
+    model = model.cpu().eval()
+
+    def fn():
+        with torch.inference_mode():
+            model(x)
+    return fn
+
+
+def interleaved_latency(models: dict, batch_size: int = 1, rounds: int = 7,
+                        min_run_time: float = 1.0, threads: int | None = None,
+                        images: torch.Tensor | None = None) -> dict[str, dict]:
+    """Latency of several models measured in turns: after a warm-up of each, every round times
+    each model once (in a rotated order), so a slow spell of the machine (another process, a
+    frequency change) lands on all of them instead of on whichever was measured then. Each model's
+    figure is the median of its round medians; ``spread_ms`` is the range of those round medians.
+    ``min_run_time`` is each model's total timing budget, split over the rounds. Returns
+    {name: {"median_ms", "p90_ms", "spread_ms": (lo, hi), "rounds"}}."""
+    if not models:
+        raise ValueError("interleaved_latency needs at least one model")
+    if rounds < 3:
+        raise ValueError(f"rounds must be at least 3 for a median of rounds, got {rounds}")
+    threads = threads or torch.get_num_threads()
+    if images is None:
+        x, _ = data.tensors("test", limit=batch_size)
+    else:
+        x = images[torch.arange(batch_size) % len(images)]
+    fns = {name: _latency_fn(m, x) for name, m in models.items()}
+    names = list(fns)
+    per_round = {n: [] for n in names}
+    p90 = {n: [] for n in names}
+    for n in names:   # warm-up: first calls allocate, compile and fill caches
+        _timer_stats(fns[n], min_run_time / rounds / 2, threads)
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            med, hi = _timer_stats(fns[n], min_run_time / rounds, threads)
+            per_round[n].append(med)
+            p90[n].append(hi)
+    return {n: {"median_ms": float(np.median(per_round[n])), "p90_ms": float(np.median(p90[n])),
+                "spread_ms": (float(min(per_round[n])), float(max(per_round[n]))), "rounds": rounds}
+            for n in names}
+
+
+def remeasure_latency(records: list[dict], models: dict, batch_sizes=(1, 64), rounds: int = 7,
+                      min_run_time: float = 1.0, threads: int | None = None) -> list[dict]:
+    """Replace the latencies of the records named in ``models`` ({record name: model}) by one
+    interleaved measurement of all of them (``interleaved_latency``): the protocol for models
+    a table compares, identical architectures above all. Returns the records, updated."""
+    by_name = {r["name"]: r for r in records if r["name"] in models}
+    missing = set(models) - set(by_name)
+    if missing:
+        raise KeyError(f"no record named {sorted(missing)} to update; records: "
+                       f"{[r['name'] for r in records]}")
+    for b in batch_sizes:
+        res = interleaved_latency(models, b, rounds, min_run_time, threads)
+        for name, r in res.items():
+            rec = by_name[name]
+            rec[f"latency_b{b}_ms"], rec[f"latency_b{b}_p90_ms"] = r["median_ms"], r["p90_ms"]
+            rec[f"latency_b{b}_spread_ms"] = list(r["spread_ms"])
+            rec["latency_protocol"] = f"interleaved over {len(models)} models, {rounds} rounds"
+    return records
+
+
+def architecture_key(model, onnx_bytes: bytes | None = None) -> str:
+    """A short fingerprint of what a forward pass computes with: module types and tensor shapes
+    and dtypes (torch), or operator types and initializer shapes and dtypes (an ONNX session,
+    given its file's bytes). Weights' values do not enter, so a copy pruned to zeros keys like
+    its dense original; "" where it cannot be read."""
+    import hashlib
+
+    h = hashlib.sha1()
+    try:
+        if is_onnx_session(model):
+            import onnx
+
+            if onnx_bytes is None:
+                return ""
+            g = onnx.load_from_string(onnx_bytes).graph
+            for node in g.node:
+                h.update(node.op_type.encode())
+            for t in g.initializer:
+                h.update(f"{t.name}{list(t.dims)}{t.data_type}".encode())
+        else:
+            for name, m in model.named_modules():
+                h.update(f"{name}:{type(m).__name__}".encode())
+            for k, v in model.state_dict().items():
+                shape = tuple(v.shape) if hasattr(v, "shape") else type(v).__name__
+                h.update(f"{k}{shape}{getattr(v, 'dtype', '')}".encode())
+    except Exception:   # an exotic module or graph: no key, so no same-architecture check
+        return ""
+    return h.hexdigest()[:12]
+
+
 def quick_latency(model, runs: int = 10) -> float:
     """Median ms of a few batch-1 runs after one warm-up: for sliders, where a second matters
     more than the last percent of precision. Records use ``latency()``."""
@@ -370,10 +467,12 @@ def measure(model, name: str, *, notebook: str | None = None, tags=(), limit: in
         if onnx:
             raise ValueError("measure() of an ONNX Runtime session needs artifact=<path to .onnx>")
         raw, gz = saved_sizes(model)
+        arch = architecture_key(model)
     else:
         if isinstance(artifact, (str, Path)):
             artifact = Path(artifact).read_bytes()
         raw, gz = artifact_sizes(artifact)
+        arch = architecture_key(model, artifact if onnx else None)
         del artifact
     if images is None:
         mask = correct_mask(model, limit)
@@ -388,7 +487,7 @@ def measure(model, name: str, *, notebook: str | None = None, tags=(), limit: in
         "params": params if params is not None else (None if onnx else count_params(model)),
         "nonzero_params": nonzero if nonzero is not None else (None if onnx else count_nonzero(model)),
         "macs": macs if macs is not None else (None if onnx else count_macs(model, images)),
-        "bytes": raw, "gzip_bytes": gz,
+        "bytes": raw, "gzip_bytes": gz, "arch": arch,
         # which images it got right: the paired ± of an accuracy difference needs them
         "correct": pack_mask(mask) if images is None else None,
     }

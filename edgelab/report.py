@@ -10,7 +10,8 @@ from pathlib import Path
 from .data import REPO_ROOT
 from .models import atomic_write_bytes
 
-__all__ = ["Table", "paired_delta", "SEED_CLAIMS", "seed_claim", "BUILD", "RESULTS_DIR",
+__all__ = ["Table", "paired_delta", "SAME_ARCH_TOLERANCE", "same_architecture_problems",
+           "check_same_architecture", "SEED_CLAIMS", "seed_claim", "BUILD", "RESULTS_DIR",
            "write_notebook_results", "find", "table", "plot", "plot_points", "cost_figure",
            "pareto_front", "pareto_plot",
            "TARGETS", "check_targets", "targets_table", "assemble", "int8_static_bars"]
@@ -43,6 +44,7 @@ def write_notebook_results(notebook: str, records: list[dict], widgets: dict | N
     unknown = set(seed_claims or ()) - set(SEED_CLAIMS)
     if unknown:
         raise ValueError(f"seed claims are keyed {', '.join(SEED_CLAIMS)}; got {sorted(unknown)}")
+    check_same_architecture(records, smoke)
     records = [dict(r, notebook=notebook) for r in records]
     results_dir = results_dir or os.environ.get("EDGELAB_RESULTS") or RESULTS_DIR
     path = Path(results_dir) / f"{notebook}.json"
@@ -127,6 +129,58 @@ class Table(str):
                 "runtime). Δ pt ±: accuracy difference and its paired standard error.</p>")
 
 
+def _fmt_latency(r: dict, b: int, fmt: str) -> str:
+    """The median, and where it was measured interleaved, half the range of its round medians
+    as a share of it."""
+    med = r.get(f"latency_b{b}_ms")
+    if not med:
+        return "-"
+    spread = r.get(f"latency_b{b}_spread_ms")
+    return format(med, fmt) + (f" ±{50 * (spread[1] - spread[0]) / med:.0f}%" if spread else "")
+
+
+SAME_ARCH_TOLERANCE = 0.10
+
+
+def same_architecture_problems(records: list[dict], tolerance: float = SAME_ARCH_TOLERANCE) -> list[str]:
+    """Records of one architecture (``measure.architecture_key``) in one runtime, with the same
+    threads, whose latencies differ by more than ``tolerance`` at some batch size: a table would
+    then suggest that training (distillation, a seed, zeroed weights) changed the speed."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r.get("arch"):
+            groups.setdefault((r["arch"], r["runtime"], r.get("threads")), []).append(r)
+    found = []
+    for rs in groups.values():
+        if len(rs) < 2:
+            continue
+        for b in (1, 64):
+            lat = [(r[f"latency_b{b}_ms"], r["name"]) for r in rs if r.get(f"latency_b{b}_ms")]
+            if len(lat) < 2:
+                continue
+            (lo, lo_name), (hi, hi_name) = min(lat), max(lat)
+            if hi > (1 + tolerance) * lo:
+                found.append(f"{hi_name} ({hi:.3g} ms) and {lo_name} ({lo:.3g} ms) have the same "
+                             f"architecture but differ by {100 * (hi / lo - 1):.0f} % at batch {b} "
+                             f"(allowed {100 * tolerance:.0f} %): measure them together with "
+                             "measure.remeasure_latency")
+    return found
+
+
+def check_same_architecture(records: list[dict], smoke: bool) -> None:
+    """At the defaults, identical architectures must time alike (ValueError naming them); in
+    smoke mode, where timings are a few repeats, a warning."""
+    found = same_architecture_problems(records)
+    if not found:
+        return
+    if smoke:
+        import warnings
+        warnings.warn("same-architecture latencies disagree (smoke mode: few repeats): "
+                      + "; ".join(found), stacklevel=2)
+    else:
+        raise ValueError("same-architecture latencies disagree:\n  " + "\n  ".join(found))
+
+
 def table(records: list[dict], baseline: str = "teacher") -> Table:
     """A side-by-side table (text, and HTML in JupyterLab); ratios are against the baseline in
     the same runtime."""
@@ -149,8 +203,8 @@ def table(records: list[dict], baseline: str = "teacher") -> Table:
             _fmt_count(r.get("params")), _fmt_count(r.get("nonzero_params")),
             _fmt_count(r.get("macs")), _fmt_bytes(r.get("bytes")), _fmt_bytes(r.get("gzip_bytes")),
             ratio("bytes"),
-            f"{r['latency_b1_ms']:.2f}" if r.get("latency_b1_ms") else "-", ratio("latency_b1_ms"),
-            f"{r['latency_b64_ms']:.1f}" if r.get("latency_b64_ms") else "-", ratio("latency_b64_ms"),
+            _fmt_latency(r, 1, ".2f"), ratio("latency_b1_ms"),
+            _fmt_latency(r, 64, ".1f"), ratio("latency_b64_ms"),
         ])
     return Table(cols, rows, {k for k, r in enumerate(records) if r["name"] == baseline})
 
@@ -548,6 +602,19 @@ def _arm64_match(res):
 
 TARGETS += [("05: Pi bundle on an emulated Cortex-A72 equals x86 on every checked image",
              _arm64_match)]
+
+
+def _same_arch(res):
+    if res["run"].get("smoke", True) or not res["records"]:
+        return None
+    by_nb: dict[str, list] = {}
+    for r in res["records"]:
+        by_nb.setdefault(r.get("notebook"), []).append(r)
+    found = [p for rs in by_nb.values() for p in same_architecture_problems(rs)]
+    return ("all agree" if not found else f"{len(found)} pairs differ"), not found
+
+
+TARGETS += [("identical architectures time within 10 % of each other in every table", _same_arch)]
 
 
 def _seed_claims_shown(res):

@@ -33,8 +33,6 @@ SMOKE = os.environ.get("EDGELAB_SMOKE", "0").lower() not in ("", "0", "false", "
 NOTEBOOK = "06_pipeline"
 
 # %%
-import matplotlib.pyplot as plt
-import torch
 from IPython.display import display
 
 from edgelab import data, deploy, figures, measure, models, report, runtime

@@ -125,3 +125,40 @@ def test_importing_edgelab_registers_no_hook_until_setup_notebook(monkeypatch):
             "edgelab.measure.setup_notebook(); print(before, n())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["0", "1"]
+
+
+def test_architecture_key_ignores_weight_values_but_not_shapes():
+    a = models.student(widths=(8, 16), blocks=1)
+    b = models.student(widths=(8, 16), blocks=1)
+    with torch.no_grad():
+        b.fc.weight.zero_()
+    assert measure.architecture_key(a) == measure.architecture_key(b) != ""
+    assert measure.architecture_key(models.student(widths=(8, 24), blocks=1)) != measure.architecture_key(a)
+
+
+def test_interleaved_latency_times_every_model_each_round_and_reports_the_spread(monkeypatch):
+    calls = []
+    monkeypatch.setattr(measure, "_timer_stats",
+                        lambda fn, t, threads: (fn(), (len(calls), len(calls) + 0.5))[1])
+    models_ = {n: (lambda n=n: calls.append(n)) for n in "abc"}
+    monkeypatch.setattr(measure, "_latency_fn", lambda m, x: m)
+    res = measure.interleaved_latency(models_, batch_size=1, rounds=3, images=torch.zeros(1, 1, 28, 28))
+    assert calls[:3] == ["a", "b", "c"]                            # the warm-up
+    assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # rotated rounds
+    assert set(res) == {"a", "b", "c"} and all(r["rounds"] == 3 for r in res.values())
+    lo, hi = res["a"]["spread_ms"]
+    assert lo <= res["a"]["median_ms"] <= hi
+
+
+def test_remeasure_latency_updates_only_the_named_records_and_refuses_unknown_names():
+    model = models.student(widths=(4, 8), blocks=1).eval()
+    records = [{"name": "a"}, {"name": "b", "latency_b1_ms": -1.0}, {"name": "c"}]
+    measure.remeasure_latency(records, {"a": model, "b": model}, batch_sizes=(1,), rounds=3,
+                              min_run_time=0.03)
+    assert records[1]["latency_b1_ms"] > 0 and "latency_b1_spread_ms" in records[0]
+    assert "latency_b1_ms" not in records[2]
+    import pytest
+    with pytest.raises(KeyError, match="no record named"):
+        measure.remeasure_latency(records, {"zzz": model}, batch_sizes=(1,), rounds=3, min_run_time=0.01)
+    with pytest.raises(ValueError, match="at least 3"):
+        measure.interleaved_latency({"a": model}, rounds=2)

@@ -374,3 +374,42 @@ def test_weight_bytes_takes_a_width_per_layer():
 def test_with_weights_names_a_tensor_the_model_does_not_have():
     with pytest.raises(KeyError, match=r"no tensors named \['3.weight'\]"):
         qmath.with_weights(nn.Sequential(nn.Linear(2, 2)), {"3.weight": torch.zeros(2, 2)})
+
+
+def test_mse_clip_is_never_worse_than_the_full_range_and_clips_bell_shaped_weights():
+    torch.manual_seed(0)
+    w = torch.randn(4, 512)              # bell-shaped: at 4 bits the rare tails are worth clipping
+    t = qmath.mse_clip(w, bits=4, axis=0)
+    amax = w.abs().amax(1)
+    assert t.shape == (4,) and (t < 0.9 * amax).all()
+
+    def err(th):
+        s = (th / 7)[:, None]
+        return ((w / s).round().clamp(-7, 7) * s - w).pow(2).sum(1)
+    assert (err(t) <= err(amax) + 1e-6).all()
+
+
+def test_fold_batchnorm_keeps_the_function_and_removes_every_batchnorm():
+    from edgelab import models
+    m = models.student(widths=(8, 16), blocks=1).eval()
+    with torch.no_grad():
+        for bn in (x for x in m.modules() if isinstance(x, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-1, 1); bn.running_var.uniform_(0.5, 2); bn.weight.uniform_(0.5, 2)
+    f = qmath.fold_batchnorm(m)
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.allclose(f(x), m(x), atol=1e-5)
+    assert not any(isinstance(x, nn.BatchNorm2d) for x in f.modules())
+
+
+def test_mse_weight_range_is_only_for_per_channel_post_training():
+    with pytest.raises(ValueError, match="per-channel"):
+        quantize.eager_qconfig(per_channel=False, weight_range="mse")
+    with pytest.raises(ValueError, match="'minmax' or 'mse'"):
+        quantize.eager_qconfig(per_channel=True, weight_range="percentile")
+
+
+def test_cpu_isa_reports_the_machine_and_torch_dispatch_level():
+    isa = runtime.cpu_isa()
+    assert isa["machine"] and isa["torch_capability"] and isinstance(isa["vnni"], bool)
+    assert set(isa["flags"]) <= {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+                                 "amx_int8", "asimddp"}

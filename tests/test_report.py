@@ -110,3 +110,34 @@ def test_a_table_is_text_when_printed_and_html_in_jupyterlab():
     html = t._repr_html_()
     assert html.count("<tr") == 3 and '<tr style="font-weight:bold">' in html   # header, 2 rows
     assert "text-align:right" in html and "&lt;" not in html
+
+
+def _timed(name, arch, b1, b64=10.0, runtime="torch"):
+    return {"name": name, "arch": arch, "runtime": runtime, "threads": 2, "latency_b1_ms": b1,
+            "latency_b64_ms": b64}
+
+
+def test_same_architecture_latencies_must_agree_within_ten_percent():
+    ok = [_timed("kd-s0", "k1", 1.00), _timed("scratch-s0", "k1", 1.08), _timed("teacher", "k2", 9.0)]
+    assert report.same_architecture_problems(ok) == []
+    bad = ok + [_timed("kd-s1", "k1", 1.30)]
+    found = report.same_architecture_problems(bad)
+    assert len(found) == 1 and "kd-s1" in found[0] and "kd-s0" in found[0] and "batch 1" in found[0]
+    # another runtime or no key: not the same architecture
+    assert report.same_architecture_problems(ok + [_timed("x", "k1", 5.0, runtime="onnxruntime"),
+                                                   _timed("y", "", 5.0)]) == []
+
+
+def test_same_architecture_check_raises_at_defaults_and_warns_in_smoke(tmp_path):
+    bad = [_timed("a", "k", 1.0), _timed("b", "k", 2.0)]
+    with pytest.raises(ValueError, match="same-architecture"):
+        report.write_notebook_results("99_x", bad, smoke=False, results_dir=tmp_path)
+    assert not (tmp_path / "99_x.json").exists()      # nothing half-written
+    with pytest.warns(UserWarning, match="smoke mode"):
+        report.check_same_architecture(bad, smoke=True)
+
+
+def test_table_shows_the_spread_of_interleaved_rounds():
+    r = dict(_timed("teacher", "k", 2.0), latency_b1_spread_ms=[1.9, 2.1], accuracy=0.9,
+             test_images=100, bytes=1000)
+    assert "2.00 ±5%" in str(report.table([r]))
