@@ -109,17 +109,19 @@ def check_export(model: nn.Module, path, images: torch.Tensor | None = None,
 
 
 def latency_grid(path, threads=(1, 2, 3, 4), batch_sizes=(1, 64),
-                 min_run_time: float = 1.0) -> list[dict]:
+                 min_run_time: float = 1.0, ort_defaults: bool = False) -> list[dict]:
     """ONNX Runtime latency (median and p90 ms, real test images) of one ``.onnx`` file for
     every thread count and batch size: one row each. More threads than cores only adds
-    contention; the notebook shows where that starts on the machine it runs on."""
+    contention; the notebook shows where that starts on the machine it runs on.
+    ``ort_defaults``: ONNX Runtime's own session settings (as predict.py), not edgelab's."""
     rows = []
     for t in threads:
-        sess = runtime.session(path, threads=t)
+        sess = runtime.session(path, threads=t, ort_defaults=ort_defaults)
         for b in batch_sizes:
             med, p90 = measure.latency(sess, b, min_run_time, threads=t)
             rows.append({"threads": t, "batch": b, "median_ms": med, "p90_ms": p90,
-                         "per_image_ms": med / b})
+                         "per_image_ms": med / b,
+                         "settings": "onnxruntime defaults" if ort_defaults else "edgelab"})
         del sess
     return rows
 

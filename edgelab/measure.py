@@ -8,6 +8,7 @@ noise; ratios between models measured in the same run hold.
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import logging
 import os
@@ -21,7 +22,7 @@ from . import data
 
 __all__ = ["setup_notebook", "release_memory", "release_after_every_cell", "is_onnx_session",
            "count_params", "count_nonzero", "example_input", "count_macs", "macs_by_layer",
-           "state_dict_bytes", "GZIP_CHUNK", "saved_sizes", "saved_size", "gzip_compress",
+           "peak_activation_bytes", "state_dict_bytes", "GZIP_CHUNK", "saved_sizes", "saved_size", "gzip_compress",
            "gzip_size", "artifact_sizes", "latency", "interleaved_latency", "remeasure_latency",
            "architecture_key", "quick_latency", "predict_logits",
            "accuracy_on", "accuracy", "correct_mask", "pack_mask", "unpack_mask", "measure"]
@@ -160,6 +161,36 @@ def macs_by_layer(model: nn.Module, example=None) -> dict[str, int]:
             flops = sum(counts.get(f"{root}.{name}", {}).values())
             out[name] = flops // 2
     return out
+
+
+def peak_activation_bytes(model: nn.Module, example=None, bytes_per_value: int = 4) -> dict:
+    """The most activation memory one forward pass holds at once: the input, every output not
+    yet consumed by its last user (a residual branch stays alive across its block) and the output
+    being computed, at ``bytes_per_value`` (4: fp32, 1: int8). A liveness walk over the torch.fx
+    graph with its shapes propagated; no in-place reuse or operator fusion is assumed, so a
+    runtime's memory planner can do better. Returns {"peak_bytes", "at", "per_node"}."""
+    from torch.fx import symbolic_trace
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    x = example_input(example)
+    gm = symbolic_trace(copy.deepcopy(model).eval())
+    ShapeProp(gm).propagate(x)
+    nodes = [n for n in gm.graph.nodes if n.op != "output"]
+    index = {n: i for i, n in enumerate(nodes)}
+    last_use = {n: max([index.get(u, len(nodes)) for u in n.users] or [index[n]]) for n in nodes}
+
+    def size(n):
+        meta = n.meta.get("tensor_meta")
+        if meta is None or not hasattr(meta, "shape") or n.op == "get_attr":
+            return 0
+        return int(torch.Size(meta.shape).numel()) * bytes_per_value
+    per_node, peak, at = [], 0, None
+    for i, n in enumerate(nodes):
+        live = sum(size(m) for m in nodes[:i + 1] if last_use[m] >= i)
+        per_node.append((n.name, live))
+        if live > peak:
+            peak, at = live, n.name
+    return {"peak_bytes": peak, "at": at, "per_node": per_node}
 
 
 def state_dict_bytes(model: nn.Module) -> bytes:

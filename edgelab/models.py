@@ -16,7 +16,7 @@ from .data import CLASSES, INPUT_SHAPE, REPO_ROOT
 
 __all__ = ["CHECKPOINT_DIR", "SHIPPED_SHA256", "teacher", "Student", "student",
            "structured_teacher", "lowrank_teacher", "ARCHS", "build", "sha256_file",
-           "atomic_write_bytes", "save_checkpoint", "read_card", "load_checkpoint"]
+           "atomic_write_bytes", "save_checkpoint", "read_card", "load_checkpoint", "reinit"]
 
 CHECKPOINT_DIR = REPO_ROOT / "data" / "checkpoints"
 
@@ -109,6 +109,21 @@ def lowrank_teacher(base: nn.Module | None = None, energy: float | None = None,
             raise ValueError("a low-rank teacher without a trained base needs its ranks")
         return lowrank.factorize(teacher(), ranks=ranks, init=False)
     return lowrank.factorize(base, ranks=ranks, energy=None if ranks else energy)
+
+
+def reinit(model: nn.Module) -> nn.Module:
+    """Fresh weights in place, as torchvision's ResNet initialises them (Kaiming-normal convs,
+    BN weight 1 and bias 0, Linear's default): a pruned architecture trained from scratch."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+            m.reset_running_stats()
+        elif isinstance(m, nn.Linear):
+            m.reset_parameters()
+    return model
 
 
 ARCHS = {

@@ -10,7 +10,7 @@ from pathlib import Path
 from .data import REPO_ROOT
 from .models import atomic_write_bytes
 
-__all__ = ["Table", "paired_delta", "SAME_ARCH_TOLERANCE", "same_architecture_problems",
+__all__ = ["INT8_SMALLER", "INT8_FASTER_B64", "INT8_MAX_DROP_PT", "Table", "paired_delta", "SAME_ARCH_TOLERANCE", "same_architecture_problems",
            "check_same_architecture", "SEED_CLAIMS", "seed_claim", "BUILD", "RESULTS_DIR",
            "write_notebook_results", "find", "table", "plot", "plot_points", "cost_figure",
            "pareto_front", "pareto_plot",
@@ -102,12 +102,14 @@ class Table(str):
     an HTML table in JupyterLab (right-aligned numbers, the baseline rows in bold), where 170
     columns of text would wrap into an unreadable block."""
 
-    def __new__(cls, cols: list[str], rows: list[list[str]], baseline_rows: set[int]):
+    def __new__(cls, cols: list[str], rows: list[list[str]], baseline_rows: set[int],
+                met: set[tuple[int, int]] = frozenset(), bars: dict | None = None):
         widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
         line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
         text = "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows])
         self = super().__new__(cls, text)
         self.cols, self.rows, self.baseline_rows = cols, rows, baseline_rows
+        self.met, self.bars = set(met), dict(bars or {})
         return self
 
     def __repr__(self) -> str:
@@ -116,17 +118,24 @@ class Table(str):
     def _repr_html_(self) -> str:
         from html import escape
 
-        def cell(tag, value, i):
+        def cell(tag, value, i, hit=False):
             align = "left" if i < 2 else "right"
-            return f'<{tag} style="text-align:{align}; white-space:nowrap">{escape(str(value))}</{tag}>'
+            mark = "; background:#cfe8d8" if hit else ""
+            return (f'<{tag} style="text-align:{align}; white-space:nowrap{mark}">'
+                    f'{escape(str(value))}</{tag}>')
         head = "".join(cell("th", c, i) for i, c in enumerate(self.cols))
         body = []
         for k, row in enumerate(self.rows):
             style = ' style="font-weight:bold"' if k in self.baseline_rows else ""
-            body.append(f"<tr{style}>" + "".join(cell("td", v, i) for i, v in enumerate(row)) + "</tr>")
-        return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            body.append(f"<tr{style}>" + "".join(cell("td", v, i, (k, i) in self.met)
+                                                 for i, v in enumerate(row)) + "</tr>")
+        bars = ("; green: a ratio that meets this notebook's bar ("
+                + ", ".join(f"{c} ≥ {v:g}" for c, v in self.bars.items()) + ")") if self.bars else ""
+        return (f"<table style='font-size:0.9em'><thead><tr>{head}</tr></thead>"
+                f"<tbody>{''.join(body)}</tbody></table>"
                 "<p style='font-size:smaller'>Bold: the baseline each ratio is taken against (same "
-                "runtime). Δ pt ±: accuracy difference and its paired standard error.</p>")
+                "runtime). Δ pt ±: accuracy difference and its paired standard error. ms ±: half "
+                f"the range of interleaved rounds{bars}.</p>")
 
 
 def _fmt_latency(r: dict, b: int, fmt: str) -> str:
@@ -181,9 +190,14 @@ def check_same_architecture(records: list[dict], smoke: bool) -> None:
         raise ValueError("same-architecture latencies disagree:\n  " + "\n  ".join(found))
 
 
-def table(records: list[dict], baseline: str = "teacher") -> Table:
+def table(records: list[dict], baseline: str = "teacher", bars: dict[str, float] | None = None) -> Table:
     """A side-by-side table (text, and HTML in JupyterLab); ratios are against the baseline in
-    the same runtime."""
+    the same runtime. ``bars`` maps a ratio column ("×smaller", "×faster b1", "×faster b64")
+    to the ratio a notebook's bar asks for: the cells that meet it are highlighted."""
+    unknown = set(bars or ()) - {"×smaller", "×faster b1", "×faster b64"}
+    if unknown:
+        raise ValueError(f"bars are for the ratio columns ×smaller, ×faster b1, ×faster b64; "
+                         f"got {sorted(unknown)}")
     cols = ["name", "runtime", "accuracy", "Δ pt", "params", "nonzero", "MACs", "bytes", "gzip",
             "×smaller", "b1 ms", "×faster b1", "b64 ms", "×faster b64"]
     rows = []
@@ -206,7 +220,11 @@ def table(records: list[dict], baseline: str = "teacher") -> Table:
             _fmt_latency(r, 1, ".2f"), ratio("latency_b1_ms"),
             _fmt_latency(r, 64, ".1f"), ratio("latency_b64_ms"),
         ])
-    return Table(cols, rows, {k for k, r in enumerate(records) if r["name"] == baseline})
+    met = set()
+    for (col, need) in (bars or {}).items():
+        j = cols.index(col)
+        met |= {(i, j) for i, row in enumerate(rows) if row[j] != "-" and float(row[j]) >= need}
+    return Table(cols, rows, {k for k, r in enumerate(records) if r["name"] == baseline}, met, bars or {})
 
 
 _SEED = re.compile(r"^(?P<base>.+)-s\d+(?P<rest>-.+)?$")

@@ -183,12 +183,18 @@ def export_onnx(model: nn.Module, path, example: torch.Tensor) -> Path:
     return path
 
 
-def session(path, threads: int | None = None):
-    """An ONNX Runtime CPU session with all graph optimizations, ``threads`` intra-op threads."""
+def session(path, threads: int | None = None, ort_defaults: bool = False):
+    """An ONNX Runtime CPU session with all graph optimizations, ``threads`` intra-op threads.
+
+    ``ort_defaults=True`` leaves everything but the thread count at ONNX Runtime's defaults (idle
+    threads spin), as the Pi bundle's predict.py does; the default here makes idle threads sleep."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()
+    if ort_defaults:
+        opts.log_severity_level = 3
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3

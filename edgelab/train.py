@@ -180,6 +180,11 @@ RECIPES = {
     "student-kd": {"arch": {"name": "student"}, "epochs": 5, "lr": 0.1, "weight_decay": 5e-4,
                    "batch_size": 128, "flip": True, "seed": 0, "per_seed": True,
                    "distill": {"teacher": "teacher", "T": 4.0, "alpha": 0.9}},
+    # 01_pruning's control ("Scratch-B", Liu et al. 2019): pruned50's architecture from fresh
+    # weights, trained with the teacher's recipe for 14 epochs, the teacher's 6 plus pruned50's 8.
+    "pruned50-scratch": {"arch": {"name": "resnet18-structured", "rate": 0.5}, "reinit": True,
+                         "epochs": 14, "lr": 0.1, "weight_decay": 5e-4, "batch_size": 128,
+                         "flip": True, "seed": 0},
     # 04_low_rank: the teacher's 3x3 convolutions factored to keep 55 % of each one's energy
     # (about 2.2x fewer parameters), then a recovery fine-tune.
     "lowrank55": {"arch": {"name": "resnet18-lowrank", "energy": 0.55}, "init": "teacher",
@@ -205,6 +210,10 @@ def train_recipe(name: str, out: Path, epochs: int | None = None, seed: int | No
     torch.manual_seed(recipe["seed"])
     base = load_checkpoint(recipe["init"]) if "init" in recipe else None
     model = build(recipe["arch"], base=base)
+    if recipe.get("reinit"):
+        from .models import reinit
+        torch.manual_seed(recipe["seed"])
+        reinit(model)
     batches = data.loader("train", recipe["batch_size"], flip=recipe["flip"],
                           limit=limit, seed=recipe["seed"])
     loss_fn = F.cross_entropy

@@ -99,7 +99,6 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
 
     import ipywidgets as W
     import matplotlib.pyplot as plt
-    import torch
 
     from . import measure, prune
 
@@ -134,9 +133,19 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
                 k = round(rate * n_weights)
                 thresholds[rate] = magnitudes().kthvalue(k).values.item() if k else -1.0
             threshold = thresholds[rate]
+            # The taught rule: keep exactly n - round(rate * n) weights. Those above the threshold
+            # are kept; weights tied at it are kept in order until the count is reached, so that
+            # ties never make the rate overshoot (a plain `> threshold` drops them all).
+            spare = (n_weights - round(rate * n_weights)) - sum(
+                int((w.abs() > threshold).sum()) for w in originals.values())
             with torch.no_grad():
                 for n, m in layers.items():
-                    m.weight.copy_(originals[n] * (originals[n].abs() > threshold))
+                    keep = originals[n].abs() > threshold
+                    if spare > 0:
+                        tied = (originals[n].abs() == threshold).flatten().nonzero().flatten()[:spare]
+                        keep.view(-1)[tied] = True
+                        spare -= len(tied)
+                    m.weight.copy_(originals[n] * keep)
             m = work
             gz = measure.gzip_size([l.weight for l in layers.values()] + others)
             raw = dense_bytes  # the tensors are as large as ever: zeros take 4 bytes too

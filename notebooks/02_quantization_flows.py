@@ -410,7 +410,8 @@ ort_choice = {"isa": isa, "faster": faster["name"],
 # Ratios are against the fp32 teacher **in the same runtime**, measured in this run.
 
 # %%
-display(report.table(records))
+display(report.table(records, bars={"×smaller": report.INT8_SMALLER,
+                                    "×faster b64": report.INT8_FASTER_B64}))
 spread = max(r["accuracy"] for r in records) - min(r["accuracy"] for r in records)
 shrink = report.find(records, "teacher", "torch")["bytes"] / report.find(records, "ptq-per-channel")["bytes"]
 fig = report.cost_figure(records, costs=("bytes", "latency_b64_ms"), title=f"int8 files are "

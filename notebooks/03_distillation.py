@@ -440,7 +440,7 @@ best = best_on_val("kd")
 measure.remeasure_latency(records, int8_sessions, min_run_time=LATENCY_S)  # the two int8 together
 
 # %%
-display(report.table(records))
+display(report.table(records, bars={"×smaller": 100}))   # the best int8 student's bar
 t = report.find(records, "teacher")
 small = min((r for r in records if r["name"].startswith("student")), key=lambda r: r["bytes"])
 fig = report.cost_figure(records, title=f"Students: {t['bytes'] / small['bytes']:.0f}x fewer bytes "

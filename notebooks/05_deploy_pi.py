@@ -28,8 +28,8 @@
 #   cannot be exported looks like;
 # - what intra-op threads and batch size do to latency in ONNX Runtime, and where more threads
 #   stop helping;
-# - fp32 against static int8 (QDQ, per-channel weights, uint8 activations) in ONNX Runtime, with
-#   accuracy measured on the full test set from the ONNX files themselves;
+# - fp32 against static int8 (QDQ, per-channel weights, the activation type measured faster
+#   here) in ONNX Runtime, with accuracy measured on the full test set from the ONNX files themselves;
 # - what goes into a Pi bundle (model, labels, a script that needs only onnxruntime, numpy and
 #   Pillow, pinned requirements, the steps on Raspberry Pi OS);
 # - *your turn:* the preprocessing the device must repeat exactly, and what each typical mistake
@@ -166,19 +166,44 @@ except deploy.ExportError as e:
 #
 # The int8 models are made from the ONNX files by ONNX Runtime's static quantization, as in
 # notebook 02: calibrate on a few hundred training images, then insert QuantizeLinear /
-# DequantizeLinear pairs (QDQ) around each operator, with int8 weights per output channel and
-# uint8 activations. ONNX Runtime fuses each pair and operator into an int8 kernel, on x86 and on
-# Arm. Every model's accuracy below comes from its `.onnx` file in ONNX Runtime, on the full
-# test set at the defaults.
+# DequantizeLinear pairs (QDQ) around each operator, with int8 weights per output channel.
+# ONNX Runtime fuses each pair and operator into an int8 kernel, on x86 and on Arm. Every model's
+# accuracy below comes from its `.onnx` file in ONNX Runtime, on the full test set at the defaults.
+#
+# The activations can be uint8 or int8. ONNX Runtime's docs make int8 (S8S8) the default and warn
+# that uint8 (U8S8) can saturate on x86 CPUs without VNNI
+# ([data type selection](https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html));
+# which is faster depends on the CPU's integer instructions. So both are measured on the pruned
+# model, here, and the faster one at equal validation accuracy (within 0.2 points) is used for
+# every int8 model of this notebook:
 
 # %%
 calib = data.calibration_set(CALIB_IMAGES)
+isa = runtime.cpu_isa()
+print(f"this CPU: {isa['machine']}, PyTorch dispatch {isa['torch_capability']}, VNNI {isa['vnni']}, "
+      f"flags {', '.join(isa['flags']) or '-'}")
+act_trial = {}
+for act in ("uint8", "int8"):
+    path = runtime.ort_static(fp32_onnx["pruned50"], WORK / f"pruned50-int8-{act}.onnx", calib,
+                              per_channel=True, activations=act)
+    sess = runtime.session(path)
+    vx, vy = data.tensors("val", limit=VAL_IMAGES)
+    act_trial[act] = {"val_accuracy": measure.accuracy_on(sess, vx, vy),
+                      "latency_b1_ms": measure.latency(sess, 1, LATENCY_S)[0]}
+    print(f"pruned50-int8, {act} activations: validation {100 * act_trial[act]['val_accuracy']:.2f} %, "
+          f"batch 1 {act_trial[act]['latency_b1_ms']:.3f} ms")
+    del sess
+best_acc = max(a["val_accuracy"] for a in act_trial.values())
+ACTIVATIONS = min((a for a in act_trial if act_trial[a]["val_accuracy"] >= best_acc - 0.002),
+                  key=lambda a: act_trial[a]["latency_b1_ms"])
+print(f"measured on this CPU: {ACTIVATIONS} activations (on another CPU, measure again)")
+
 onnx_files = dict(fp32_onnx)
 for name in torch_models:
     with runtime.Stopwatch() as sw:
         onnx_files[f"{name}-int8"] = runtime.ort_static(
             fp32_onnx[name], WORK / f"{name}-int8.onnx", calib, per_channel=True,
-            activations="uint8")
+            activations=ACTIVATIONS)
     print(f"{name}-int8: calibrated on {len(calib)} images and quantized in {sw.s:.1f} s")
 
 TAGS = {"teacher": ["baseline", "fp32", "onnx"],
@@ -248,6 +273,35 @@ for name, rows in grid.items():
           "(below 1: slower)")
 
 # %% [markdown]
+# The grid uses edgelab's session settings, in which idle worker threads sleep
+# (`session.intra_op.allow_spinning = 0`): steadier on a shared machine, but each wake-up costs
+# time, which penalises several threads at batch 1. The bundle's `predict.py` keeps ONNX Runtime's
+# defaults, where idle threads spin ([ONNX Runtime threading docs](https://onnxruntime.ai/docs/performance/tune-performance/threading.html)).
+# Both settings, at 1 and 2 threads (this machine's cores), measured the same way:
+
+# %%
+settings_rows = []
+for name, path in onnx_files.items():
+    for ort_defaults in (False, True):
+        settings_rows += [dict(r, model=name) for r in deploy.latency_grid(
+            path, threads=[1, 2], batch_sizes=BATCHES, min_run_time=GRID_S, ort_defaults=ort_defaults)]
+print(f"{'model':14s} {'settings':22s} " + "  ".join(f"b{b} t{t}".rjust(9) for b in BATCHES for t in (1, 2))
+      + "   (ms per image, median)")
+for name in onnx_files:
+    for setting in ("edgelab", "onnxruntime defaults"):
+        at = {(r["batch"], r["threads"]): r["per_image_ms"] for r in settings_rows
+              if r["model"] == name and r["settings"] == setting}
+        print(f"{name:14s} {setting:22s} " + "  ".join(f"{at[(b, t)]:9.3f}" for b in BATCHES for t in (1, 2)))
+two_threads = {s: sum(r["per_image_ms"] for r in settings_rows if r["settings"] == s and r["threads"] == 2
+                      and r["batch"] == BATCHES[0]) for s in ("edgelab", "onnxruntime defaults")}
+print(f"batch {BATCHES[0]}, 2 threads, summed over the models: spinning (ORT defaults) takes "
+      f"{two_threads['onnxruntime defaults'] / two_threads['edgelab']:.2f}x the time of sleeping threads")
+
+# %% [markdown]
+# A Pi 4 or Pi 5 has 4 cores, which this machine cannot show. The bundle's README lists published
+# Pi latencies measured with 4 threads, each with its source ([its template](../edgelab/pi_bundle/README.md)); run `predict.py --benchmark
+# --threads N` on your Pi to find its best setting.
+#
 # Read the grid with the machine in mind: on a shared or busy machine, threads beyond the free
 # cores only add waiting, and the spread between runs grows. Splitting an operator over threads
 # has a fixed cost, so it pays where each operator has plenty of work (a big model, a big batch)

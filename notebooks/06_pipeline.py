@@ -58,7 +58,7 @@ WORK = REPO_ROOT / "build" / "cache" / NOTEBOOK
 # |---|---|---|
 # | teacher | ResNet18, fp32 | `teacher` (00) |
 # | pruned50 | half the channels of every layer removed, fine-tuned | `pruned50` (01) |
-# | pruned50-int8 | the same in int8 (ONNX Runtime static, per-channel weights, uint8 activations) | 02's recipe |
+# | pruned50-int8 | the same in int8 (ONNX Runtime static, per-channel weights, uint8 activations: 02's flows and 05 measure them against int8 on your CPU) | 02's recipe |
 # | student | the small ResNet distilled from the teacher, best seed by validation accuracy | `student-kd-s*` (03) |
 # | student-int8 | the same in int8 | 02's recipe |
 
@@ -98,7 +98,7 @@ for name, path in onnx_files.items():
                                    threads=THREADS))
     measure.release_memory()
 print(f"student = {student_name}")
-display(report.table(records))
+display(report.table(records, bars={"×smaller": 15, "×faster b1": 5}))   # the deployable bar
 
 # %% [markdown]
 # ## Two Pareto plots

@@ -162,3 +162,20 @@ def test_remeasure_latency_updates_only_the_named_records_and_refuses_unknown_na
         measure.remeasure_latency(records, {"zzz": model}, batch_sizes=(1,), rounds=3, min_run_time=0.01)
     with pytest.raises(ValueError, match="at least 3"):
         measure.interleaved_latency({"a": model}, rounds=2)
+
+
+def test_peak_activation_memory_keeps_a_residual_branch_alive_across_its_block():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1)
+
+        def forward(self, x):
+            return x + self.b(self.a(x))    # x stays alive while a and b run
+
+    r = measure.peak_activation_bytes(Block(), (1, 2, 4, 4), bytes_per_value=4)
+    one = 2 * 4 * 4 * 4
+    assert r["peak_bytes"] == 3 * one      # x, a's output and b's output at once
+    assert measure.peak_activation_bytes(Block(), (1, 2, 4, 4), 1)["peak_bytes"] == 3 * one // 4
+    chain = nn.Sequential(nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1))
+    assert measure.peak_activation_bytes(chain, (1, 2, 4, 4))["peak_bytes"] == 2 * one

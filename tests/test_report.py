@@ -141,3 +141,16 @@ def test_table_shows_the_spread_of_interleaved_rounds():
     r = dict(_timed("teacher", "k", 2.0), latency_b1_spread_ms=[1.9, 2.1], accuracy=0.9,
              test_images=100, bytes=1000)
     assert "2.00 ±5%" in str(report.table([r]))
+
+
+def test_table_highlights_the_ratios_that_meet_a_bar_and_refuses_unknown_columns():
+    t = _timed("teacher", "k", 4.0, 40.0)
+    fast = _timed("small", "j", 1.0, 30.0)
+    for r, n in ((t, 1000), (fast, 100)):
+        r.update(accuracy=0.9, test_images=100, bytes=n)
+    tab = report.table([t, fast], bars={"×smaller": 5, "×faster b1": 3})
+    html = tab._repr_html_()
+    assert html.count("#cfe8d8") == 2 and "×smaller ≥ 5" in html      # 10x smaller and 4x faster
+    assert report.table([t, fast], bars={"×faster b64": 2})._repr_html_().count("#cfe8d8") == 0
+    with pytest.raises(ValueError, match="ratio columns"):
+        report.table([t], bars={"accuracy": 0.9})

@@ -100,3 +100,19 @@ def test_lowrank_panel_trades_parameters_for_accuracy_and_caches_each_energy():
     assert panel.sweep("energy", [0.5, 0.3])["moves"] == 2
     assert panel.history[-1] == low  # a visited energy comes from the cache
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_prune_panel_keeps_the_exact_count_when_magnitudes_tie():
+    torch.manual_seed(0)
+    model = models.student(widths=(4, 8), blocks=1).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.weight.fill_(0.5)                     # every magnitude ties
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    panel = widgets.prune_panel(model, x, y, latency_runs=2)
+    from edgelab.measure import count_nonzero
+    dense = count_nonzero(model)
+    n = sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    r = panel.set(method="unstructured", rate=0.5)
+    assert r["nonzero"] == dense - round(0.5 * n)
