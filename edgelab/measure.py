@@ -289,11 +289,11 @@ def artifact_sizes(blob: bytes) -> tuple[int, int]:
     return len(blob), gzip_size([blob])
 
 
-def _timer_stats(fn, min_run_time: float, threads: int) -> tuple[float, float]:
-    """Median and 90th percentile in ms, from torch.utils.benchmark after a warm-up."""
+def _timer_stats(fn, min_run_time: float, threads: int, warmup: int = 3) -> tuple[float, float]:
+    """Median and 90th percentile in ms, from torch.utils.benchmark after ``warmup`` calls."""
     import torch.utils.benchmark as benchmark
 
-    for _ in range(3):
+    for _ in range(warmup):
         fn()
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
     m = timer.blocked_autorange(min_run_time=min_run_time)
@@ -360,7 +360,7 @@ def interleaved_latency(models: dict, batch_size: int = 1, rounds: int = 7,
         _timer_stats(fns[n], min_run_time / rounds / 2, threads)
     for r in range(rounds):
         for n in names[r % len(names):] + names[:r % len(names)]:
-            med, hi = _timer_stats(fns[n], min_run_time / rounds, threads)
+            med, hi = _timer_stats(fns[n], min_run_time / rounds, threads, warmup=1)
             per_round[n].append(med)
             p90[n].append(hi)
     return {n: {"median_ms": float(np.median(per_round[n])), "p90_ms": float(np.median(p90[n])),

@@ -218,7 +218,7 @@ mistakes = confusion.clone().fill_diagonal_(0)
 i, j = divmod(int(mistakes.argmax()), 10)
 fig, ax = plt.subplots(figsize=(7, 6.2))
 ax.imshow(confusion.log1p(), cmap="Blues")
-ax.set_xticks(range(10), data.CLASSES, rotation=45, ha="right")
+ax.set_xticks(range(10), data.CLASSES, rotation=90)
 ax.set_yticks(range(10), data.CLASSES)
 ax.set_xlabel("predicted class"); ax.set_ylabel("true class"); ax.grid(False)
 for a in range(10):

@@ -154,7 +154,8 @@ folded = qmath.fold_batchnorm(teacher)
 xs, ys = data.tensors("val", limit=SLIDER_IMAGES)
 with torch.no_grad():
     fold_diff = float((folded(xs[:64]) - teacher(xs[:64])).abs().max())
-raw_w, fold_w = teacher.layer3[0].conv1.weight.detach(), folded.layer3[0].conv1.weight.detach()
+raw_w = teacher.get_submodule("layer3.0.conv1").weight.detach()
+fold_w = folded.get_submodule("layer3.0.conv1").weight.detach()
 
 
 def channel_spread(w):   # largest per-channel range over the smallest

@@ -58,7 +58,8 @@ LATENCY_S = 0.1 if SMOKE else 1.0         # seconds of timing per batch size
 CALIB_IMAGES = 32 if SMOKE else 256       # calibration images for static quantization
 CALIB_SWEEP = [1, 16] if SMOKE else [1, 4, 16, 64, 256]
 SWEEP_IMAGES = 100 if SMOKE else 1000     # validation images per point of the calibration sweep
-QAT_STEPS = 3 if SMOKE else 100           # a live demo: a few minutes would do better
+QAT_STEPS = 4 if SMOKE else 200           # a live demo: a few minutes would do better
+QAT_BATCH = 16                            # small batches keep the backward pass under the memory bar
 QAT_BITS = 4                              # QAT and PTQ are compared at this weight width
 BUILD = data.REPO_ROOT / "build" / "cache" / NOTEBOOK
 print(f"smoke mode: {SMOKE}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
@@ -325,8 +326,14 @@ if ENGINE:
                                        val=VAL_IMAGES))
         eager_int8[records[-1]["name"]] = ptq4
         del ptq4
+
+# %% [markdown]
+# And QAT: the same 4-bit weights, fine-tuned with fake quantization in the forward pass.
+
+# %%
+if ENGINE:
     qat_model = quantize.qat_prepare(teacher, per_channel=True, weight_bits=QAT_BITS)
-    batches = data.loader("train", batch_size=32, flip=True, seed=0)
+    batches = data.loader("train", batch_size=QAT_BATCH, flip=True, seed=0)
     with runtime.Stopwatch() as sw:
         losses = quantize.qat_finetune(qat_model, batches, steps=QAT_STEPS, lr=1e-3)
     qat_int8 = quantize.eager_convert(qat_model)
@@ -336,11 +343,14 @@ if ENGINE:
                                    val=VAL_IMAGES))
     eager_int8[records[-1]["name"]] = qat_int8
     del qat_int8
+
+# %%
+if ENGINE:
     # every eager int8 model has the same architecture: timed together, in turns
     measure.remeasure_latency(records, eager_int8, min_run_time=LATENCY_S)
     del eager_int8
     p4, c4, q4 = records[-3], records[-2], records[-1]
-    print(f"{QAT_STEPS} QAT steps of 32 images in {sw.s:.0f} s; loss {losses[0]:.3f} -> "
+    print(f"{QAT_STEPS} QAT steps of {QAT_BATCH} images in {sw.s:.0f} s; loss {losses[0]:.3f} -> "
           f"{sum(losses[-10:]) / len(losses[-10:]):.3f} (mean of the last 10)")
     for r in (p4, c4, q4):
         print(f"{r['name']:>18}: validation {100 * r['val_accuracy']:.2f} %, "

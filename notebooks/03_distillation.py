@@ -276,13 +276,15 @@ print(f"(each: seed {SEED}, one pass over {LIVE_IMAGES} training images in batch
       f"accuracy on {len(val_y)} validation images)")
 
 # %%
-fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.4))
+import textwrap
+
+fig, ax = plt.subplots(figsize=(figures.WIDTH, 4.2))
 names = list(live)[::-1]
-ax.barh(names, [100 * live[n] for n in names],
+ax.barh([textwrap.fill(n, 40) for n in names], [100 * live[n] for n in names],
         xerr=[100 * figures.accuracy_se(live[n], len(val_y)) for n in names], capsize=3)
-ax.set_xlabel(f"accuracy (%) on {len(val_y):,} validation images, ±1 SE")
-ax.set_title(f"One pass over {LIVE_IMAGES:,} training images (seed {SEED}): "
-             f"{max(live, key=live.get).split(' (')[0].lstrip('+ ')} scores best")
+ax.set_xlabel(f"accuracy (%), {len(val_y):,} val. images, ±1 SE")
+fig.suptitle(f"One pass over {LIVE_IMAGES:,} training images (seed {SEED}): best is\n"
+             f"{max(live, key=live.get)}")
 figures.show(fig)
 steps = list(live.values())
 print("each change, in points: " + ", ".join(
@@ -385,7 +387,7 @@ for k, (recipe, a) in enumerate(acc.items()):
 teacher_acc, n_test = records[0]["accuracy"], records[0]["test_images"]
 se = 100 * figures.accuracy_se(teacher_acc, n_test)
 ax.axhspan(100 * teacher_acc - se, 100 * teacher_acc + se, color="0.88", label="teacher ±1 SE")
-ax.set_xticks([0, 1], [f"{r} (mean ±1 SE over seeds)" for r in acc])
+ax.set_xticks([0, 1], [f"{r}\n(◆: mean ±1 SE)" for r in acc])
 ax.set_xlim(-0.6, 1.6)
 ax.set_ylabel(f"test accuracy (%)\n{n_test:,} images")
 ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), borderaxespad=0)

@@ -250,7 +250,7 @@ for ax, b in zip(axes, BATCHES):
 figures.log_axis(axes[0], "y", fmt=lambda v: f"{v:g}")
 axes[0].set_ylabel("ms per image (median, log scale)")
 fig.supxlabel(f"intra-op threads (dotted line: the {os.cpu_count()} cores of this machine)")
-fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=4, frameon=False)
+fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", frameon=False)
 best = {b: min((r for rows in grid.values() for r in rows if r["batch"] == b),
                key=lambda r: r["per_image_ms"])["threads"] for b in BATCHES}
 fig.suptitle("Fastest thread count per batch size here: "

@@ -139,7 +139,7 @@ def test_architecture_key_ignores_weight_values_but_not_shapes():
 def test_interleaved_latency_times_every_model_each_round_and_reports_the_spread(monkeypatch):
     calls = []
     monkeypatch.setattr(measure, "_timer_stats",
-                        lambda fn, t, threads: (fn(), (len(calls), len(calls) + 0.5))[1])
+                        lambda fn, t, threads, warmup=3: (fn(), (len(calls), len(calls) + 0.5))[1])
     models_ = {n: (lambda n=n: calls.append(n)) for n in "abc"}
     monkeypatch.setattr(measure, "_latency_fn", lambda m, x: m)
     res = measure.interleaved_latency(models_, batch_size=1, rounds=3, images=torch.zeros(1, 1, 28, 28))
