@@ -35,6 +35,7 @@ SHIPPED_SHA256: dict[str, str] = {
     "student-kd-s4": "dc3be92b810f5cb75653f5121b27e7c67c86681466936bfc1b074696b10b7355",
     "student-scratch-s3": "b39f921afb42a2bb66063c2cb49911e84f7b44b38f899f499e2c8d7d0c2a6e00",
     "student-scratch-s4": "4d580160eb06f8913b53bb1f49c5d6f1482a0d4dc5bea8f0aa69a1f309edaa07",
+    "pruned50-scratch": "1c94bc659ce9623bc0ea1e8d84bc338cd16d5e839a8ff41286c3e90f330c7dfe",
 }
 
 

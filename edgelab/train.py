@@ -185,6 +185,11 @@ RECIPES = {
     "pruned50-scratch": {"arch": {"name": "resnet18-structured", "rate": 0.5}, "reinit": True,
                          "epochs": 14, "lr": 0.1, "weight_decay": 5e-4, "batch_size": 128,
                          "flip": True, "seed": 0},
+    # The frontier (issue 17): the same distillation, three times longer. Not shipped yet; its
+    # seeds are trained with `python -m edgelab.train student-kd-long --seed 0 1 2 3 4`.
+    "student-kd-long": {"arch": {"name": "student"}, "epochs": 15, "lr": 0.1, "weight_decay": 5e-4,
+                        "batch_size": 128, "flip": True, "seed": 0, "per_seed": True,
+                        "distill": {"teacher": "teacher", "T": 4.0, "alpha": 0.9}},
     # 04_low_rank: the teacher's 3x3 convolutions factored to keep 55 % of each one's energy
     # (about 2.2x fewer parameters), then a recovery fine-tune.
     "lowrank55": {"arch": {"name": "resnet18-lowrank", "energy": 0.55}, "init": "teacher",

@@ -74,3 +74,18 @@ def test_shipped_teacher_matches_its_card_and_the_code_registry():
     assert models.SHIPPED_SHA256["teacher"] == card["sha256"]
     assert models.sha256_file(models.CHECKPOINT_DIR / "teacher.safetensors") == card["sha256"]
     assert card["test_accuracy"] >= 0.93 and card["test_images"] == 10000
+
+
+def test_reinit_gives_fresh_torchvision_style_weights():
+    import torch.nn as nn
+    torch.manual_seed(0)
+    m = models.student(widths=(8, 16), blocks=1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(3.0)
+    models.reinit(m)
+    bns = [x for x in m.modules() if isinstance(x, nn.BatchNorm2d)]
+    assert all(torch.equal(b.weight, torch.ones_like(b.weight)) and not b.bias.any() for b in bns)
+    conv = m.stages[1][0].conv1
+    fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    assert abs(conv.weight.std().item() - (2 / fan_out) ** 0.5) < 0.3 * (2 / fan_out) ** 0.5
