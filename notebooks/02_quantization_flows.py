@@ -269,8 +269,9 @@ for config in (Int8WeightOnlyConfig(), Int8DynamicActivationInt8WeightConfig()):
     changed = [n for n, mod in m.named_modules()
                if isinstance(getattr(mod, "weight", None), torch.Tensor)
                and type(mod.weight) not in (torch.Tensor, nn.Parameter)]
-    with torch.no_grad():
-        acc = float((m(val_x).argmax(1) == val_y).float().mean())
+    with torch.no_grad():   # in batches: one forward pass of 2,000 images would hold GBs
+        pred = torch.cat([m(val_x[i:i + 64]).argmax(1) for i in range(0, len(val_x), 64)])
+    acc = float((pred == val_y).float().mean())
     ao_rows[type(config).__name__] = {"layers": changed, "weight_type": type(m.fc.weight).__name__,
                                       "val_accuracy": acc}
     print(f"{type(config).__name__}: converted {changed} to {type(m.fc.weight).__name__}; "
