@@ -363,6 +363,10 @@ if ENGINE:
           + (f" ±{se:.2f} pt (paired SE)" if se is not None else " pt"))
 
 # %% [markdown]
+# Read QAT against the *better* post-training baseline, chosen on validation: a gain measured
+# against plain MinMax alone overstates what the training buys, because part of it is what a
+# clipped range gets for free. The table at the end has all three on the full test set.
+#
 # ## 6 · ONNX Runtime int8
 #
 # ONNX Runtime is what runs the model on the Pi in notebook 05. Its static quantization works on
