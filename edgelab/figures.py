@@ -16,9 +16,10 @@ __all__ = ["PALETTE", "MARKERS", "WIDTH", "style", "show", "problems", "check", 
 # the one that is hard to see on white.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-# Inches at 100 dpi: 850 px fits JupyterLab's notebook column at a 1280 px window with the file
-# browser open, so no figure is scaled down (tests/test_browser.py checks the page).
-WIDTH = 8.5
+# Inches at 100 dpi: 820 px, plus the few px a tight bounding box adds, fits JupyterLab's
+# notebook column at a 1280 px window with the file browser open, so no figure is scaled down
+# (tests/test_browser.py checks the page).
+WIDTH = 8.2
 
 
 def style() -> None:

@@ -257,7 +257,7 @@ def distill_panel(teacher_logits, student_logits, labels, class_names, T: float 
         x = range(len(class_names))
         ax.bar([i - 0.2 for i in x], r["teacher_p"], 0.4, label="teacher")
         ax.bar([i + 0.2 for i in x], r["student_p"], 0.4, label="student")
-        ax.set_xticks(list(x), class_names, rotation=30, ha="right")
+        ax.set_xticks(list(x), class_names, rotation=30, ha="right", fontsize=9)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel(f"probability at T = {r['T']:.1f}")
         ax.set_title(f"Image {r['image']}: the largest teacher probability at T = {r['T']:.1f} "

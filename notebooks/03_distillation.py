@@ -141,7 +141,7 @@ with torch.no_grad():
 fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.4))
 for k, T in enumerate([1, 4, 10]):
     ax.bar([i + 0.27 * (k - 1) for i in range(10)], distill.soften(z, T), 0.27, label=f"T = {T}")
-ax.set_xticks(range(10), data.CLASSES, rotation=30, ha="right")
+ax.set_xticks(range(10), data.CLASSES, rotation=30, ha="right", fontsize=9)
 ax.set_ylabel("teacher's probability")
 top = [distill.soften(z, T).max().item() for T in (1, 10)]
 ax.set_title(f"One {data.CLASSES[y_few[0]]}: the top probability falls from {top[0]:.2f} at T = 1 "

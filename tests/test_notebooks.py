@@ -32,3 +32,12 @@ def test_each_notebook_matches_its_py_percent_source(path):
         assert a == b, (f"cell {i} differs between {path.name} and {source.name}; edit the .py, "
                         f"then `make sync-notebooks`:\n  ipynb: {a}\n  py:    {b}")
     assert len(ipynb) == len(py), f"{path.name} has {len(ipynb)} cells, {source.name} {len(py)}"
+
+
+@pytest.mark.parametrize("path", workbook.notebooks(), ids=lambda p: p.stem)
+def test_every_figure_a_notebook_shows_goes_through_the_figure_check(path):
+    # figures.show() runs edgelab.figures.check under make test / make run; plt.show() would not.
+    source = path.with_suffix(".py").read_text()
+    assert "plt.show()" not in source, f"{path.stem}: use figures.show(fig), not plt.show()"
+    if "plt.subplots" in source or "report.cost_figure" in source:
+        assert "figures.show(" in source
