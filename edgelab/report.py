@@ -115,27 +115,49 @@ class Table(str):
     def __repr__(self) -> str:
         return str(self)
 
+    # The HTML folds each ratio (and gzip, and non-zeros) under the value it belongs to, so the
+    # table fits JupyterLab's column at a 1280 px window (tests/test_browser.py checks it).
+    _HTML = [("name", "name", ()), ("runtime", "runtime", ()), ("accuracy", "accuracy", ()),
+             ("Δ pt ± SE", "Δ pt", ()), ("params (non-zero)", "params", ("nonzero",)),
+             ("MACs", "MACs", ()), ("bytes (gzip, ×smaller)", "bytes", ("gzip", "×smaller")),
+             ("batch-1 ms (×faster)", "b1 ms", ("×faster b1",)),
+             ("batch-64 ms (×faster)", "b64 ms", ("×faster b64",))]
+
     def _repr_html_(self) -> str:
         from html import escape
 
-        def cell(tag, value, i, hit=False):
-            align = "left" if i < 2 else "right"
-            mark = "; background:#cfe8d8" if hit else ""
-            return (f'<{tag} style="text-align:{align}; white-space:nowrap{mark}">'
-                    f'{escape(str(value))}</{tag}>')
-        head = "".join(cell("th", c, i) for i, c in enumerate(self.cols))
+        col = {c: i for i, c in enumerate(self.cols)}
+        th = "".join(f'<th style="text-align:{"left" if i < 2 else "right"}">{escape(h)}</th>'
+                     for i, (h, _, _) in enumerate(self._HTML))
         body = []
         for k, row in enumerate(self.rows):
+            cells = []
+            for i, (_, main, extra) in enumerate(self._HTML):
+                value = row[col[main]]
+                if main == "runtime" and value == "onnxruntime":
+                    value = "ORT"
+                subs = []
+                for e in extra:
+                    v = row[col[e]]
+                    if v in ("-", None) or (e == "nonzero" and v == row[col["params"]]):
+                        continue
+                    text = f"{v}×" if e.startswith("×") else (f"gz {v}" if e == "gzip" else f"nz {v}")
+                    hit = (k, col[e]) in self.met
+                    subs.append(f'<span style="background:#cfe8d8">{escape(text)}</span>' if hit
+                                else escape(text))
+                sub = f"<br><small>{' · '.join(subs)}</small>" if subs else ""
+                align = "left" if i < 2 else "right"
+                cells.append(f'<td style="text-align:{align}; white-space:nowrap">'
+                             f"{escape(str(value))}{sub}</td>")
             style = ' style="font-weight:bold"' if k in self.baseline_rows else ""
-            body.append(f"<tr{style}>" + "".join(cell("td", v, i, (k, i) in self.met)
-                                                 for i, v in enumerate(row)) + "</tr>")
+            body.append(f"<tr{style}>{''.join(cells)}</tr>")
         bars = ("; green: a ratio that meets this notebook's bar ("
                 + ", ".join(f"{c} ≥ {v:g}" for c, v in self.bars.items()) + ")") if self.bars else ""
-        return (f"<table style='font-size:0.9em'><thead><tr>{head}</tr></thead>"
+        return (f"<table style='font-size:0.85em'><thead><tr>{th}</tr></thead>"
                 f"<tbody>{''.join(body)}</tbody></table>"
                 "<p style='font-size:smaller'>Bold: the baseline each ratio is taken against (same "
-                "runtime). Δ pt ±: accuracy difference and its paired standard error. ms ±: half "
-                f"the range of interleaved rounds{bars}.</p>")
+                "runtime). Δ pt ± SE: accuracy difference and its paired standard error. ms ±: half "
+                f"the range of interleaved rounds. ORT: ONNX Runtime{bars}.</p>")
 
 
 def _fmt_latency(r: dict, b: int, fmt: str) -> str:
