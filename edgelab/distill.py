@@ -82,18 +82,25 @@ def loss_fn(T: float = 4.0, alpha: float = 0.9):
 
 
 def teacher_logits(name: str = "teacher", split: str = "train", limit: int | None = None,
-                   progress: bool = True) -> torch.Tensor:
+                   progress: bool = True, int8: bool = False) -> torch.Tensor:
     """The teacher's logits for every image of ``split``: shape (N, 2, classes), [:, 0] for the
-    image as stored and [:, 1] for it mirrored. Cached under build/cache/distill/."""
+    image as stored and [:, 1] for it mirrored. Cached under build/cache/distill/.
+
+    ``int8=True`` takes them from the teacher quantized to int8 in ONNX Runtime (02's recipe:
+    static, per-channel weights, uint8 activations, 512 calibration images): the logits a Pi
+    running that teacher would produce."""
     from .models import atomic_write_bytes, load_checkpoint, read_card
 
-    stem = f"{Path(name).name}-{read_card(name)['sha256'][:16]}-{split}"
+    flavour = "-int8" if int8 else ""
+    stem = f"{Path(name).name}{flavour}-{read_card(name)['sha256'][:16]}-{split}"
     path, everything = CACHE / f"{stem}-{limit or 'all'}.pt", CACHE / f"{stem}-all.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
     if limit is not None and everything.is_file():  # the first N images are a prefix of all
         return torch.load(everything, weights_only=True)[:limit]
     teacher = load_checkpoint(name).eval()
+    if int8:
+        teacher = _ort_int8(teacher, CACHE / f"{stem}.onnx")
     images, _ = data.load().split(split)
     if limit is not None:
         images = images[:limit]
@@ -107,6 +114,19 @@ def teacher_logits(name: str = "teacher", split: str = "train", limit: int | Non
     torch.save(logits, buf)
     atomic_write_bytes(path, buf.getvalue())
     return logits
+
+
+def _ort_int8(model, path: Path):
+    """``model`` as an ONNX Runtime int8 session, callable on a float tensor like a module."""
+    from . import deploy, runtime
+
+    fp32 = path.with_name(path.stem + "-fp32.onnx")
+    deploy.export(model, fp32, data.tensors("val", limit=2)[0])
+    session = runtime.session(runtime.ort_static(fp32, path, data.calibration_set(512)))
+
+    def run(x):
+        return torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+    return run
 
 
 class DistillBatches(data.Batches):

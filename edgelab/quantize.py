@@ -16,7 +16,8 @@ from .runtime import check_calibration, quiet, quiet_logs
 
 __all__ = ["NoQuantizedEngine", "quantized_engine", "quantizable_teacher", "dynamic",
            "MSEPerChannelObserver", "eager_qconfig", "calibrate", "eager_prepare", "eager_convert", "eager_static",
-           "qat_prepare", "qat_finetune", "CallSites", "reused_modules", "unshare_modules",
+           "qat_prepare", "qat_finetune", "WeightFakeQuant", "weight_fake_quant", "bake_weights",
+           "CallSites", "reused_modules", "unshare_modules",
            "x86_quantizer", "pt2e_static", "deprecation_notice", "module_types"]
 
 
@@ -199,6 +200,47 @@ def qat_finetune(prepared: nn.Module, batches, steps: int, lr: float = 1e-3,
             if step >= steps:
                 break
     return losses
+
+
+class WeightFakeQuant(nn.Module):
+    """A parametrization: the weight the forward pass sees is rounded to the int8 grid, one
+    symmetric scale per output channel (max |w| / 127, the grid ONNX Runtime's per-channel
+    static quantization uses). The straight-through estimator passes gradients unchanged."""
+
+    def __init__(self, bits: int = 8):
+        super().__init__()
+        self.bits = check_bits(bits)
+
+    def forward(self, w):
+        from .qmath import quantize_dequantize
+        return w + (quantize_dequantize(w, self.bits, axis=0, symmetric=True) - w).detach()
+
+
+def weight_fake_quant(model: nn.Module, bits: int = 8) -> nn.Module:
+    """Weight-only quantization-aware training for any model, in place: every Conv2d and Linear
+    trains through ``WeightFakeQuant``. Any model works (no fusing, no rebuilt architecture).
+
+    Per-channel symmetric rounding commutes with batch-norm folding (folding multiplies each
+    output channel by one constant), so weights on this grid stay on ONNX Runtime's grid after
+    it folds the batch norms. Activations are not fake-quantized: they are calibrated after."""
+    from torch.nn.utils import parametrize
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize")
+    for m in layers:
+        parametrize.register_parametrization(m, "weight", WeightFakeQuant(bits))
+    return model
+
+
+def bake_weights(model: nn.Module) -> nn.Module:
+    """Remove ``weight_fake_quant``'s parametrizations, keeping the rounded weights."""
+    from torch.nn.utils import parametrize
+
+    for m in model.modules():
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+    return model
 
 
 class CallSites(nn.Module):

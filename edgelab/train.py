@@ -190,6 +190,30 @@ RECIPES = {
     "student-kd-long": {"arch": {"name": "student"}, "epochs": 15, "lr": 0.1, "weight_decay": 5e-4,
                         "batch_size": 128, "flip": True, "seed": 0, "per_seed": True,
                         "distill": {"teacher": "teacher", "T": 4.0, "alpha": 0.9}},
+    # The blog's chain (issue 17), each against student-kd at the same 5 epochs: distill from
+    # the pruned teacher, from the teacher in int8 (the logits a Pi would produce), and into a
+    # depthwise-separable student of about the same size (MobileNet-style blocks).
+    "student-kd-pruned50": {"arch": {"name": "student"}, "epochs": 5, "lr": 0.1,
+                            "weight_decay": 5e-4, "batch_size": 128, "flip": True, "seed": 0,
+                            "distill": {"teacher": "pruned50", "T": 4.0, "alpha": 0.9}},
+    "student-kd-int8teacher": {"arch": {"name": "student"}, "epochs": 5, "lr": 0.1,
+                               "weight_decay": 5e-4, "batch_size": 128, "flip": True, "seed": 0,
+                               "distill": {"teacher": "teacher", "int8": True, "T": 4.0,
+                                           "alpha": 0.9}},
+    "student-dw-kd": {"arch": {"name": "student-dw", "widths": [64, 128, 256]}, "epochs": 5,
+                      "channels_last": True, "lr": 0.1, "weight_decay": 5e-4, "batch_size": 128, "flip": True,
+                      "seed": 0, "distill": {"teacher": "teacher", "T": 4.0, "alpha": 0.9}},
+    # ...and on from the long-distilled student: a quarter of its channels pruned, then
+    # distilled back; and quantization-aware distillation, its weights trained on the int8 grid
+    # while it keeps learning from the fp32 teacher.
+    "student-pruned25-kd": {"arch": {"name": "student-structured", "rate": 0.25},
+                            "init": "student-kd-long-s0", "epochs": 5, "lr": 0.02,
+                            "weight_decay": 5e-4, "batch_size": 128, "flip": True, "seed": 0,
+                            "distill": {"teacher": "teacher", "T": 4.0, "alpha": 0.9}},
+    "student-qad": {"arch": {"name": "student"}, "init": "student-kd-long-s{seed}",
+                    "qat_bits": 8, "epochs": 2, "lr": 0.005, "weight_decay": 5e-4,
+                    "batch_size": 128, "flip": True, "seed": 0, "per_seed": True,
+                    "distill": {"teacher": "teacher", "T": 4.0, "alpha": 0.9}},
     # 04_low_rank: the teacher's 3x3 convolutions factored to keep 55 % of each one's energy
     # (about 2.2x fewer parameters), then a recovery fine-tune.
     "lowrank55": {"arch": {"name": "resnet18-lowrank", "energy": 0.55}, "init": "teacher",
@@ -213,8 +237,12 @@ def train_recipe(name: str, out: Path, epochs: int | None = None, seed: int | No
     if seed is not None:
         recipe["seed"] = seed
     torch.manual_seed(recipe["seed"])
+    if "init" in recipe:   # a per-seed recipe may start from the same seed of another
+        recipe["init"] = recipe["init"].format(seed=recipe["seed"])
     base = load_checkpoint(recipe["init"]) if "init" in recipe else None
     model = build(recipe["arch"], base=base)
+    if recipe.get("channels_last"):   # depthwise convs train faster on a CPU in this layout
+        model.to(memory_format=torch.channels_last)
     if recipe.get("reinit"):
         from .models import reinit
         torch.manual_seed(recipe["seed"])
@@ -226,8 +254,12 @@ def train_recipe(name: str, out: Path, epochs: int | None = None, seed: int | No
         from . import distill
         kd = recipe["distill"]
         batches = distill.DistillBatches(
-            batches, distill.teacher_logits(kd["teacher"], "train", limit, progress))
+            batches, distill.teacher_logits(kd["teacher"], "train", limit, progress,
+                                            int8=kd.get("int8", False)))
         loss_fn = distill.loss_fn(kd["T"], kd["alpha"])
+    if "qat_bits" in recipe:
+        from .quantize import weight_fake_quant
+        weight_fake_quant(model, recipe["qat_bits"])
     resume = RESUME_DIR / f"{Path(out).name}.resume.pt"
     if fresh and resume.exists():
         resume.unlink()
@@ -236,6 +268,9 @@ def train_recipe(name: str, out: Path, epochs: int | None = None, seed: int | No
     history = fit(model, batches, recipe["epochs"], recipe["lr"], recipe["weight_decay"],
                   loss_fn=loss_fn, device=device, resume=resume, progress=progress)
     wall = time.time() - t0
+    if "qat_bits" in recipe:
+        from .quantize import bake_weights
+        bake_weights(model)   # plain weights, already on the int8 grid
     test_acc = evaluate(model, data.loader("test", 512), device)
     val_acc = evaluate(model, data.loader("val", 512), device)
     arch = dict(recipe["arch"])
