@@ -19,7 +19,7 @@ from .measure import release_memory
 from .models import atomic_write_bytes
 
 __all__ = ["quiet", "quiet_logs", "check_calibration", "graph_bytes", "FixedBatches",
-           "compile_fixed", "release_compiled", "export_onnx", "session", "ort_static",
+           "compile_fixed", "release_compiled", "export_onnx", "session", "CALIBRATIONS", "ort_static",
            "Stopwatch", "cpu_isa"]
 
 @contextlib.contextmanager
@@ -208,16 +208,26 @@ def session(path, threads: int | None = None, ort_defaults: bool = False):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+CALIBRATIONS = ("minmax", "percentile", "entropy")
+
+
 def ort_static(fp32_path, out_path, images: torch.Tensor, per_channel: bool = True,
-               activations: str = "uint8", batch_size: int = 16) -> Path:
+               activations: str = "uint8", batch_size: int = 16,
+               calibration: str = "minmax") -> Path:
     """ONNX Runtime post-training static quantization in QDQ format: int8 weights (per channel
-    or per tensor), ``uint8`` or ``int8`` activations calibrated (MinMax) on ``images``."""
+    or per tensor), ``uint8`` or ``int8`` activations whose ranges are calibrated on ``images``:
+    ``"minmax"`` (the observed range), ``"percentile"`` (clips the top 0.001 %) or ``"entropy"``
+    (the range that keeps the histogram's KL divergence smallest)."""
     release_memory()
     from onnxruntime import quantization as oq
 
     check_calibration(images)
     if activations not in ("uint8", "int8"):
         raise ValueError(f"activations must be 'uint8' or 'int8', got {activations!r}")
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
+    method = {"minmax": oq.CalibrationMethod.MinMax, "entropy": oq.CalibrationMethod.Entropy,
+              "percentile": oq.CalibrationMethod.Percentile}[calibration]
 
     class Reader(oq.CalibrationDataReader):
         def __init__(self):
@@ -231,14 +241,15 @@ def ort_static(fp32_path, out_path, images: torch.Tensor, per_channel: bool = Tr
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     pre = out_path.with_name(f".{out_path.name}.pre.onnx")
-    with quiet_logs("root"):
+    # the histogram calibrators print their progress: not the learner's business
+    with quiet_logs("root"), contextlib.redirect_stdout(io.StringIO()):
         oq.quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         oq.quantize_static(str(pre), str(tmp), Reader(), quant_format=oq.QuantFormat.QDQ,
                            per_channel=per_channel,
                            activation_type=oq.QuantType.QUInt8 if activations == "uint8"
                            else oq.QuantType.QInt8,
                            weight_type=oq.QuantType.QInt8,
-                           calibrate_method=oq.CalibrationMethod.MinMax)
+                           calibrate_method=method)
     pre.unlink(missing_ok=True)
     os.replace(tmp, out_path)
     return out_path

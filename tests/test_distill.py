@@ -117,3 +117,17 @@ def test_student_recipes_differ_only_in_the_loss():
 def test_per_seed_recipes_ship_one_checkpoint_per_seed():
     assert train.default_out("student-kd", 2).name == "student-kd-s2"
     assert train.default_out("teacher").name == "teacher"
+
+
+def test_per_seed_recipes_can_start_from_the_same_seed_of_another():
+    assert train.RECIPES["student-qad"]["init"].format(seed=3) == "student-kd-long-s3"
+    assert train.RECIPES["student-qad"]["per_seed"]
+
+
+def test_chain_recipes_differ_from_student_kd_only_in_the_teacher():
+    kd = dict(train.RECIPES["student-kd"])
+    for name, teacher in (("student-kd-pruned50", {"teacher": "pruned50"}),
+                          ("student-kd-int8teacher", {"teacher": "teacher", "int8": True})):
+        chain = dict(train.RECIPES[name])
+        assert chain.pop("distill") == dict(kd["distill"], **teacher)
+        assert chain == {k: v for k, v in kd.items() if k not in ("distill", "per_seed")}

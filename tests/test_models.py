@@ -89,3 +89,24 @@ def test_reinit_gives_fresh_torchvision_style_weights():
     conv = m.stages[1][0].conv1
     fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
     assert abs(conv.weight.std().item() - (2 / fan_out) ** 0.5) < 0.3 * (2 / fan_out) ** 0.5
+
+
+def test_depthwise_student_has_about_the_students_size_and_separable_convs():
+    s = models.student_dw()
+    assert s(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert 0.9 < count_params(s) / count_params(models.student()) < 1.2
+    dw = [m for m in s.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert len(dw) == 6 and all(m.groups == m.in_channels == m.out_channels for m in dw)
+
+
+def test_a_structured_student_keeps_the_rate_of_every_layers_channels():
+    s = models.structured_student(0.25)
+    convs = [m for m in s.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert sorted({m.out_channels for m in convs}) == [12, 24, 48]
+    assert s(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+def test_a_student_recipe_with_a_base_starts_from_the_bases_weights():
+    base = models.student()
+    built = models.build({"name": "student"}, base=base)
+    assert built is base

@@ -413,3 +413,30 @@ def test_cpu_isa_reports_the_machine_and_torch_dispatch_level():
     assert isa["machine"] and isa["torch_capability"] and isinstance(isa["vnni"], bool)
     assert set(isa["flags"]) <= {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
                                  "amx_int8", "asimddp"}
+
+
+def test_weight_fake_quant_trains_through_the_grid_and_bakes_onto_it():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 3))
+    quantize.weight_fake_quant(m, bits=8)
+    out = m(torch.randn(2, 1, 28, 28)).sum()
+    out.backward()
+    original = m[0].parametrizations.weight.original
+    assert original.grad is not None and original.grad.abs().sum() > 0   # straight through
+    quantize.bake_weights(m)
+    for layer in (m[0], m[3]):
+        w = layer.weight.detach()
+        scale = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True) / 127
+        assert torch.allclose(w / scale, (w / scale).round(), atol=1e-4)
+        assert not hasattr(layer, "parametrizations")
+
+
+def test_weight_fake_quant_needs_a_layer_to_quantize():
+    with pytest.raises(ValueError, match="no Conv2d or Linear"):
+        quantize.weight_fake_quant(nn.Sequential(nn.ReLU()))
+
+
+def test_ort_static_names_the_calibrations_it_knows(tmp_path):
+    with pytest.raises(ValueError, match="minmax"):
+        runtime.ort_static(tmp_path / "x.onnx", tmp_path / "y.onnx", torch.zeros(4, 1, 28, 28),
+                           calibration="kl")

@@ -154,3 +154,32 @@ def test_table_highlights_the_ratios_that_meet_a_bar_and_refuses_unknown_columns
     assert report.table([t, fast], bars={"×faster b64": 2})._repr_html_().count("#cfe8d8") == 0
     with pytest.raises(ValueError, match="ratio columns"):
         report.table([t], bars={"accuracy": 0.9})
+
+
+def _pipeline(pick_acc, pick_bytes, pick_lat):
+    teacher = dict(rec("teacher", 0.937, 40_000_000, 3.0, "onnxruntime"), notebook="06_pipeline")
+    pick = dict(rec("small-int8", pick_acc, pick_bytes, pick_lat, "onnxruntime"),
+                notebook="06_pipeline", tags=["deployable"])
+    return {"run": {"smoke": False}, "records": [teacher, pick], "notebooks": {}, "widgets": {}}
+
+
+def test_both_deployable_bars_are_targets_and_judge_the_shipped_model_on_test():
+    rows = {d: ok for d, _, ok in report.check_targets(_pipeline(0.935, 250_000, 0.15))}
+    assert rows["06: deployable model " + report.bar_text("frontier")] is True
+    assert rows["06: deployable model " + report.bar_text("deployable")] is True
+    # 0.5 pt below the teacher: the first version's bar still, the frontier bar no more
+    rows = {d: ok for d, _, ok in report.check_targets(_pipeline(0.932, 250_000, 0.15))}
+    assert rows["06: deployable model " + report.bar_text("frontier")] is False
+    assert rows["06: deployable model " + report.bar_text("deployable")] is True
+    # 16x faster but only 80x smaller: the frontier bar asks for both
+    rows = {d: ok for d, _, ok in report.check_targets(_pipeline(0.937, 500_000, 0.18))}
+    assert rows["06: deployable model " + report.bar_text("frontier")] is False
+
+
+def test_meets_reads_validation_or_test_and_refuses_an_unknown_bar():
+    t = dict(rec("teacher", 0.937, 40_000_000, 3.0), val_accuracy=0.930)
+    m = dict(rec("m", 0.930, 200_000, 0.1), val_accuracy=0.929)
+    assert report.against(m, t)["smaller"] == 200 and report.against(m, t)["faster"] == 30
+    assert report.meets(m, t, "frontier", "val") and not report.meets(m, t, "frontier", "test")
+    with pytest.raises(ValueError, match="frontier"):
+        report.meets(m, t, "fast")
