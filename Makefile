@@ -67,6 +67,13 @@ wheelhouse: data
 	rm -f $(WHEELHOUSE)/.complete
 	$(PY) -m pip download --quiet --disable-pip-version-check -d $(WHEELHOUSE) \
 	  -r requirements.txt -c constraints.txt "setuptools>=68"
+	$(PY) -m pip download --quiet --disable-pip-version-check -d $(WHEELHOUSE)/aarch64 \
+	  --platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64 --python-version 3.11 \
+	  --implementation cp --only-binary=:all: -r edgelab/pi_bundle/requirements.txt
+	$(PY) -m pip download --quiet --disable-pip-version-check -d $(WHEELHOUSE)/aarch64 \
+	  --platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64 --python-version 3.11 \
+	  --implementation cp --only-binary=:all: --no-deps \
+	  "$$($(PY) -c 'from edgelab.pi_rootfs import SIGILL_PIN; print(SIGILL_PIN)')"
 	mkdir -p $(WHEELHOUSE)/data
 	cp -L "$$($(PY) -c 'from edgelab.data import find_data_dir; print(find_data_dir())')"/*-ubyte* $(WHEELHOUSE)/data/
 	touch $(WHEELHOUSE)/.complete
@@ -86,7 +93,9 @@ PI_ROOTFS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/edgelab/pi-rootfs-bookworm-a
 PI_ROOTFS_TMP := $(dir $(PI_ROOTFS)).$(notdir $(PI_ROOTFS)).tmp
 .PHONY: pi-rootfs
 pi-rootfs: $(STAMP)
-	$(SUDO) env EDGELAB_PI_ROOTFS="$(PI_ROOTFS)" $(PY) -m edgelab.pi_rootfs
+	$(SUDO) env EDGELAB_PI_ROOTFS="$(PI_ROOTFS)" \
+	  $(if $(wildcard $(WHEELHOUSE)/.complete),EDGELAB_PI_WHEELS="$(abspath $(WHEELHOUSE))/aarch64") \
+	  $(PY) -m edgelab.pi_rootfs
 
 # The notebooks' sources are the paired py:percent files (notebooks/*.py): edit those, then copy
 # their cells into the .ipynb files (outputs of unchanged cells are kept).

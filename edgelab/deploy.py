@@ -4,7 +4,8 @@ on an emulated Pi CPU.
 
 The arm64 check runs the bundle's own ``predict.py`` with the bundle's pinned onnxruntime,
 numpy and Pillow (their aarch64 wheels from PyPI) in an arm64 Debian root filesystem, under
-qemu user-mode emulation of the Pi 4's core (``QEMU_CPU=cortex-a72``). The root filesystem is
+qemu user-mode emulation of the Pi 4's core (``QEMU_CPU=cortex-a72``) or the Pi 5's
+(``cortex-a76``). The root filesystem is
 set-up, built once by ``make pi-rootfs`` (``edgelab/pi_rootfs.py``) and cached under
 ``~/.cache/edgelab/``. Emulated time says nothing about a Pi's speed and is never reported as
 such.
@@ -33,14 +34,16 @@ import torch.nn as nn
 
 from . import data, measure, runtime
 from .data import REPO_ROOT
-from .pi_rootfs import (DEFAULT_MIRROR, HOW_TO_ENABLE, HWCAP_NAMES, PROBE, QEMU_CPU,  # noqa: F401
-                        ROOTFS, Arm64Unavailable, arm64_available, build_rootfs, chroot_run,
+from .pi_rootfs import (DEFAULT_MIRROR, HOW_TO_ENABLE, HWCAP_NAMES, PI_CPUS, PROBE,  # noqa: F401
+                        QEMU_CPU, ROOTFS, SIGILL_PIN, SIGILL_SITE, Arm64Unavailable, arm64_available, build_rootfs, chroot_run,
                         debian_mirror, emulated_cpuinfo, ensure_binfmt, rootfs_ready)
+from .pi_rootfs import SITE as SITE_DIR
 
 # arm64_available is pi_rootfs's, re-exported: the notebooks ask deploy whether the Pi check runs.
 __all__ = ["arm64_available", "TEMPLATE", "BUNDLE_DIR", "BUNDLE_FILES", "ExportError",
            "BundleError", "export", "check_export", "latency_grid", "labels_meta",
-           "build_bundle", "check_bundle", "write_test_pngs", "run_predict", "verify_arm64"]
+           "build_bundle", "check_bundle", "write_test_pngs", "run_predict", "verify_arm64",
+           "PI_CPUS", "cpu_features", "illegal_instruction_check"]
 
 TEMPLATE = Path(__file__).resolve().parent / "pi_bundle"
 BUNDLE_DIR = REPO_ROOT / "build" / "pi_bundle"
@@ -259,11 +262,76 @@ def run_predict(bundle, args: list[str], python: str = sys.executable,
 # Verified on a Pi CPU without a Pi
 # --------------------------------------------------------------------------------------------
 
+def cpu_features(hwcap: int) -> dict:
+    """The HWCAP bits (asm/hwcap.h) by name, and the three that separate the Pis' cores: the
+    Cortex-A72 is Armv8.0 (no LSE atomics, bit 8; no dot product, bit 20; no fp16, bits 9-10),
+    the Cortex-A76 Armv8.2 with all three; neither has SVE (bit 22), which qemu's default
+    CPU has."""
+    return {"features": [n for i, n in enumerate(HWCAP_NAMES) if hwcap >> i & 1],
+            "atomics": bool(hwcap >> 8 & 1), "dotprod": bool(hwcap >> 20 & 1),
+            "fp16": bool(hwcap >> 9 & 1 and hwcap >> 10 & 1), "sve": bool(hwcap >> 22 & 1)}
+
+
+def _probe(root: Path, qemu_cpu: str, work: Path) -> tuple[str, str, int, Path]:
+    """Start python3 under the emulated CPU; write the /proc/cpuinfo that CPU's kernel would."""
+    probe = chroot_run(root, ["/usr/bin/python3", "-c", PROBE], timeout=300, qemu_cpu=qemu_cpu)
+    if probe.returncode != 0:
+        raise RuntimeError(f"python3 does not start under qemu ({qemu_cpu}) in {root}:\n"
+                           f"{probe.stderr[-2000:]}")
+    machine, py_version, hwcap = probe.stdout.split()
+    (work / "cpuinfo").write_text(emulated_cpuinfo(int(hwcap), qemu_cpu))
+    return machine, py_version, int(hwcap), work / "cpuinfo"
+
+
+_ORT_PROBE = """import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np, onnxruntime as ort
+s = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
+x = np.zeros((1,) + tuple(d if isinstance(d, int) else 1 for d in s.get_inputs()[0].shape[1:]),
+             np.float32)
+s.run(None, {s.get_inputs()[0].name: x})
+print(ort.__version__)
+"""
+
+
+def illegal_instruction_check(model_onnx, qemu_cpu: str = QEMU_CPU, root=ROOTFS) -> dict:
+    """Run one inference of ``model_onnx`` under the emulated CPU twice: with the bundle's
+    pinned onnxruntime, and with SIGILL_PIN, a release built with instructions the Pi 4 lacks.
+    Returns {"pinned": exit code, "old": exit code, "old_version", "sigill": bool}; -4 is
+    SIGILL. The test that the arm64 check can fail: on the emulated A72 the old one must die."""
+    root = Path(root)
+    ok, why = arm64_available(root)
+    if not ok:
+        raise Arm64Unavailable(why)
+    ensure_binfmt()
+    if not (root / SIGILL_SITE).is_dir():
+        raise Arm64Unavailable(f"{root / SIGILL_SITE} is missing: rebuild with `make pi-rootfs`")
+    work = Path(tempfile.mkdtemp(dir=root / "tmp", prefix="edgelab-sigill-"))
+    try:
+        shutil.copyfile(model_onnx, work / "model.onnx")
+        (work / "probe.py").write_text(_ORT_PROBE)
+        *_, cpuinfo = _probe(root, qemu_cpu, work)
+        inside = "/" + str(work.relative_to(root))
+        codes = {}
+        for key, site in (("pinned", "/" + SITE_DIR), ("old", "/" + SIGILL_SITE)):
+            run = chroot_run(root, ["/usr/bin/python3", f"{inside}/probe.py", site,
+                                    f"{inside}/model.onnx"], timeout=600, cpuinfo=cpuinfo,
+                             qemu_cpu=qemu_cpu)
+            codes[key] = run.returncode
+            codes[f"{key}_stderr"] = run.stderr.strip()[-300:]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"qemu_cpu": qemu_cpu, "pinned": codes["pinned"], "old": codes["old"],
+            "old_version": SIGILL_PIN.split("==")[1], "sigill": codes["old"] == -4,
+            "old_stderr": codes["old_stderr"], "pinned_stderr": codes["pinned_stderr"]}
+
+
 def verify_arm64(bundle=BUNDLE_DIR, images: int = 300, root=ROOTFS, threads: int = 1,
-                 timeout: float = 1200) -> dict:
+                 timeout: float = 1200, qemu_cpu: str = QEMU_CPU) -> dict:
     """Run the bundle's own predict.py on the first ``images`` test images (written as PNG
-    files) in the arm64 root filesystem under qemu with QEMU_CPU=cortex-a72, and compare its
-    top-1 predictions with x86 ONNX Runtime on the same test images.
+    files) in the arm64 root filesystem under qemu with ``QEMU_CPU=qemu_cpu`` (cortex-a72, the
+    Pi 4's core, or cortex-a76, the Pi 5's), and compare its top-1 predictions with x86 ONNX
+    Runtime on the same test images.
 
     Returns {"images", "mismatches", "match", "max_abs_logit_diff", "machine", "onnxruntime",
     "python", "cpu": {...}, "emulated_seconds"}; raises Arm64Unavailable (with how to enable it)
@@ -286,17 +354,11 @@ def verify_arm64(bundle=BUNDLE_DIR, images: int = 300, root=ROOTFS, threads: int
             shutil.copyfile(bundle / f, work / f)
         write_test_pngs(work / "images", images)
         inside = "/" + str(work.relative_to(root))
-        probe = chroot_run(root, ["/usr/bin/python3", "-c", PROBE], timeout=300)
-        if probe.returncode != 0:
-            raise RuntimeError(f"python3 does not start under qemu in {root}:\n"
-                               f"{probe.stderr[-2000:]}")
-        machine, py_version, hwcap = probe.stdout.split()
-        hwcap = int(hwcap)
-        (work / "cpuinfo").write_text(emulated_cpuinfo(hwcap))
+        machine, py_version, hwcap, cpuinfo = _probe(root, qemu_cpu, work)
         t0 = time.perf_counter()
         run = chroot_run(root, ["/usr/bin/python3", f"{inside}/predict.py", "--json",
                                 "--threads", str(threads), f"{inside}/images"], timeout=timeout,
-                         cpuinfo=work / "cpuinfo")
+                         cpuinfo=cpuinfo, qemu_cpu=qemu_cpu)
         seconds = time.perf_counter() - t0
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -314,19 +376,15 @@ def verify_arm64(bundle=BUNDLE_DIR, images: int = 300, root=ROOTFS, threads: int
         "images": images, "mismatches": mismatches, "match": mismatches == 0,
         "max_abs_logit_diff": float(np.abs(arm_logits - reference).max()),
         "machine": out["machine"], "onnxruntime": out["onnxruntime"], "python": py_version,
-        "cpu": {"qemu_cpu": QEMU_CPU, "probe_machine": machine,
-                # HWCAP bits (asm/hwcap.h): the Cortex-A72 is Armv8.0: no LSE atomics (bit 8),
-                # no dot product (bit 20), no SVE (bit 22); qemu's default CPU has all three.
-                "features": [n for i, n in enumerate(HWCAP_NAMES) if hwcap >> i & 1],
-                "atomics": bool(hwcap >> 8 & 1), "dotprod": bool(hwcap >> 20 & 1),
-                "sve": bool(hwcap >> 22 & 1)},
+        "cpu": {"qemu_cpu": qemu_cpu, "probe_machine": machine, **cpu_features(hwcap)},
         "stderr": run.stderr.strip(),
         "emulated_seconds": seconds,
     }
 
 
 def main(argv=None) -> int:
-    """``python -m edgelab.deploy verify [BUNDLE] [--images N]``: the arm64 check from a shell."""
+    """``python -m edgelab.deploy verify [BUNDLE] [--images N] [--cpu cortex-a76]``: the arm64
+    check from a shell."""
     p = argparse.ArgumentParser(prog="python -m edgelab.deploy",
                                 description="run a bundle's predict.py on the emulated Pi CPU")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -334,9 +392,11 @@ def main(argv=None) -> int:
     v.add_argument("bundle", nargs="?", type=Path, default=BUNDLE_DIR)
     v.add_argument("--images", type=int, default=300)
     v.add_argument("--root", type=Path, default=ROOTFS)
+    v.add_argument("--cpu", choices=sorted(PI_CPUS.values()), default=QEMU_CPU,
+                   help="the emulated core: cortex-a72 (Pi 4, the default) or cortex-a76 (Pi 5)")
     args = p.parse_args(argv)
     try:
-        res = verify_arm64(args.bundle, args.images, args.root)
+        res = verify_arm64(args.bundle, args.images, args.root, qemu_cpu=args.cpu)
     except (Arm64Unavailable, BundleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

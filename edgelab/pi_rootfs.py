@@ -1,7 +1,10 @@
 """Set-up of the emulated Raspberry Pi CPU that edgelab.deploy.verify_arm64 runs bundles on:
 an arm64 Debian root filesystem (debootstrap, Debian's own packages) with the bundle's pinned
 onnxruntime, numpy and Pillow from their aarch64 wheels on PyPI, run under qemu user-mode
-emulation of the Pi 4's core (QEMU_CPU=cortex-a72).
+emulation of the Pi 4's core (QEMU_CPU=cortex-a72) or the Pi 5's (cortex-a76): one root
+filesystem, only the CPU model changes. Beside the pinned packages it holds, in a site folder of
+its own, an onnxruntime release built with instructions the Pi 4 lacks: the proof that the
+emulated A72 rejects what a real Pi 4 would.
 
 `make pi-rootfs` = ``python -m edgelab.pi_rootfs``: builds it once (minutes) under
 ``~/.cache/edgelab/``, then only re-checks qemu's binfmt handler, which the kernel forgets at
@@ -25,13 +28,22 @@ __all__ = ["TEMPLATE", "SUITE", "PI_PYTHON", "QEMU_CPU", "DEFAULT_MIRROR", "ROOT
            "SITE", "BINFMT", "BINFMT_CONF", "Arm64Unavailable", "rootfs_ready",
            "binfmt_registered", "ensure_binfmt", "debian_mirror", "build_rootfs", "remove_rootfs",
            "HOW_TO_ENABLE", "arm64_available", "chroot_run", "PROBE", "HWCAP_NAMES",
-           "emulated_cpuinfo"]
+           "emulated_cpuinfo", "PI_CPUS", "MIDR", "SIGILL_PIN", "SIGILL_SITE"]
 
 TEMPLATE = Path(__file__).resolve().parent / "pi_bundle"
 
 SUITE = "bookworm"                 # Debian 12, what Raspberry Pi OS (64-bit) bookworm builds on
 PI_PYTHON = "3.11"                 # its python3
 QEMU_CPU = "cortex-a72"            # the Raspberry Pi 4's core
+PI_CPUS = {"Raspberry Pi 4": "cortex-a72",   # BCM2711: Armv8.0-A, no dot product, no fp16
+           "Raspberry Pi 5": "cortex-a76"}   # BCM2712: Armv8.2-A with dot product and fp16
+# MIDR fields (variant, part, revision) of the two boards' cores, as their /proc/cpuinfo shows:
+# BCM2711's Cortex-A72 r0p3 and BCM2712's Cortex-A76 r4p1.
+MIDR = {"cortex-a72": (0x0, 0xd08, 3), "cortex-a76": (0x4, 0xd0b, 1)}
+# A release reported to die with "Illegal instruction" on Pi 4 boards, and seen to do so here
+# under QEMU_CPU=cortex-a72 (it runs under cortex-a76): installed apart, never on PYTHONPATH.
+SIGILL_PIN = "onnxruntime==1.21.0"
+SIGILL_SITE = "opt/site-sigill"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 ROOTFS = Path(os.environ.get("EDGELAB_PI_ROOTFS") or
               Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -54,7 +66,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _requirements_hash() -> str:
-    return hashlib.sha256((TEMPLATE / "requirements.txt").read_bytes()).hexdigest()
+    return hashlib.sha256((TEMPLATE / "requirements.txt").read_bytes()
+                          + SIGILL_PIN.encode()).hexdigest()
 
 
 def rootfs_ready(root=ROOTFS) -> bool:
@@ -166,20 +179,26 @@ def _remove_tree(path: Path) -> None:
 
 
 def _install_site(root: Path, log) -> None:
-    """The bundle's requirements.txt as aarch64 / CPython 3.11 wheels from PyPI, installed on
-    the host into ROOT/opt/site (pip never runs under emulation); replaced atomically."""
-    site, tmp = root / SITE, root / f"{SITE}.tmp"
-    _remove_tree(tmp)
+    """The bundle's requirements.txt as aarch64 / CPython 3.11 wheels from PyPI (or from
+    $EDGELAB_PI_WHEELS, the wheelhouse's aarch64 folder), installed on the host into
+    ROOT/opt/site, and SIGILL_PIN into ROOT/opt/site-sigill (pip never runs under emulation);
+    each replaced atomically."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
-                    "--disable-pip-version-check", "--no-cache-dir", "--target", str(tmp),
-                    "--platform", "manylinux_2_28_aarch64", "--python-version", PI_PYTHON,
-                    "--implementation", "cp",
-                    "--only-binary=:all:", "-r", str(TEMPLATE / "requirements.txt")], check=True)
-    _remove_tree(site)
-    os.replace(tmp, site)
-    log(f"pip: bundle requirements for aarch64 / Python {PI_PYTHON} in {SITE} "
-        f"({time.perf_counter() - t0:.0f} s)")
+    for where, what in ((SITE, ["-r", str(TEMPLATE / "requirements.txt")]),
+                        (SIGILL_SITE, ["--no-deps", SIGILL_PIN])):
+        site, tmp = root / where, root / f"{where}.tmp"
+        _remove_tree(tmp)
+        offline = (["--no-index", "--find-links", os.environ["EDGELAB_PI_WHEELS"]]
+                   if os.environ.get("EDGELAB_PI_WHEELS") else [])   # make wheelhouse's
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *offline,
+                        "--disable-pip-version-check", "--no-cache-dir", "--target", str(tmp),
+                        "--platform", "manylinux_2_27_aarch64",
+                        "--platform", "manylinux_2_28_aarch64", "--python-version", PI_PYTHON,
+                        "--implementation", "cp", "--only-binary=:all:", *what], check=True)
+        _remove_tree(site)
+        os.replace(tmp, site)
+    log(f"pip: bundle requirements for aarch64 / Python {PI_PYTHON} in {SITE}, {SIGILL_PIN} in "
+        f"{SIGILL_SITE} ({time.perf_counter() - t0:.0f} s)")
 
 
 def _write_stamp(root: Path, seconds: float, mirror: str, what: str = "build") -> None:
@@ -289,16 +308,16 @@ def arm64_available(root=ROOTFS) -> tuple[bool, str]:
     return True, ""
 
 
-def chroot_run(root: Path, argv: list[str], timeout: float,
-                cpuinfo: Path | None = None) -> subprocess.CompletedProcess:
-    """Run an arm64 command in ``root`` under qemu (QEMU_CPU=cortex-a72), with the host's /proc
+def chroot_run(root: Path, argv: list[str], timeout: float, cpuinfo: Path | None = None,
+               qemu_cpu: str = QEMU_CPU) -> subprocess.CompletedProcess:
+    """Run an arm64 command in ``root`` under qemu (``QEMU_CPU=qemu_cpu``), with the host's /proc
     and /sys bind-mounted (and ``cpuinfo`` over /proc/cpuinfo) in a private mount namespace:
     the mounts vanish with the process, so nothing is left mounted inside the cached tree."""
     script = ('mount --bind /proc "$1/proc" && mount --bind /sys "$1/sys" && '
               '{ [ -z "$2" ] || mount --bind "$2" "$1/proc/cpuinfo"; } && '
               'r="$1" && shift 2 && exec chroot "$r" "$@"')
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "QEMU_CPU": QEMU_CPU, "PYTHONPATH": "/" + SITE, "LANG": "C.UTF-8", "HOME": "/root",
+           "QEMU_CPU": _check_cpu(qemu_cpu), "PYTHONPATH": "/" + SITE, "LANG": "C.UTF-8", "HOME": "/root",
            "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
                            "sh", str(root), str(cpuinfo or ""), *argv], capture_output=True,
@@ -326,16 +345,25 @@ def _possible_cpus() -> list[int]:
     return cpus
 
 
-def emulated_cpuinfo(hwcap: int) -> str:
-    """/proc/cpuinfo as an arm64 kernel would write it for the emulated Cortex-A72 (MIDR
-    0x410fd083, the features qemu reports in AT_HWCAP), one entry per host CPU.
+def _check_cpu(qemu_cpu: str) -> str:
+    if qemu_cpu not in MIDR:
+        raise ValueError(f"qemu_cpu must be one of {sorted(MIDR)} (the Raspberry Pi 4's and 5's "
+                         f"cores), got {qemu_cpu!r}")
+    return qemu_cpu
+
+
+def emulated_cpuinfo(hwcap: int, qemu_cpu: str = QEMU_CPU) -> str:
+    """/proc/cpuinfo as an arm64 kernel would write it for the emulated core (its MIDR, the
+    features qemu reports in AT_HWCAP), one entry per host CPU.
 
     qemu 7.2 (Debian 12) passes the host's x86 /proc/cpuinfo through, on which onnxruntime's
     cpuinfo library crashes (SIGSEGV) once /sys is mounted too; newer qemu writes an entry like
     this itself."""
     features = " ".join(n for i, n in enumerate(HWCAP_NAMES) if hwcap >> i & 1)
+    variant, part, revision = MIDR[_check_cpu(qemu_cpu)]
     entry = ("processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: {f}\nCPU implementer\t: 0x41\n"
-             "CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n")
+             f"CPU architecture: 8\nCPU variant\t: {variant:#x}\nCPU part\t: {part:#05x}\n"
+             f"CPU revision\t: {revision}\n\n")
     return "".join(entry.format(i=i, f=features) for i in _possible_cpus())
 
 

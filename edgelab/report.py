@@ -662,18 +662,23 @@ TARGETS += [
 ]
 
 
-def _arm64_match(res):
-    """05: the Pi bundle's predictions on the emulated Cortex-A72 against x86's."""
-    checks = [r["bundle"]["arm64"] for r in res["records"]
-              if r.get("notebook") == "05_deploy_pi" and (r.get("bundle") or {}).get("arm64")]
-    if not checks:
-        return None
-    a = checks[0]
-    return f"{a['images'] - a['mismatches']} of {a['images']} images equal", a["match"]
+def _arm64_match(qemu_cpu: str = "cortex-a72"):
+    def check(res):
+        """05: the Pi bundle's predictions on an emulated Pi core against x86's."""
+        checks = [(r["bundle"].get("arm64_by_cpu") or {"cortex-a72": r["bundle"]["arm64"]})
+                  for r in res["records"] if r.get("notebook") == "05_deploy_pi"
+                  and (r.get("bundle") or {}).get("arm64")]
+        if not checks or qemu_cpu not in checks[0]:
+            return None
+        a = checks[0][qemu_cpu]
+        return f"{a['images'] - a['mismatches']} of {a['images']} images equal", a["match"]
+    return check
 
 
 TARGETS += [("05: Pi bundle on an emulated Cortex-A72 equals x86 on every checked image",
-             _arm64_match)]
+             _arm64_match("cortex-a72")),
+            ("05: Pi bundle on an emulated Cortex-A76 (Pi 5) equals x86 on every checked image",
+             _arm64_match("cortex-a76"))]
 
 
 def _same_arch(res):

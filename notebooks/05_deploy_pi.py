@@ -426,10 +426,12 @@ del shipped
 #    (Debian's own packages, with the bundle's pinned onnxruntime, numpy and Pillow installed from
 #    their aarch64 wheels on PyPI);
 # 2. runs the bundle's own `predict.py` there with **qemu user-mode emulation**, which translates
-#    each Arm instruction into x86 ones, with `QEMU_CPU=cortex-a72`, the Pi 4's core (Armv8.0-A:
-#    no int8 dot product). QEMU's model is close, not exact: it also offers the Armv8 crypto
-#    extensions (aes, pmull, sha1, sha2), which the Pi 4's BCM2711 does not have, so code that
-#    needs them would pass here and fail on a Pi 4 (the feature list is printed below);
+#    each Arm instruction into x86 ones, twice: with `QEMU_CPU=cortex-a72`, the Pi 4's core
+#    (Armv8.0-A: no int8 dot product, no fp16 arithmetic), and with `cortex-a76`, the Pi 5's
+#    (Armv8.2-A with both). The root filesystem is the same; only the CPU model changes. QEMU's A72
+#    is close, not exact: it also offers the Armv8 crypto extensions (aes, pmull, sha1, sha2),
+#    which the Pi 4's BCM2711 does not have, so code that needs them would pass here and fail on a
+#    Pi 4 (the feature list is printed below);
 # 3. compares every prediction with ONNX Runtime's on x86.
 #
 # Emulation is many times slower than a real core, by a factor that depends on the code, so the
@@ -440,20 +442,46 @@ del shipped
 
 # %%
 available, how = deploy.arm64_available()
-arm = None
+arm, arm_by_cpu = None, {}
 if available:
-    arm = deploy.verify_arm64(bundle, images=ARM64_IMAGES)
-    cpu = arm["cpu"]
-    print(f"emulated {arm['machine']} (QEMU_CPU={cpu['qemu_cpu']}), Python {arm['python']}, "
-          f"onnxruntime {arm['onnxruntime']}")
-    print(f"CPU features the emulated core reports: {' '.join(cpu['features'])} "
-          f"(int8 dot product: {cpu['dotprod']}, SVE: {cpu['sve']})")
-    crypto = [f for f in cpu["features"] if f in ("aes", "pmull", "sha1", "sha2")]
-    print(f"of which the Pi 4's BCM2711 lacks the crypto extensions: {' '.join(crypto) or 'none'}")
-    print(f"{arm['images'] - arm['mismatches']} of {arm['images']} predictions equal x86's; "
-          f"largest logit difference {arm['max_abs_logit_diff']:.1e}")
-    print(f"the check took {arm['emulated_seconds']:.0f} s under emulation on this x86 machine "
-          "(the cost of emulating, not a Pi's time)")
+    for board, qemu_cpu in deploy.PI_CPUS.items():
+        res = arm_by_cpu[qemu_cpu] = deploy.verify_arm64(bundle, images=ARM64_IMAGES,
+                                                         qemu_cpu=qemu_cpu)
+        cpu = res["cpu"]
+        print(f"{board}: emulated {res['machine']} (QEMU_CPU={qemu_cpu}), Python {res['python']}, "
+              f"onnxruntime {res['onnxruntime']}")
+        print(f"  CPU features it reports: {' '.join(cpu['features'])}\n"
+              f"  int8 dot product: {cpu['dotprod']}, fp16 arithmetic: {cpu['fp16']}, "
+              f"SVE: {cpu['sve']}")
+        print(f"  {res['images'] - res['mismatches']} of {res['images']} predictions equal x86's; "
+              f"largest logit difference {res['max_abs_logit_diff']:.1e}; the check took "
+              f"{res['emulated_seconds']:.0f} s under emulation (not a Pi's time)")
+    arm = arm_by_cpu["cortex-a72"]
+    crypto = [f for f in arm["cpu"]["features"] if f in ("aes", "pmull", "sha1", "sha2")]
+    print(f"of the A72's features, the Pi 4's BCM2711 lacks the crypto extensions: "
+          f"{' '.join(crypto) or 'none'}")
+else:
+    print("The arm64 check cannot run here:", how)
+
+# %% [markdown]
+# **Which kernels?** ONNX Runtime does not report the kernels it picks. Its math library, MLAS,
+# chooses them once from the CPU's features: where the kernel reports the dot-product
+# instructions (`asimddp`), the int8 matrix products use the UDOT/SDOT kernels, otherwise plain
+# NEON ones ([`platform.cpp`](https://github.com/microsoft/onnxruntime/blob/main/onnxruntime/core/mlas/lib/platform.cpp)).
+# So the same int8 model runs different code on a Pi 4 and a Pi 5, and both were checked above.
+#
+# **Can this check fail?** An emulator that ran anything would prove nothing. ONNX Runtime 1.21.0
+# was reported to die with "Illegal instruction" on Pi 4 boards; the root filesystem keeps it in a
+# site folder of its own, and the next cell runs one inference with it and with the bundle's
+# pinned release, on each emulated core. Exit code -4 is the signal SIGILL.
+
+# %%
+if available:
+    for board, qemu_cpu in deploy.PI_CPUS.items():
+        r = deploy.illegal_instruction_check(bundle / "model.onnx", qemu_cpu)
+        print(f"{board} ({qemu_cpu}): pinned onnxruntime exit {r['pinned']}, "
+              f"onnxruntime {r['old_version']} exit {r['old']}"
+              + (" (SIGILL: an instruction this core does not have)" if r["sigill"] else ""))
 else:
     print("The arm64 check cannot run here:", how)
 
@@ -490,16 +518,18 @@ for r in records:
 # the exports must match PyTorch, and the notebook must stay within its time budget.
 
 # %%
-chosen["bundle"] = {"files": sorted(deploy.check_bundle(bundle)), "arm64": arm}
+chosen["bundle"] = {"files": sorted(deploy.check_bundle(bundle)), "arm64": arm,
+                    "arm64_by_cpu": arm_by_cpu}
 limit_s = 60 if SMOKE else 300
 elapsed = time.time() - T_START
 bars = [(f"exports match PyTorch (largest logit difference <= 1e-4)",
          max(c["max_abs_diff"] for c in export_checks.values()),
          all(c["max_abs_diff"] <= 1e-4 for c in export_checks.values()))]
 if arm is not None:
-    bars.append((f"bundle ({chosen['name']}) on the emulated Cortex-A72 equals x86 on every "
-                 f"checked image (of {arm['images']})", arm["images"] - arm["mismatches"],
-                 arm["match"]))
+    for qemu_cpu, res in arm_by_cpu.items():
+        bars.append((f"bundle ({chosen['name']}) on the emulated {qemu_cpu} equals x86 on every "
+                     f"checked image (of {res['images']})", res["images"] - res["mismatches"],
+                     res["match"]))
 else:
     print("MISSED  the arm64 check did not run here (see section 6)")
 bars.append((f"notebook body within {limit_s} s", elapsed, elapsed <= limit_s))

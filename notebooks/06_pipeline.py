@@ -292,8 +292,8 @@ else:
 # `edgelab.deploy` writes the bundle (model, labels, a `predict.py` that needs only onnxruntime,
 # numpy and Pillow, pinned requirements, a README with the steps on Raspberry Pi OS) to
 # `build/pi_bundle/`, then runs that `predict.py` on an emulated Cortex-A72 (the Pi 4's core) and
-# compares its predictions with this machine's. Emulated time says nothing about a Pi's speed and
-# is not reported as such; see 05 for published Pi figures.
+# Cortex-A76 (the Pi 5's), and compares its predictions with this machine's. Emulated time says
+# nothing about a Pi's speed and is not reported as such; see 05 for published Pi figures.
 
 # %%
 chosen = report.find(records, pick["name"])
@@ -303,13 +303,15 @@ bundle = deploy.build_bundle(onnx_files[pick["name"]], name=pick["name"],
                              notes=f"Chosen by notebooks/06_pipeline.ipynb: {why}.")
 print("bundle:", ", ".join(f"{f} ({n / 1e3:.0f} kB)" for f, n in deploy.check_bundle(bundle).items()))
 available, how = deploy.arm64_available()
+arm_by_cpu = {}
 if available:
-    arm = deploy.verify_arm64(bundle, images=ARM64_IMAGES)
-    print(f"emulated {arm['machine']} (QEMU_CPU cortex-a72), onnxruntime {arm['onnxruntime']}: "
-          f"{arm['images'] - arm['mismatches']} of {arm['images']} predictions equal x86's; "
-          f"largest logit difference {arm['max_abs_logit_diff']:.1e}")
+    for board, qemu_cpu in deploy.PI_CPUS.items():
+        arm = arm_by_cpu[qemu_cpu] = deploy.verify_arm64(bundle, images=ARM64_IMAGES,
+                                                         qemu_cpu=qemu_cpu)
+        print(f"{board}: emulated {arm['machine']} (QEMU_CPU {qemu_cpu}), onnxruntime "
+              f"{arm['onnxruntime']}: {arm['images'] - arm['mismatches']} of {arm['images']} "
+              f"predictions equal x86's; largest logit difference {arm['max_abs_logit_diff']:.1e}")
 else:
-    arm = None
     print("The arm64 check cannot run here:", how)
 
 # %%
@@ -320,9 +322,9 @@ print(f"{pick['name']}: {a['smaller']:.1f}x smaller, {a['faster']:.1f}x faster, 
       f"{-a['points']:+.2f} pt on test")
 for what, ok in bars:
     print(f"{'met   ' if ok else 'MISSED'}  {what}")
-if arm is not None:
+for qemu_cpu, arm in arm_by_cpu.items():
     print(f"{'met   ' if arm['match'] else 'MISSED'}  the bundle's predictions on the emulated "
-          f"Cortex-A72 equal x86's on {arm['images'] - arm['mismatches']} of {arm['images']}")
+          f"{qemu_cpu} equal x86's on {arm['images'] - arm['mismatches']} of {arm['images']}")
 if SMOKE:
     print("(smoke mode: small sizes, these figures are not the claims)")
 verdicts = {"chosen_recipe_seeds": {"recipe": recipe, "n": gaps["n"], "mean": gaps["mean"],

@@ -211,15 +211,48 @@ def test_the_bundle_predicts_the_same_on_an_emulated_cortex_a72(bundle):
     assert res["max_abs_logit_diff"] < 1e-4
 
 
+@pytest.mark.heavy
+def test_the_bundle_predicts_the_same_on_an_emulated_pi5_core_with_dot_product(bundle):
+    res = deploy.verify_arm64(bundle, images=8, qemu_cpu="cortex-a76")
+    assert res["cpu"]["qemu_cpu"] == "cortex-a76"
+    assert res["cpu"]["dotprod"] and res["cpu"]["fp16"] and res["cpu"]["atomics"], res["cpu"]
+    assert res["match"] and res["max_abs_logit_diff"] < 1e-4
+
+
+@pytest.mark.heavy
+def test_the_emulated_pi4_core_kills_an_onnxruntime_built_for_newer_cores(bundle):
+    # the check has teeth: onnxruntime 1.21.0 uses instructions an Armv8.0 core lacks
+    a72 = deploy.illegal_instruction_check(bundle / "model.onnx", "cortex-a72")
+    assert a72["pinned"] == 0, a72["pinned_stderr"]
+    assert a72["old"] == -4 and a72["sigill"], a72["old_stderr"]     # SIGILL
+    a76 = deploy.illegal_instruction_check(bundle / "model.onnx", "cortex-a76")
+    assert a76["pinned"] == 0 and a76["old"] == 0, a76
+
+
+def test_the_emulated_cpu_is_a_pi_core_or_a_clear_error():
+    from edgelab import pi_rootfs
+    assert "CPU part\t: 0xd0b" in pi_rootfs.emulated_cpuinfo(1, "cortex-a76")
+    assert "CPU part\t: 0xd08" in pi_rootfs.emulated_cpuinfo(1, "cortex-a72")
+    with pytest.raises(ValueError, match="cortex-a72"):
+        pi_rootfs.emulated_cpuinfo(1, "max")
+
+
+def test_cpu_features_name_the_bits_that_separate_the_two_pis():
+    a72 = deploy.cpu_features(0b11111111)                    # fp ... crc32
+    assert not (a72["dotprod"] or a72["fp16"] or a72["atomics"])
+    a76 = deploy.cpu_features(0b11111111 | 1 << 8 | 1 << 9 | 1 << 10 | 1 << 20)
+    assert a76["dotprod"] and a76["fp16"] and a76["atomics"] and "asimddp" in a76["features"]
+
+
 def test_the_arm64_bar_reads_the_bundle_record_of_05():
     from edgelab import report
 
     rec = {"notebook": "05_deploy_pi", "name": "pruned50-int8",
            "bundle": {"arm64": {"images": 300, "mismatches": 0, "match": True}}}
-    assert report._arm64_match({"records": [rec]}) == ("300 of 300 images equal", True)
+    assert report._arm64_match()({"records": [rec]}) == ("300 of 300 images equal", True)
     rec["bundle"]["arm64"] = {"images": 300, "mismatches": 2, "match": False}
-    assert report._arm64_match({"records": [rec]})[1] is False
-    assert report._arm64_match({"records": [dict(rec, bundle={"arm64": None})]}) is None
+    assert report._arm64_match()({"records": [rec]})[1] is False
+    assert report._arm64_match()({"records": [dict(rec, bundle={"arm64": None})]}) is None
 
 
 # -- the preprocessing exercise (05) ----------------------------------------------------------
