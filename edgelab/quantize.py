@@ -324,7 +324,25 @@ def pt2e_static(model: nn.Module, images: torch.Tensor, example: torch.Tensor | 
         exported = torch.export.export(m, (example,), dynamic_shapes=({0: batch},)).module()
         prepared = prepare_pt2e(exported, quantizer)
         calibrate(prepared, images)
-        return convert_pt2e(prepared)
+        converted = convert_pt2e(prepared)
+    return _with_train_eval(converted)
+
+
+def _with_train_eval(gm):
+    """An exported graph refuses ``.train()``/``.eval()``; give it torchao's replacements, which
+    switch dropout and batch norm in the graph, returning the module as nn.Module's do, so that it
+    can be measured and evaluated like any other."""
+    import types
+
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+    def train(self, mode: bool = True):
+        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self)
+        return self
+
+    gm.train = types.MethodType(train, gm)
+    gm.eval = types.MethodType(lambda self: self.train(False), gm)
+    return gm
 
 
 def deprecation_notice() -> str | None:
