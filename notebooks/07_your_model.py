@@ -78,6 +78,7 @@ calibration = data.calibration_set(CALIBRATION)
 # ## 1 · The model
 
 # %%
+# NBVAL_CHECK_OUTPUT
 if OWN_MODEL_FILE:
     model, name = zoo.load_own_model(OWN_MODEL_FILE, OWN_WEIGHTS), os.path.basename(OWN_MODEL_FILE)
 else:
