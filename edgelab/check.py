@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 __all__ = ["Outcome", "run_cases", "verdict", "magnitude_mask", "magnitude_threshold",
-           "quantize_dequantize", "kd_loss", "preprocess"]
+           "quantize_dequantize", "kd_loss", "preprocess", "choose_model"]
 
 
 @dataclass
@@ -691,3 +691,72 @@ def preprocess(fn: Callable, quiet: bool = False) -> Callable:
         return ((x - np.float32(mean)) / np.float32(std))[:, None]
 
     return verdict(run_cases("preprocess", fn, _preprocess_cases()), fn, reference, quiet)
+
+
+# --------------------------------------------------------------------------------------------
+# 06_pipeline: choosing the model to ship
+# --------------------------------------------------------------------------------------------
+
+def _record(name, val, test, size, ms):
+    return {"name": name, "val_accuracy": val, "accuracy": test, "bytes": size,
+            "latency_b1_ms": ms}
+
+
+def _choose_cases():
+    from .report import BARS
+
+    teacher = _record("teacher", 0.930, 0.937, 40_000_000, 3.0)
+    bar = "frontier"
+    b = BARS[bar]
+    small, fast = 40_000_000 // (2 * b["smaller"]), 3.0 / (2 * b["faster"])   # 2x inside the bar
+
+    def chosen(fn, records, expect, hint):
+        names = [r["name"] for r in records]
+        got = _call(lambda: fn(records, teacher, bar), "return (record, reason) or (None, reason)",
+                    names, expect)
+        assert isinstance(got, tuple) and len(got) == 2 and isinstance(got[1], str) and got[1], (
+            "return a pair: the record (or None) and a sentence saying why"
+            + _show(names, f"({expect}, 'why')", got))
+        name = None if got[0] is None else got[0].get("name")
+        assert name == expect, hint + _show(
+            "; ".join(f"{r['name']}: val {r['val_accuracy']:.3f} test {r['accuracy']:.3f} "
+                      f"{r['bytes']} B {r['latency_b1_ms']:g} ms" for r in records),
+            expect, name)
+
+    def most_accurate_on_val(fn):
+        rs = [teacher, _record("a", 0.929, 0.931, small, fast), _record("b", 0.928, 0.936, small, fast / 2)]
+        chosen(fn, rs, "a", "of the models meeting the bar, ship the most accurate *on validation* "
+               "(not on test, and not the fastest)")
+
+    def faster_of_a_tie(fn):
+        rs = [teacher, _record("a", 0.929, 0.931, small, fast), _record("b", 0.929, 0.931, small, fast / 2)]
+        chosen(fn, rs, "b", "a tie on validation accuracy goes to the faster model")
+
+    def validation_decides(fn):
+        # "t" beats the bar on test but loses 0.5 pt on validation: it must not be chosen
+        rs = [teacher, _record("t", 0.925, 0.936, small, fast), _record("v", 0.928, 0.920, small, fast)]
+        chosen(fn, rs, "v", "judge the bar's accuracy on validation: the test split only reports")
+
+    def every_part_of_the_bar(fn):
+        rs = [teacher, _record("big", 0.930, 0.937, 40_000_000 // (b["smaller"] // 2), fast),
+              _record("slow", 0.930, 0.937, small, 3.0 / (b["faster"] / 2)),
+              _record("ok", 0.928, 0.930, small, fast)]
+        chosen(fn, rs, "ok", "the bar is all of: times smaller, times faster and points lost")
+
+    def nothing_meets(fn):
+        rs = [teacher, _record("close", 0.925, 0.930, small, fast)]
+        chosen(fn, rs, None, "when no model meets the bar, return None and say so: shipping the "
+               "best of the rest would be moving the bar")
+
+    return [("the most accurate on validation", most_accurate_on_val),
+            ("a tie", faster_of_a_tie), ("validation, not test", validation_decides),
+            ("size, speed and accuracy together", every_part_of_the_bar),
+            ("no model meets the bar", nothing_meets)]
+
+
+def choose_model(fn: Callable, quiet: bool = False) -> Callable:
+    """Check the learner's ``fn(records, teacher, bar) -> (record | None, why)``: the model to
+    ship is chosen on validation (``report.meets(r, teacher, bar, "val")``), most accurate
+    there, the faster of a tie; None when nothing meets the bar."""
+    from .report import choose as reference
+    return verdict(run_cases("choose_model", fn, _choose_cases()), fn, reference, quiet)

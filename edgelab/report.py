@@ -14,7 +14,7 @@ __all__ = ["INT8_SMALLER", "INT8_FASTER_B64", "INT8_MAX_DROP_PT", "Table", "pair
            "check_same_architecture", "SEED_CLAIMS", "seed_claim", "BUILD", "RESULTS_DIR",
            "write_notebook_results", "find", "table", "plot", "plot_points", "cost_figure",
            "pareto_front", "pareto_plot",
-           "BARS", "bar_text", "against", "meets", "TARGETS", "check_targets", "targets_table",
+           "BARS", "bar_text", "against", "meets", "choose", "TARGETS", "check_targets", "targets_table",
            "assemble", "int8_static_bars"]
 
 BUILD = REPO_ROOT / "build"
@@ -520,6 +520,19 @@ def meets(r: dict, teacher: dict, bar: str, split: str = "test") -> bool:
         raise ValueError(f"bar must be one of {sorted(BARS)}, got {bar!r}")
     a, b = against(r, teacher, split), BARS[bar]
     return a["smaller"] >= b["smaller"] and a["faster"] >= b["faster"] and a["points"] <= b["points"]
+
+
+def choose(records: list[dict], teacher: dict, bar: str) -> tuple[dict | None, str]:
+    """The model to ship: of the records (the teacher aside) that meet ``bar`` on the
+    *validation* split, the most accurate on validation, the faster of a tie. Returns
+    (record, why), or (None, why none) when no record meets the bar: the test split never
+    decides."""
+    meeting = [r for r in records if r is not teacher and meets(r, teacher, bar, "val")]
+    if not meeting:
+        return None, f"no model meets the {bar} bar ({bar_text(bar)}) on validation"
+    pick = max(meeting, key=lambda r: (r["val_accuracy"], -r["latency_b1_ms"]))
+    return pick, (f"it meets the {bar} bar on validation and is the most accurate there of the "
+                  f"{len(meeting)} model(s) that do")
 
 
 def _deployable_against(bar: str):

@@ -40,7 +40,7 @@ NOTEBOOK = "06_pipeline"
 # %%
 from IPython.display import display
 
-from edgelab import data, deploy, figures, measure, models, report, runtime, stats, train
+from edgelab import check, data, deploy, figures, measure, models, report, runtime, stats, train
 from edgelab.data import REPO_ROOT
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
@@ -211,12 +211,10 @@ for cost in ("bytes", "latency_b1_ms"):
 # %% [markdown]
 # ## The report card and the model to ship
 #
-# Two bars, both against the fp32 teacher in ONNX Runtime: the **frontier** bar (at least 100x
-# smaller and 15x faster at batch 1, within 0.3 points) and the first version's **deployable** bar
-# (15x, 5x, within 1.0 point). The cell checks every stage against them **on the validation
-# images**. Among the stages that meet the frontier bar it ships the most accurate on validation;
-# if none does, it says so and ships the fastest that meets the deployable bar. The test set only
-# reports.
+# Two bars, both against the fp32 teacher in ONNX Runtime (`report.BARS`): the **frontier** bar
+# (at least 100x smaller and 15x faster at batch 1, within 0.3 points) and the first version's
+# **deployable** bar (15x, 5x, within 1.0 point). The table checks every stage against them **on
+# the validation images**; the test set only reports.
 
 # %%
 t = report.find(records, "teacher")
@@ -227,20 +225,36 @@ for r in records:
           f"test {100 * r['accuracy']:6.2f} % ({delta:+5.2f} ±{se or 0:.2f})  "
           f"{a['smaller']:6.1f}x smaller {a['faster']:5.1f}x faster  meets: {marks}")
 
-candidates = [r for r in records if r is not t]
-frontier = [r for r in candidates if report.meets(r, t, "frontier", "val")]
-if frontier:
-    pick = max(frontier, key=lambda r: (r["val_accuracy"], -r["latency_b1_ms"]))
-    why = (f"it meets the frontier bar on validation and is the most accurate on validation of "
-           f"the {len(frontier)} stage(s) that do")
-else:
-    deployable = [r for r in candidates if report.meets(r, t, "deployable", "val")]
-    pick = min(deployable or candidates, key=lambda r: r["latency_b1_ms"])
-    why = ("no stage meets the frontier bar on validation in this run; it is the fastest that "
-           "meets the deployable bar" if deployable else "no stage meets either bar")
+# %% [markdown]
+# ### Your turn: the selection rule
+#
+# Write `choose(records, teacher, bar)`: of the records (the teacher aside) that meet `bar` **on
+# validation** (`report.meets(r, teacher, bar, "val")`), return the most accurate on validation,
+# the faster one of a tie, with a sentence saying why: `(record, why)`. When none meets the bar,
+# return `(None, why)`: shipping the best of the rest would quietly move the bar. `check.choose_model`
+# runs it on small fixed tables: a model that beats the bar on test but not on validation, a tie,
+# a model that is small but too slow, and a table where nothing qualifies.
+
+# %%
+def my_choose(records, teacher, bar):
+    # 1. keep the records r (not the teacher) with report.meets(r, teacher, bar, "val")
+    # 2. none left: return None, "why"
+    # 3. else the max by (r["val_accuracy"], -r["latency_b1_ms"]), and why
+    raise NotImplementedError
+
+choose = check.choose_model(my_choose)
+
+# %%
+pick, why = choose(records, t, "frontier")
+if pick is None:   # say so, then fall back to the first version's bar
+    print(f"frontier bar: {why}")
+    pick, why = choose(records, t, "deployable")
+if pick is None:   # the bars below then say MISSED; the bundle still shows the steps
+    pick = max((r for r in records if r is not t), key=lambda r: r["val_accuracy"])
+    why = f"no stage meets either bar in this run ({why}); it is the most accurate on validation"
 pick["tags"].append("deployable")
 pick["selected_on"] = "val"
-print(f"\n{len(candidates)} configurations were compared on validation (plus "
+print(f"{len(records) - 1} configurations were compared on validation (plus "
       f"{len(runtime.CALIBRATIONS)} calibrations of one student).\nships: {pick['name']}, "
       f"because {why}.")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgelab import check, distill, prune, qmath
+from edgelab import check, distill, prune, qmath, report
 
 
 def judge(checker, fn, capsys):
@@ -394,3 +394,55 @@ def test_preprocess_rejects_changing_the_pixels_in_place(capsys):
 ], ids=["astype_first", "expand_dims", "scaled_constants"])
 def test_preprocess_accepts_right_answers(right, capsys):
     assert_accepted(check.preprocess, right, capsys)
+
+
+# -- choose_model (06) ------------------------------------------------------------------------
+
+def _choose(split="val", key="accuracy", ties="faster", none_ok=True):
+    """The selection rule with one typical mistake switched on."""
+    def choose(records, teacher, bar):
+        pool = [r for r in records if r is not teacher]
+        meeting = [r for r in pool if report.meets(r, teacher, bar, split)]
+        if not meeting:
+            if none_ok:
+                return None, "nothing meets the bar"
+            meeting = pool
+        acc = "val_accuracy" if split == "val" else "accuracy"
+        if key == "speed":
+            return min(meeting, key=lambda r: r["latency_b1_ms"]), "fastest"
+        if ties == "first":
+            best = max(r[acc] for r in meeting)
+            return next(r for r in meeting if r[acc] == best), "first of the best"
+        return max(meeting, key=lambda r: (r[acc], -r["latency_b1_ms"])), "most accurate"
+    return choose
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    ({"split": "test"}, "on validation"),
+    ({"key": "speed"}, "most accurate"),
+    ({"ties": "first"}, "faster model"),
+    ({"none_ok": False}, "return None"),
+], ids=["chooses-on-test", "fastest-instead-of-most-accurate", "ties-to-the-first",
+        "ships-the-best-of-the-rest"])
+def test_choose_model_rejects_a_typical_mistake_and_names_it(mistake, hint, capsys):
+    wrong = _choose(**mistake)
+    wrong.__name__ = repr(mistake)
+    assert_rejected_with(check.choose_model, wrong, hint, capsys)
+
+
+def _choose_by_sorting(records, teacher, bar):
+    ok = sorted((r for r in records if r is not teacher and report.meets(r, teacher, bar, "val")),
+                key=lambda r: (-r["val_accuracy"], r["latency_b1_ms"]))
+    return (ok[0], "best on validation") if ok else (None, "no model meets the bar")
+
+
+@pytest.mark.parametrize("right", [report.choose, _choose(), _choose_by_sorting],
+                         ids=["reference", "max-with-tiebreak", "sorted"])
+def test_choose_model_accepts_the_rule_written_several_ways(right, capsys):
+    assert_accepted(check.choose_model, right, capsys)
+
+
+def test_choose_model_wants_a_reason_with_the_choice(capsys):
+    def no_reason(records, teacher, bar):
+        return report.choose(records, teacher, bar)[0]
+    assert_rejected_with(check.choose_model, no_reason, "a sentence saying why", capsys)
