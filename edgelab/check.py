@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 __all__ = ["Outcome", "run_cases", "verdict", "magnitude_mask", "magnitude_threshold",
-           "quantize_dequantize", "kd_loss", "preprocess", "choose_model"]
+           "quantize_dequantize", "kd_loss", "preprocess", "choose_model", "fold_bn"]
 
 
 @dataclass
@@ -760,3 +760,107 @@ def choose_model(fn: Callable, quiet: bool = False) -> Callable:
     there, the faster of a tie; None when nothing meets the bar."""
     from .report import choose as reference
     return verdict(run_cases("choose_model", fn, _choose_cases()), fn, reference, quiet)
+
+
+# --------------------------------------------------------------------------------------------
+# 02_quantization: folding a batch norm into the convolution before it
+# --------------------------------------------------------------------------------------------
+
+def _bn_pair(bias: bool, seed: int = 0, eps: float = 1e-5):
+    """A 3x3 conv (2 -> 3 channels, stride 2, padding 1) and an eval-mode batch norm whose
+    statistics are far from the identity: mean, var, gamma (one negative) and beta all matter."""
+    import torch
+    import torch.nn as nn
+
+    g = torch.Generator().manual_seed(seed)
+    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=bias)
+    bn = nn.BatchNorm2d(3, eps=eps)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+        if bias:
+            conv.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        bn.running_mean.copy_(torch.tensor([1.0, -2.0, 0.5]))
+        bn.running_var.copy_(torch.tensor([0.04, 4.0, 1e-3]))   # the last one: eps matters
+        bn.weight.copy_(torch.tensor([2.0, -0.5, 1.5]))
+        bn.bias.copy_(torch.tensor([0.3, 1.0, -0.7]))
+    return conv.eval(), bn.eval()
+
+
+def _close_to_scale(got, want, tol: float = 1e-5) -> bool:
+    """Equal to ``tol`` of the output's largest magnitude: float32 sums of large terms carry
+    rounding of that size, whichever correct order the learner wrote them in."""
+    import torch
+    return got.shape == want.shape and bool(torch.allclose(got, want, rtol=0,
+                                                           atol=tol * float(want.abs().max())))
+
+
+def _fold_cases():
+    import torch
+    import torch.nn as nn
+
+    x = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(1))
+
+    def folded_output(fn, bias):
+        conv, bn = _bn_pair(bias)
+        with torch.no_grad():
+            want = bn(conv(x))
+        out = _call(lambda: fn(conv, bn), "return a new nn.Conv2d with a bias", "conv, bn", want)
+        assert isinstance(out, nn.Conv2d), (f"returned {type(out).__name__}: return the folded "
+                                            "nn.Conv2d" + _show("conv, bn", "nn.Conv2d", out))
+        assert out.stride == conv.stride and out.padding == conv.padding, (
+            "keep the conv's stride and padding" + _show("stride 2, padding 1",
+                                                         "(2, 2), (1, 1)", (out.stride, out.padding)))
+        with torch.no_grad():
+            got = out.eval()(x)
+        return conv, bn, want, got
+
+    def hint(conv, bn, got):
+        """Name the mistake from what the output looks like."""
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        b = conv.bias if conv.bias is not None else torch.zeros(3)
+        with torch.no_grad():
+            y = nn.functional.conv2d(x, conv.weight, None, conv.stride, conv.padding)
+            guesses = {
+                "add eps inside the square root: sqrt(var + eps)": (bn.weight / torch.sqrt(bn.running_var), bn.bias + (b - bn.running_mean) * bn.weight / torch.sqrt(bn.running_var)),
+                "divide by the standard deviation sqrt(var + eps), not the variance": (bn.weight / (bn.running_var + bn.eps), bn.bias + (b - bn.running_mean) * bn.weight / (bn.running_var + bn.eps)),
+                "subtract the running mean, scaled, in the bias": (scale, bn.bias + b * scale),
+                "add beta to the bias": (scale, (b - bn.running_mean) * scale),
+                "the conv's own bias also passes through the batch norm: (b - mean) * scale": (scale, bn.bias - bn.running_mean * scale),
+            }
+            want = y * scale.view(1, -1, 1, 1) + (bn.bias + (b - bn.running_mean) * scale).view(1, -1, 1, 1)
+            for what, (s_, b_) in guesses.items():
+                guess = y * s_.view(1, -1, 1, 1) + b_.view(1, -1, 1, 1)
+                if (not torch.allclose(guess, want, rtol=1e-5, atol=1e-5)
+                        and torch.allclose(got, guess, rtol=1e-4, atol=1e-4)):
+                    return what
+        return ("scale each output channel's weights by gamma / sqrt(var + eps) and set the bias "
+                "to beta + (b - mean) * gamma / sqrt(var + eps)")
+
+    def without_conv_bias(fn):
+        conv, bn, want, got = folded_output(fn, bias=False)
+        assert _close_to_scale(got, want), hint(conv, bn, got) + _show(
+            "conv without bias, bn in eval mode", want, got)
+
+    def with_conv_bias(fn):
+        conv, bn, want, got = folded_output(fn, bias=True)
+        assert _close_to_scale(got, want), hint(conv, bn, got) + _show(
+            "conv with bias, bn in eval mode", want, got)
+
+    def leaves_the_originals_alone(fn):
+        conv, bn = _bn_pair(True)
+        before = conv.weight.detach().clone(), bn.running_mean.clone()
+        _call(lambda: fn(conv, bn), "return a new conv", "conv, bn", "unchanged inputs")
+        assert torch.equal(conv.weight, before[0]) and torch.equal(bn.running_mean, before[1]), (
+            "the original conv or batch norm was changed in place: build a new conv"
+            + _show("conv.weight", before[0], conv.weight.detach()))
+
+    return [("a conv without bias", without_conv_bias), ("a conv with bias", with_conv_bias),
+            ("the originals untouched", leaves_the_originals_alone)]
+
+
+def fold_bn(fn: Callable, quiet: bool = False) -> Callable:
+    """Check the learner's ``fn(conv, bn) -> conv``: in eval mode the folded conv computes
+    ``bn(conv(x))`` to 1e-5 of the output's scale, with and without a conv bias, and leaves both
+    inputs unchanged."""
+    from .qmath import fold_bn as reference
+    return verdict(run_cases("fold_bn", fn, _fold_cases()), fn, reference, quiet)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["MIN_BITS", "MAX_BITS", "check_bits", "int_range", "qparams", "quantize", "dequantize",
-           "quantize_dequantize", "mse_clip", "fold_batchnorm", "relative_error", "quantizable_weights", "weight_bytes",
+           "quantize_dequantize", "mse_clip", "fold_bn", "fold_batchnorm", "relative_error", "quantizable_weights", "weight_bytes",
            "mixed_bits", "float_bytes", "fake_quantized_weights", "WithWeights", "with_weights",
            "fake_quantize_weights"]
 
@@ -109,6 +109,19 @@ def mse_clip(w: torch.Tensor, bits: int, axis: int = 0, grid: int = 40) -> torch
         better = err < best_err
         best, best_err = torch.where(better, t, best), torch.where(better, err, best_err)
     return best
+
+
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A new conv computing ``bn(conv(x))`` in eval mode: output channel c's weights times
+    γ_c / sqrt(var_c + eps), and the bias β_c + (b_c - μ_c) γ_c / sqrt(var_c + eps)."""
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                    conv.padding, conv.dilation, conv.groups, bias=True)
+    with torch.no_grad():
+        out.weight.copy_(conv.weight.detach() * scale.view(-1, 1, 1, 1))
+        out.bias.copy_(bn.bias.detach() + (bias - bn.running_mean) * scale)
+    return out.eval()
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

@@ -145,7 +145,50 @@ print(f"your function on the weights above, 8 bits per channel: relative error "
 # channel, `γ (y − μ) / σ + β`, so every int8 runtime **folds** it into the convolution before
 # quantizing: the weights of output channel `c` are multiplied by `γ_c / σ_c` and the bias absorbs
 # the rest. The folded weights are what gets quantized, and their per-channel ranges are not the
-# raw ones (one layer's spread, before and after, is printed below). Folded with
+# raw ones.
+#
+# ### Your turn: fold one batch norm
+#
+# Write `fold_bn(conv, bn)`: a **new** `nn.Conv2d` (with a bias) that computes `bn(conv(x))` in
+# eval mode. Output channel `c`'s weights are multiplied by `s_c = γ_c / sqrt(var_c + eps)`; the
+# bias becomes `β_c + (b_c − μ_c) · s_c`, where `b_c` is the conv's own bias (0 if it has none).
+# `check.fold_bn` compares your conv with the pair on a fixed input, with and without a conv bias.
+
+# %%
+def my_fold_bn(conv, bn):
+    # s = bn.weight / torch.sqrt(bn.running_var + bn.eps)        one factor per output channel
+    # new = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+    #                       conv.padding, bias=True)
+    # with torch.no_grad(): new.weight.copy_(conv.weight * s.view(-1, 1, 1, 1)); new.bias.copy_(...)
+    raise NotImplementedError
+
+fold_bn = check.fold_bn(my_fold_bn)
+
+# %% [markdown]
+# Your fold on one of the teacher's layers, against the batch norm it replaces, and what it does to
+# that layer's per-channel weight ranges: the box plot shows, for each of the layer's output
+# channels, its largest |w| before and after folding. A wider spread is what per-channel scales
+# are for: one scale for the whole tensor would be set by the widest channel.
+
+# %%
+conv, bn = teacher.get_submodule("layer3.0.conv1"), teacher.get_submodule("layer3.0.bn1")
+x_layer = torch.randn(4, conv.in_channels, 7, 7, generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    mine = fold_bn(conv, bn)(x_layer)
+    pair = bn(conv(x_layer))
+print(f"layer3.0: folded conv vs conv → batch norm, largest difference "
+      f"{float((mine - pair).abs().max()):.1e} (outputs up to {float(pair.abs().max()):.1f})")
+ranges = {"raw": conv.weight.detach().abs().flatten(1).amax(1),
+          "folded": fold_bn(conv, bn).weight.detach().abs().flatten(1).amax(1)}
+fig, ax = plt.subplots(figsize=(figures.WIDTH, 2.8))
+ax.boxplot(list(ranges.values()), orientation="horizontal", widths=0.5)
+ax.set_yticks([1, 2], [f"{k} ({len(v)} channels)" for k, v in ranges.items()])
+ax.set_xlabel("largest |weight| of each output channel")
+ax.set_title("layer3.0.conv1: per-channel ranges before and after folding its batch norm")
+figures.show(fig)
+
+# %% [markdown]
+# The whole teacher is folded the same way by
 # `torch.fx.experimental.optimization.fuse` ([source](https://github.com/pytorch/pytorch/blob/main/torch/fx/experimental/optimization.py)),
 # the same function to float precision:
 

@@ -446,3 +446,42 @@ def test_choose_model_wants_a_reason_with_the_choice(capsys):
     def no_reason(records, teacher, bar):
         return report.choose(records, teacher, bar)[0]
     assert_rejected_with(check.choose_model, no_reason, "a sentence saying why", capsys)
+
+
+# -- fold_bn (02) -----------------------------------------------------------------------------
+
+def _fold(eps=True, sqrt=True, mean=True, beta=True, conv_bias=True, inplace=False):
+    """Batch-norm folding with one typical mistake switched on."""
+    def fold(conv, bn):
+        var = bn.running_var + (bn.eps if eps else 0.0)
+        scale = bn.weight.detach() / (torch.sqrt(var) if sqrt else var)
+        b = conv.bias.detach() if (conv.bias is not None and conv_bias) else torch.zeros(len(scale))
+        out = conv if inplace else torch.nn.Conv2d(conv.in_channels, conv.out_channels,
+                                                   conv.kernel_size, conv.stride, conv.padding,
+                                                   bias=True)
+        if out.bias is None:
+            out.bias = torch.nn.Parameter(torch.zeros(len(scale)))
+        with torch.no_grad():
+            out.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+            out.bias.copy_((bn.bias if beta else 0) + (b - (bn.running_mean if mean else 0)) * scale)
+        return out
+    return fold
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    ({"eps": False}, "sqrt(var + eps)"),
+    ({"sqrt": False}, "not the variance"),
+    ({"mean": False}, "running mean"),
+    ({"beta": False}, "add beta"),
+    ({"conv_bias": False}, "conv's own bias"),
+    ({"inplace": True}, "in place"),
+], ids=["no-eps", "variance-not-std", "no-mean", "no-beta", "drops-conv-bias", "in-place"])
+def test_fold_bn_rejects_a_typical_mistake_and_names_it(mistake, hint, capsys):
+    wrong = _fold(**mistake)
+    wrong.__name__ = repr(mistake)
+    assert_rejected_with(check.fold_bn, wrong, hint, capsys)
+
+
+@pytest.mark.parametrize("right", [qmath.fold_bn, _fold()], ids=["reference", "by-hand"])
+def test_fold_bn_accepts_a_correct_fold(right, capsys):
+    assert_accepted(check.fold_bn, right, capsys)
