@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 __all__ = ["Outcome", "run_cases", "verdict", "magnitude_mask", "magnitude_threshold",
-           "quantize_dequantize", "kd_loss", "preprocess", "choose_model", "fold_bn"]
+           "quantize_dequantize", "kd_loss", "preprocess", "choose_model", "fold_bn", "factor_conv"]
 
 
 @dataclass
@@ -864,3 +864,88 @@ def fold_bn(fn: Callable, quiet: bool = False) -> Callable:
     inputs unchanged."""
     from .qmath import fold_bn as reference
     return verdict(run_cases("fold_bn", fn, _fold_cases()), fn, reference, quiet)
+
+
+# --------------------------------------------------------------------------------------------
+# 04_low_rank: one convolution factored by channel SVD
+# --------------------------------------------------------------------------------------------
+
+def _factor_cases():
+    import torch
+    import torch.nn as nn
+
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(3, 5, 3, stride=2, padding=1, bias=True)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+        conv.bias.copy_(torch.tensor([0.5, -1.0, 0.0, 2.0, 0.25]))
+    conv.eval()
+    x = torch.randn(2, 3, 7, 7, generator=g)
+    w = conv.weight.detach().flatten(1).double()
+    s = torch.linalg.svdvals(w)
+
+    def built(fn, rank):
+        out = _call(lambda: fn(conv, rank), "return nn.Sequential(k x k conv C_in -> rank, "
+                    "1x1 conv rank -> C_out)", f"conv {tuple(conv.weight.shape)}, rank {rank}",
+                    "two convolutions")
+        parts = list(out.children()) if isinstance(out, nn.Module) else []
+        convs = [m for m in parts if isinstance(m, nn.Conv2d)]
+        assert len(convs) == 2, ("return two convolutions in an nn.Sequential: first a "
+                                 "k x k conv C_in -> rank, then a 1x1 conv rank -> C_out"
+                                 + _show(f"rank {rank}", "Sequential(Conv2d, Conv2d)", out))
+        first, second = convs
+        assert (first.out_channels, second.kernel_size) == (rank, (1, 1)), (
+            "the first conv keeps the k x k kernel and has `rank` output channels; the second is "
+            "1x1" + _show(f"rank {rank}", f"Conv2d(3, {rank}, 3) then Conv2d({rank}, 5, 1)",
+                          f"{first} then {second}"))
+        return out, first, second
+
+    def exact_at_full_rank(fn):
+        out, first, _ = built(fn, 5)
+        with torch.no_grad():
+            want, got = conv(x), out.eval()(x)
+        if first.stride != conv.stride or first.padding != conv.padding:
+            raise AssertionError("the first conv takes the original stride and padding"
+                                 + _show("stride 2, padding 1", "(2, 2), (1, 1)",
+                                         (first.stride, first.padding)))
+        assert _close_to_scale(got, want, 1e-4), (
+            "at full rank the pair must compute the original conv: check the reshape of the "
+            "filters (C_out x C_in*k*k) and that the bias goes on the second conv"
+            + _show("rank 5 (full)", want, got))
+
+    def error_is_the_discarded_energy(fn):
+        for rank in (1, 3):
+            _, first, second = built(fn, rank)
+            product = second.weight.detach()[:, :, 0, 0].double() @ first.weight.detach().flatten(1).double()
+            err = float(torch.linalg.norm(product - w))
+            want = float(s[rank:].square().sum().sqrt())
+            kept_smallest = float(s[:len(s) - rank].square().sum().sqrt())
+            hint = ("keep the *largest* singular values: torch.linalg.svd returns them first"
+                    if abs(err - kept_smallest) < 1e-3 * kept_smallest else
+                    "the product of the two weights must be the best rank-r approximation: "
+                    "U[:, :r] S[:r] and Vh[:r], split between the two convs")
+            assert abs(err - want) <= 1e-4 * float(s[0]), hint + _show(
+                f"rank {rank}", f"||W - W_r|| = {want:.5f} (sqrt of the discarded s^2)", f"{err:.5f}")
+
+    def leaves_the_conv_alone(fn):
+        before = conv.weight.detach().clone()
+        built(fn, 2)
+        assert torch.equal(conv.weight, before), ("the original conv was changed in place"
+                                                  + _show("conv.weight", before, conv.weight.detach()))
+
+    return [("full rank is exact", exact_at_full_rank),
+            ("the error at lower rank", error_is_the_discarded_energy),
+            ("the original untouched", leaves_the_conv_alone)]
+
+
+def factor_conv(fn: Callable, quiet: bool = False) -> Callable:
+    """Check the learner's ``fn(conv, rank) -> nn.Sequential(k x k conv C_in -> rank, 1x1 conv
+    rank -> C_out)``: exact at full rank; at lower rank the weight error (Frobenius) equals the
+    discarded singular values' energy, sqrt(sum of s_i^2 for i > rank)."""
+    import torch.nn as nn
+
+    from .lowrank import factor
+
+    def reference(conv: nn.Conv2d, rank: int) -> nn.Module:
+        return factor(conv, rank)
+    return verdict(run_cases("factor_conv", fn, _factor_cases()), fn, reference, quiet)

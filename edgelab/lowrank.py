@@ -173,9 +173,11 @@ def plan(model: nn.Module, energy: float, svds: dict | None = None) -> dict[str,
 
 
 def factorize(model: nn.Module, ranks: dict[str, int] | None = None, energy: float | None = None,
-              svds: dict | None = None, init: bool = True, kinds=(nn.Conv2d,)) -> nn.Module:
+              svds: dict | None = None, init: bool = True, kinds=(nn.Conv2d,),
+              factor_fn=None) -> nn.Module:
     """A copy of ``model`` with the layers in ``ranks`` (or chosen by ``energy`` among the
-    factorable layers of ``kinds``: add ``nn.Linear`` for fully connected layers) factored."""
+    factorable layers of ``kinds``: add ``nn.Linear`` for fully connected layers) factored.
+    ``factor_fn(layer, rank)`` replaces ``factor`` (04's exercise plugs the learner's in)."""
     if (ranks is None) == (energy is None):
         raise ValueError("give either ranks={layer: rank} or energy=<fraction in (0, 1]>")
     if ranks is None:
@@ -201,7 +203,8 @@ def factorize(model: nn.Module, ranks: dict[str, int] | None = None, energy: flo
         usv = svds.get(name) if svds else None
         parent, _, attr = name.rpartition(".")
         setattr(out.get_submodule(parent) if parent else out, attr,
-                factor(layers[name], rank, usv, init))
+                factor(layers[name], rank, usv, init) if factor_fn is None
+                else factor_fn(layers[name], rank))
     return out
 
 

@@ -47,7 +47,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from edgelab import data, figures, lowrank, measure, models, report, runtime, train, widgets
+from edgelab import check, data, figures, lowrank, measure, models, report, runtime, train, widgets
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -215,9 +215,31 @@ for part in pair:
 print(f"at rank 64: {measure.count_params(pair):,} parameters instead of {measure.count_params(conv):,}")
 
 # %% [markdown]
+# ### Your turn: factor one convolution
+#
+# Write `factor_conv(conv, rank)`: take the SVD of the filters as a C_out × (C_in·k·k) matrix
+# (`torch.linalg.svd(conv.weight.flatten(1), full_matrices=False)`), keep the `rank` largest
+# singular values, and return `nn.Sequential(first, second)`: `first` a k×k convolution C_in →
+# rank with the original stride and padding, whose filters are the rows of `S^½ Vᵀ` reshaped to
+# (rank, C_in, k, k); `second` a 1×1 convolution rank → C_out with the columns of `U S^½` and the
+# original bias. `check.factor_conv` checks that the pair is exact at full rank and that at lower
+# rank its weight error is exactly the discarded energy, sqrt(Σ_{i>r} s_i²) (Eckart-Young). The
+# whole-model factorization below then builds every layer with your function.
+
+# %%
+def my_factor_conv(conv, rank):
+    # u, s, vh = torch.linalg.svd(conv.weight.detach().flatten(1), full_matrices=False)
+    # first = torch.nn.Conv2d(conv.in_channels, rank, conv.kernel_size, conv.stride,
+    #                         conv.padding, bias=False); its weight: (s.sqrt()[:r, None] * vh[:r])
+    # second = torch.nn.Conv2d(rank, conv.out_channels, 1, bias=conv.bias is not None)
+    raise NotImplementedError
+
+factor_conv = check.factor_conv(my_factor_conv)
+
+# %% [markdown]
 # The SVD of every candidate is taken once (`lowrank.decompose`); everything after this only
 # slices it. Check on real activations that the two convolutions at full rank compute what the
-# original does:
+# original does, with the library's factorization and with yours:
 
 # %%
 t0 = time.time()
@@ -232,7 +254,9 @@ with torch.no_grad():
     full = lowrank.factor(conv, lowrank.full_rank(conv), svds["layer3.0.conv2"])
     diff = (full(acts[0]) - conv(acts[0])).abs().max().item()
     scale = conv(acts[0]).abs().max().item()
-print(f"layer3.0.conv2 at full rank: largest difference {diff:.1e} on outputs up to {scale:.1f}")
+    diff_yours = (factor_conv(conv, lowrank.full_rank(conv))(acts[0]) - conv(acts[0])).abs().max().item()
+print(f"layer3.0.conv2 at full rank: largest difference {diff:.1e} (lowrank.factor), "
+      f"{diff_yours:.1e} (factor_conv) on outputs up to {scale:.1f}")
 
 # %% [markdown]
 # ### How much of each layer does a rank keep?
@@ -274,7 +298,7 @@ for name, (_, s, _) in svds.items():
     print(f"{name:>15}  {lowrank.full_rank(layer):4d}  {r:4d}  {lowrank.break_even_rank(layer):10.1f}"
           f"  {measure.count_params(layer):13,}  {after:9,}{'' if name in plan else '  (kept whole)'}")
 
-factored = lowrank.factorize(teacher, ranks=plan, svds=svds)
+factored = lowrank.factorize(teacher, ranks=plan, factor_fn=factor_conv)   # your function
 p0, p1 = measure.count_params(teacher), measure.count_params(factored)
 m0, m1 = measure.count_macs(teacher), measure.count_macs(factored)
 print(f"\nwhole model: parameters {p0:,} -> {p1:,} ({p0 / p1:.2f}x fewer); "

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgelab import check, distill, prune, qmath, report
+from edgelab import check, distill, lowrank, prune, qmath, report
 
 
 def judge(checker, fn, capsys):
@@ -485,3 +485,49 @@ def test_fold_bn_rejects_a_typical_mistake_and_names_it(mistake, hint, capsys):
 @pytest.mark.parametrize("right", [qmath.fold_bn, _fold()], ids=["reference", "by-hand"])
 def test_fold_bn_accepts_a_correct_fold(right, capsys):
     assert_accepted(check.fold_bn, right, capsys)
+
+
+# -- factor_conv (04) -------------------------------------------------------------------------
+
+def _factor(smallest=False, stride=True, bias=True, transpose=False, balanced=True, inplace=False):
+    """Channel SVD of one conv with one typical mistake switched on."""
+    def factor(conv, rank):
+        w = conv.weight.detach().flatten(1)
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        idx = torch.arange(len(s) - rank, len(s)) if smallest else torch.arange(rank)
+        u, s, vh = u[:, idx], s[idx], vh[idx]
+        a, b = (s.sqrt()[:, None] * vh, u * s.sqrt()) if balanced else (s[:, None] * vh, u)
+        first = torch.nn.Conv2d(conv.in_channels, rank, conv.kernel_size,
+                                conv.stride if stride else 1, conv.padding, bias=False)
+        second = torch.nn.Conv2d(rank, conv.out_channels, 1, bias=bias and conv.bias is not None)
+        with torch.no_grad():
+            k = conv.kernel_size
+            first.weight.copy_(a.reshape(rank, k[0], k[1], conv.in_channels).permute(0, 3, 1, 2)
+                               if transpose else a.reshape(first.weight.shape))
+            second.weight.copy_(b[:, :, None, None])
+            if second.bias is not None:
+                second.bias.copy_(conv.bias)
+            if inplace:
+                conv.weight.mul_(0.5)
+        return torch.nn.Sequential(first, second)
+    return factor
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    ({"smallest": True}, "largest"),
+    ({"stride": False}, "stride and padding"),
+    ({"bias": False}, "bias goes on the second"),
+    ({"transpose": True}, "reshape of the filters"),
+    ({"inplace": True}, "in place"),
+], ids=["smallest-values", "loses-stride", "drops-bias", "wrong-reshape", "in-place"])
+def test_factor_conv_rejects_a_typical_mistake_and_names_it(mistake, hint, capsys):
+    wrong = _factor(**mistake)
+    wrong.__name__ = repr(mistake)
+    assert_rejected_with(check.factor_conv, wrong, hint, capsys)
+
+
+@pytest.mark.parametrize("right", [lambda c, r: lowrank.factor(c, r), _factor(),
+                                   _factor(balanced=False)],
+                         ids=["reference", "balanced", "all-of-S-in-one-factor"])
+def test_factor_conv_accepts_any_split_of_the_singular_values(right, capsys):
+    assert_accepted(check.factor_conv, right, capsys)
