@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 __all__ = ["Outcome", "run_cases", "verdict", "magnitude_mask", "magnitude_threshold",
-           "quantize_dequantize", "kd_loss", "preprocess", "choose_model", "fold_bn", "factor_conv"]
+           "quantize_dequantize", "kd_loss", "preprocess", "choose_model", "fold_bn", "factor_conv", "fake_quant_ste"]
 
 
 @dataclass
@@ -949,3 +949,64 @@ def factor_conv(fn: Callable, quiet: bool = False) -> Callable:
     def reference(conv: nn.Conv2d, rank: int) -> nn.Module:
         return factor(conv, rank)
     return verdict(run_cases("factor_conv", fn, _factor_cases()), fn, reference, quiet)
+
+
+# --------------------------------------------------------------------------------------------
+# 02_quantization: fake quantization with the straight-through estimator
+# --------------------------------------------------------------------------------------------
+
+def _ste_cases():
+    import torch
+
+    def against_torch(fn, x, scale, zp, qmin, qmax):
+        ref_x = x.clone().requires_grad_(True)
+        want = torch.fake_quantize_per_tensor_affine(ref_x, scale, zp, qmin, qmax)
+        want.sum().backward()
+        mine = x.clone().requires_grad_(True)
+        label = f"x = {_fmt(x)}, scale {scale}, zero point {zp}, codes {qmin}..{qmax}"
+        got = _call(lambda: fn(mine, scale, zp, qmin, qmax), "round in the forward pass, pass "
+                    "the gradient straight through inside the range", label, want)
+        assert isinstance(got, torch.Tensor) and got.shape == x.shape, (
+            "return a tensor shaped like x" + _show(label, want.detach(), got))
+        assert torch.allclose(got.detach(), want.detach(), atol=1e-6), (
+            "the forward values: clamp(round(x / scale) + zero_point, qmin, qmax), then back to "
+            "(q - zero_point) * scale" + _show(label, want.detach(), got.detach()))
+        assert got.requires_grad, ("no gradient reaches x: torch.round has a zero derivative; "
+                                   "write x + (q - x).detach() or an autograd.Function"
+                                   + _show(label, ref_x.grad, "no grad_fn"))
+        got.sum().backward()
+        g = mine.grad if mine.grad is not None else torch.zeros_like(x)
+        if not torch.allclose(g, ref_x.grad):
+            if torch.all(g == 0):
+                hint = ("no gradient reaches x: torch.round has a zero derivative; pass it "
+                        "straight through (x + (q - x).detach())")
+            elif torch.all(g == 1):
+                hint = ("the gradient must be zero where x was clipped to the range: clamp x to "
+                        "[(qmin - zp) * scale, (qmax - zp) * scale] before the straight-through trick")
+            else:
+                hint = "the gradient is 1 inside the range and 0 where x was clipped"
+            raise AssertionError(hint + _show(label, ref_x.grad, g))
+
+    def symmetric(fn):
+        against_torch(fn, torch.tensor([-1.5, -1.3, -0.9, -0.5, -0.1, 0.0, 0.3, 0.6, 0.7, 1.0, 1.5]),
+                      0.25, 0, -4, 3)
+
+    def with_a_zero_point(fn):
+        against_torch(fn, torch.tensor([-0.9, -0.3, 0.0, 0.2, 0.26, 0.74, 1.6, 3.0]), 0.1, 5, 0, 15)
+
+    def ties_and_clips_on_both_sides(fn):
+        against_torch(fn, torch.tensor([-2.0, -0.375, -0.125, 0.125, 0.375, 0.6, 2.0]), 0.25, 1, -2, 4)
+
+    # No x lies within half a step outside the range, where "clipped" depends on whether x or
+    # its rounded code is compared with the range (torch compares the code; clamping x first,
+    # the usual hand-written form, compares x): both conventions pass.
+    return [("symmetric codes", symmetric), ("a zero point", with_a_zero_point),
+            ("ties and clipping", ties_and_clips_on_both_sides)]
+
+
+def fake_quant_ste(fn: Callable, quiet: bool = False) -> Callable:
+    """Check the learner's ``fn(x, scale, zero_point, qmin, qmax)``: forward values and the
+    gradient with respect to x, inside and outside the clip range, against
+    ``torch.fake_quantize_per_tensor_affine``."""
+    from .qmath import fake_quant_ste as reference
+    return verdict(run_cases("fake_quant_ste", fn, _ste_cases()), fn, reference, quiet)

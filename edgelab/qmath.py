@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["MIN_BITS", "MAX_BITS", "check_bits", "int_range", "qparams", "quantize", "dequantize",
-           "quantize_dequantize", "mse_clip", "fold_bn", "fold_batchnorm", "relative_error", "quantizable_weights", "weight_bytes",
+           "quantize_dequantize", "mse_clip", "fake_quant_ste", "fold_bn", "fold_batchnorm", "relative_error", "quantizable_weights", "weight_bytes",
            "mixed_bits", "float_bytes", "fake_quantized_weights", "WithWeights", "with_weights",
            "fake_quantize_weights"]
 
@@ -109,6 +109,18 @@ def mse_clip(w: torch.Tensor, bits: int, axis: int = 0, grid: int = 40) -> torch
         better = err < best_err
         best, best_err = torch.where(better, t, best), torch.where(better, err, best_err)
     return best
+
+
+def fake_quant_ste(x: torch.Tensor, scale: float, zero_point: int, qmin: int,
+                   qmax: int) -> torch.Tensor:
+    """Fake quantization that can be trained through: the forward pass rounds to the grid, the
+    backward pass (straight-through estimator) passes the gradient unchanged where ``x`` is
+    inside the grid's range and zero where it was clipped, as
+    ``torch.fake_quantize_per_tensor_affine`` does."""
+    lo, hi = (qmin - zero_point) * scale, (qmax - zero_point) * scale
+    inside = x.clamp(lo, hi)            # clamp's gradient: 1 inside, 0 where clipped
+    q = (torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax) - zero_point) * scale
+    return inside + (q - inside).detach()
 
 
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:

@@ -52,6 +52,9 @@ T_START = time.time()
 EVAL_IMAGES = 200 if SMOKE else None      # None: the full 10k test set (every claim below)
 LATENCY_S = 0.1 if SMOKE else 1.0         # seconds of timing per batch size
 SLIDER_IMAGES = 32 if SMOKE else 200      # the slider's fixed subset of the validation set
+STE_TRAIN = 256 if SMOKE else 4096          # frozen features the one-layer QAT demo trains on
+STE_VAL = 256 if SMOKE else 2000
+STE_STEPS = 20 if SMOKE else 300
 BUILD = data.REPO_ROOT / "build" / "cache" / NOTEBOOK
 print(f"smoke mode: {SMOKE}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
 
@@ -137,6 +140,66 @@ def my_quantize_dequantize(x: torch.Tensor, bits: int, axis: int | None = None) 
 fake_quant = check.quantize_dequantize(my_quantize_dequantize)
 print(f"your function on the weights above, 8 bits per channel: relative error "
       f"{qmath.relative_error(w, fake_quant(w, 8, axis=0)):.4f}")
+
+# %% [markdown]
+# ### Your turn: rounding you can train through
+#
+# Quantization-aware training (02's flows notebook) puts this rounding into the forward pass and
+# keeps training. But `torch.round` has a zero derivative almost everywhere, so no gradient would
+# reach the weights. The **straight-through estimator** (Bengio et al., 2013,
+# [arXiv:1308.3432](https://arxiv.org/abs/1308.3432)) rounds in the forward pass and, in the
+# backward pass, treats rounding as the identity inside the grid's range and passes nothing where
+# a value was clipped. Write `fake_quant_ste(x, scale, zero_point, qmin, qmax)`: the forward values
+# of `(clamp(round(x / scale) + zero_point, qmin, qmax) − zero_point) × scale`, with that gradient.
+# `x + (q − x).detach()` has the forward value `q` and the gradient of `x`; clamp `x` to the range
+# first and the gradient vanishes where it was clipped. `check.fake_quant_ste` compares values and
+# gradients with `torch.fake_quantize_per_tensor_affine`, which torch.ao's `FakeQuantize` modules
+# (and so QAT) call.
+
+# %%
+def my_fake_quant_ste(x, scale, zero_point, qmin, qmax):
+    # lo, hi = (qmin - zero_point) * scale, (qmax - zero_point) * scale
+    # q = (torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax) - zero_point) * scale
+    # inside = x.clamp(lo, hi); return inside + (q - inside).detach()
+    raise NotImplementedError
+
+fake_quant_ste = check.fake_quant_ste(my_fake_quant_ste)
+
+# %% [markdown]
+# Your function on one layer: the teacher's classifier `fc` (512 → 10) at **2-bit** weights
+# (symmetric, one scale for the tensor set by its largest weight: the codes −1, 0, 1, a ternary
+# layer). The cell rounds the trained weights, then trains them *through* your `fake_quant_ste`
+# for a few hundred steps on the teacher's frozen features of training images, and measures both
+# on validation images. A clipped range is the post-training answer to the same problem (02's
+# flows notebook compares it with QAT on the whole network).
+
+# %%
+body = torch.nn.Sequential(*list(teacher.children())[:-1], torch.nn.Flatten())
+with torch.no_grad():
+    feats_train = torch.cat([body(x) for x in data.tensors("train", limit=STE_TRAIN)[0].split(256)])
+    feats_val = torch.cat([body(x) for x in data.tensors("val", limit=STE_VAL)[0].split(256)])
+y_train, y_val = data.tensors("train", limit=STE_TRAIN)[1], data.tensors("val", limit=STE_VAL)[1]
+fc = teacher.fc
+w_scale = float(fc.weight.detach().abs().max())        # symmetric 2 bits: codes -1, 0, 1
+
+
+def fc_accuracy(weight):
+    return float(((feats_val @ weight.T + fc.bias.detach()).argmax(1) == y_val).float().mean())
+
+
+w_qat = fc.weight.detach().clone().requires_grad_(True)
+opt = torch.optim.Adam([w_qat], lr=1e-3)
+for step in range(STE_STEPS):
+    i = torch.randint(0, len(y_train), (128,), generator=torch.Generator().manual_seed(step))
+    logits = feats_train[i] @ fake_quant_ste(w_qat, w_scale, 0, -1, 1).T + fc.bias.detach()
+    loss = torch.nn.functional.cross_entropy(logits, y_train[i])
+    opt.zero_grad(); loss.backward(); opt.step()
+with torch.no_grad():
+    accs = {"fp32": fc_accuracy(fc.weight.detach()),
+            "2-bit, rounded after training": fc_accuracy(qmath.fake_quant_ste(fc.weight.detach(), w_scale, 0, -1, 1)),
+            f"2-bit, {STE_STEPS} steps through the STE": fc_accuracy(qmath.fake_quant_ste(w_qat.detach(), w_scale, 0, -1, 1))}
+for k, v in accs.items():
+    print(f"fc {k:34s} {100 * v:.2f} % on {len(y_val):,} validation images")
 
 # %% [markdown]
 # ## 2 · How few bits do the weights need? A slider

@@ -531,3 +531,48 @@ def test_factor_conv_rejects_a_typical_mistake_and_names_it(mistake, hint, capsy
                          ids=["reference", "balanced", "all-of-S-in-one-factor"])
 def test_factor_conv_accepts_any_split_of_the_singular_values(right, capsys):
     assert_accepted(check.factor_conv, right, capsys)
+
+
+# -- fake_quant_ste (02) ----------------------------------------------------------------------
+
+def _ste(detach=True, clip_grad=True, zero_point=True, rounding=torch.round, autograd=False):
+    """Fake quantization with the straight-through estimator, one typical mistake switched on."""
+    def fq(x, scale, zp, qmin, qmax):
+        z = zp if zero_point else 0
+        q = (torch.clamp(rounding(x / scale) + z, qmin, qmax) - z) * scale
+        if not detach:
+            return q
+        inside = x.clamp((qmin - zp) * scale, (qmax - zp) * scale) if clip_grad else x
+        return inside + (q - inside).detach()
+    return fq
+
+
+class _STEFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zp, qmin, qmax):
+        code = torch.round(x / scale) + zp
+        ctx.save_for_backward((code >= qmin) & (code <= qmax))
+        return (code.clamp(qmin, qmax) - zp) * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None, None, None
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    ({"detach": False}, "zero derivative"),
+    ({"clip_grad": False}, "zero where x was clipped"),
+    ({"zero_point": False}, "the forward values"),
+    ({"rounding": torch.floor}, "the forward values"),
+], ids=["no-straight-through", "gradient-through-clipped-values", "ignores-zero-point", "floor"])
+def test_fake_quant_ste_rejects_a_typical_mistake_and_names_it(mistake, hint, capsys):
+    wrong = _ste(**mistake)
+    wrong.__name__ = repr(mistake)
+    assert_rejected_with(check.fake_quant_ste, wrong, hint, capsys)
+
+
+@pytest.mark.parametrize("right", [qmath.fake_quant_ste, _ste(), _STEFunction.apply],
+                         ids=["reference", "clamp-then-detach", "autograd-function"])
+def test_fake_quant_ste_accepts_the_detach_trick_and_an_autograd_function(right, capsys):
+    assert_accepted(check.fake_quant_ste, right, capsys)
