@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 __all__ = ["Outcome", "run_cases", "verdict", "magnitude_mask", "magnitude_threshold",
-           "quantize_dequantize", "kd_loss", "preprocess", "choose_model", "fold_bn", "factor_conv", "fake_quant_ste"]
+           "quantize_dequantize", "kd_loss", "preprocess", "choose_model", "fold_bn", "factor_conv", "fake_quant_ste", "csr_bytes"]
 
 
 @dataclass
@@ -1010,3 +1010,68 @@ def fake_quant_ste(fn: Callable, quiet: bool = False) -> Callable:
     ``torch.fake_quantize_per_tensor_affine``."""
     from .qmath import fake_quant_ste as reference
     return verdict(run_cases("fake_quant_ste", fn, _ste_cases()), fn, reference, quiet)
+
+
+# --------------------------------------------------------------------------------------------
+# 01_pruning: when do zeros pay? The bytes of a sparse (CSR) weight
+# --------------------------------------------------------------------------------------------
+
+def _csr_actual(w2d, index_dtype):
+    """What torch's CSR tensor holds, in bytes, with int64 or int32 indices."""
+    import warnings
+
+    import torch
+    with warnings.catch_warnings():   # "sparse CSR support is in beta": not the learner's business
+        warnings.simplefilter("ignore")
+        csr = w2d.to_sparse_csr()
+        crow, col, val = csr.crow_indices(), csr.col_indices(), csr.values()
+        if index_dtype == torch.int32:
+            csr = torch.sparse_csr_tensor(crow.int(), col.int(), val, size=w2d.shape)
+            crow, col = csr.crow_indices(), csr.col_indices()
+    return sum(t.numel() * t.element_size() for t in (crow, col, csr.values()))
+
+
+def _csr_cases():
+    import torch
+
+    def weight(sparsity, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(6, 3, 3, 3, generator=g)
+        k = round(sparsity * w.numel())
+        w.view(-1)[torch.randperm(w.numel(), generator=g)[:k]] = 0
+        return w
+
+    def compare(fn, sparsity, index_bytes):
+        w = weight(sparsity)
+        dtype = torch.int64 if index_bytes == 8 else torch.int32
+        want = _csr_actual(w.reshape(6, -1), dtype)
+        nnz = int((w != 0).sum())
+        label = f"a (6, 3, 3, 3) conv weight, {nnz} of {w.numel()} non-zero, {index_bytes}-byte indices"
+        got = _call(lambda: fn(w.clone(), index_bytes), "count values, column indices and row "
+                    "pointers", label, want)
+        if got == want:
+            return
+        rows = 6
+        guesses = {
+            nnz * (4 + index_bytes): "add the row pointers: rows + 1 of them, one index each",
+            nnz * (4 + index_bytes) + rows * index_bytes: "there are rows + 1 row pointers "
+                                                          "(each row's start, and the end)",
+            nnz * 4 + (rows + 1) * index_bytes: "each non-zero also stores its column index",
+            w.numel() * (4 + index_bytes) + (rows + 1) * index_bytes: "count the non-zero values "
+                                                                      "only: zeros are not stored",
+            nnz * 12 + (rows + 1) * 8: "use index_bytes for the indices (int32: 4 bytes)",
+        }
+        raise AssertionError(guesses.get(got, "values (4 bytes each) + one column index per value "
+                                              "+ (rows + 1) row pointers") + _show(label, want, got))
+
+    return [("50 % sparse, int64", lambda fn: compare(fn, 0.5, 8)),
+            ("90 % sparse, int64", lambda fn: compare(fn, 0.9, 8)),
+            ("90 % sparse, int32", lambda fn: compare(fn, 0.9, 4)),
+            ("all zero", lambda fn: compare(fn, 1.0, 8))]
+
+
+def csr_bytes(fn: Callable, quiet: bool = False) -> Callable:
+    """Check the learner's ``fn(weight, index_bytes) -> int``: the bytes of the weight, reshaped
+    to (out, in*k*k), as a CSR matrix with float32 values, against torch's own CSR tensor."""
+    from .prune import csr_bytes as reference
+    return verdict(run_cases("csr_bytes", fn, _csr_cases()), fn, reference, quiet)

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
 __all__ = ["PRUNABLE", "check_rate", "prunable_layers", "clone", "magnitude_threshold",
-           "magnitude_mask", "unstructured", "remove_masks", "sparsity", "sensitivity_scan",
+           "magnitude_mask", "unstructured", "remove_masks", "csr_bytes", "sparsity", "sensitivity_scan",
            "sensitivity_plan", "IMPORTANCES", "structured"]
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -117,6 +117,15 @@ def remove_masks(model: nn.Module) -> nn.Module:
         if tprune.is_pruned(m) and hasattr(m, "weight_mask"):
             tprune.remove(m, "weight")
     return model
+
+
+def csr_bytes(weight: torch.Tensor, index_bytes: int = 8, value_bytes: int = 4) -> int:
+    """Bytes of ``weight`` as a CSR matrix (rows = output channels, columns = everything else):
+    the non-zero values, one column index per value, and rows + 1 row pointers. torch stores the
+    indices as int64 (8 bytes); int32 (4) halves them."""
+    w = weight.reshape(weight.shape[0], -1)
+    nnz = int((w != 0).sum())
+    return nnz * (value_bytes + index_bytes) + (w.shape[0] + 1) * index_bytes
 
 
 def sparsity(model: nn.Module) -> float:

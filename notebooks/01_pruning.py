@@ -36,8 +36,11 @@ SMOKE = os.environ.get("EDGELAB_SMOKE", "0").lower() not in ("", "0", "false", "
 NOTEBOOK = "01_pruning"
 
 # %%
+import warnings
+
 import matplotlib.pyplot as plt
 import torch
+import torch.utils.benchmark as benchmark
 from IPython.display import display
 
 from edgelab import cache, check, data, figures, measure, models, prune, report, train, widgets
@@ -184,6 +187,67 @@ print(f"\nnon-zero weights: {z['nonzero_params'] / t['nonzero_params']:.0%} of t
 # in four bytes. Only a compressor (or a sparse format) notices them. And a dense convolution
 # multiplies by zero as fast as by anything else, so latency does not move either (differences of a
 # few percent are timing noise). Zeros pay off only with sparse kernels or sparsity-aware hardware.
+#
+# ### Your turn: when do zeros pay?
+#
+# A sparse format stores only the non-zeros, plus where they are. In **CSR** (compressed sparse
+# row), a weight seen as a matrix of `rows` output channels by `in·k·k` columns keeps: each
+# non-zero value (4 bytes in fp32), its column index, and `rows + 1` row pointers (where each row
+# starts, and the end). Write `csr_bytes(weight, index_bytes)`; torch stores indices as int64
+# (8 bytes), int32 halves them. `check.csr_bytes` compares with what torch's own CSR tensor
+# (`weight.reshape(out, -1).to_sparse_csr()`) holds.
+
+# %%
+def my_csr_bytes(weight, index_bytes=8):
+    # w = weight.reshape(weight.shape[0], -1); nnz = number of non-zeros
+    # values: nnz * 4; column indices: nnz * index_bytes; row pointers: (rows + 1) * index_bytes
+    raise NotImplementedError
+
+csr_bytes = check.csr_bytes(my_csr_bytes)
+
+# %% [markdown]
+# Your count on one of the teacher's layers, pruned by magnitude to three sparsities, against its
+# dense bytes; the sparsity where CSR starts to pay; and the time of one matrix product with the
+# layer's weights (its input as 64 columns) with `torch.sparse` against dense, on this CPU.
+
+# %%
+w_layer = teacher.layer3[0].conv2.weight.detach()
+rows, cols = w_layer.shape[0], w_layer[0].numel()
+x_cols = torch.randn(cols, 64, generator=torch.Generator().manual_seed(0))
+dense_b = w_layer.numel() * 4
+for ib in (8, 4):   # dense = nnz (4 + ib) + (rows + 1) ib  →  the break-even density
+    density = (dense_b - (rows + 1) * ib) / ((4 + ib) * w_layer.numel())
+    print(f"{8 * ib}-bit indices: CSR is smaller than dense above {100 * (1 - density):.0f} % sparsity")
+
+
+def timed(fn):
+    return benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()
+                           ).blocked_autorange(min_run_time=LATENCY_S / 4).median * 1e3
+
+
+w2d = w_layer.reshape(rows, cols)
+dense_ms = timed(lambda: w2d @ x_cols)
+print(f"\nlayer3.0.conv2 ({rows} x {cols}), dense: {dense_b / 1e6:.2f} MB, {dense_ms:.3f} ms per product")
+for rate in (0.5, 0.9, 0.99):
+    sparse_w = w_layer * prune.magnitude_mask(w_layer, rate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # "sparse CSR support is in beta"
+        w_csr = sparse_w.reshape(rows, cols).to_sparse_csr()
+        sparse_ms = timed(lambda: w_csr @ x_cols)
+    print(f"{rate:4.0%} zeros: CSR {csr_bytes(sparse_w, 8) / 1e6:.2f} MB (int64), "
+          f"{csr_bytes(sparse_w, 4) / 1e6:.2f} MB (int32); torch.sparse product {sparse_ms:.3f} ms "
+          f"({dense_ms / sparse_ms:.2f}x dense's speed)")
+
+# %% [markdown]
+# The printout shows, on this CPU, which sparsity it takes before the bytes and the time of a
+# general sparse format beat dense. **2:4 (N:M) semi-structured sparsity** is the structured
+# middle ground GPUs use: in every group of four consecutive weights exactly two are zero, so the
+# values take half the bytes and the positions take 2 bits per kept value; NVIDIA's Ampere and
+# later Sparse Tensor Cores multiply such matrices at up to twice the dense rate (Mishra et al.,
+# 2021, [arXiv:2104.08378](https://arxiv.org/abs/2104.08378)). PyTorch exposes it through
+# `torch.sparse.to_sparse_semi_structured`, which runs on CUDA GPUs only
+# ([docs](https://docs.pytorch.org/docs/stable/sparse.html#sparse-semi-structured-tensors));
+# this workbook's CPU has no kernel for it, and the Pi's cores have none either.
 #
 # ### The blog's `prune_model`, line by line
 #

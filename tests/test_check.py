@@ -576,3 +576,33 @@ def test_fake_quant_ste_rejects_a_typical_mistake_and_names_it(mistake, hint, ca
                          ids=["reference", "clamp-then-detach", "autograd-function"])
 def test_fake_quant_ste_accepts_the_detach_trick_and_an_autograd_function(right, capsys):
     assert_accepted(check.fake_quant_ste, right, capsys)
+
+
+# -- csr_bytes (01) ---------------------------------------------------------------------------
+
+def _csr(pointers="rows+1", columns=True, zeros=False, fixed_index=None):
+    def csr(weight, index_bytes=8):
+        ib = fixed_index or index_bytes
+        w = weight.reshape(weight.shape[0], -1)
+        n = w.numel() if zeros else int((w != 0).sum())
+        rows = {"rows+1": w.shape[0] + 1, "rows": w.shape[0], "none": 0}[pointers]
+        return n * (4 + (ib if columns else 0)) + rows * ib
+    return csr
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    ({"pointers": "none"}, "add the row pointers"),
+    ({"pointers": "rows"}, "rows + 1 row pointers"),
+    ({"columns": False}, "column index"),
+    ({"zeros": True}, "zeros are not stored"),
+    ({"fixed_index": 8}, "index_bytes"),
+], ids=["no-row-pointers", "rows-not-rows+1", "no-column-indices", "counts-zeros", "always-int64"])
+def test_csr_bytes_rejects_a_typical_mistake_and_names_it(mistake, hint, capsys):
+    wrong = _csr(**mistake)
+    wrong.__name__ = repr(mistake)
+    assert_rejected_with(check.csr_bytes, wrong, hint, capsys)
+
+
+@pytest.mark.parametrize("right", [prune.csr_bytes, _csr()], ids=["reference", "by-hand"])
+def test_csr_bytes_accepts_the_count_that_torch_stores(right, capsys):
+    assert_accepted(check.csr_bytes, right, capsys)
