@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 __all__ = ["Outcome", "run_cases", "verdict", "magnitude_mask", "magnitude_threshold",
-           "quantize_dequantize", "kd_loss", "preprocess", "choose_model", "fold_bn", "factor_conv", "fake_quant_ste", "csr_bytes"]
+           "quantize_dequantize", "kd_loss", "preprocess", "choose_model", "fold_bn", "factor_conv", "fake_quant_ste", "csr_bytes", "int_linear"]
 
 
 @dataclass
@@ -1075,3 +1075,58 @@ def csr_bytes(fn: Callable, quiet: bool = False) -> Callable:
     to (out, in*k*k), as a CSR matrix with float32 values, against torch's own CSR tensor."""
     from .prune import csr_bytes as reference
     return verdict(run_cases("csr_bytes", fn, _csr_cases()), fn, reference, quiet)
+
+
+# --------------------------------------------------------------------------------------------
+# 02_quantization: an int8 linear layer in integers only
+# --------------------------------------------------------------------------------------------
+
+def _int_linear_cases():
+    import torch
+
+    g = torch.Generator().manual_seed(3)
+    x_q = torch.randint(0, 256, (5, 16), generator=g, dtype=torch.int32).to(torch.uint8)
+    w_q = torch.randint(-127, 128, (4, 16), generator=g, dtype=torch.int32).to(torch.int8)
+    bias_q = torch.tensor([900, -4000, 0, 12345], dtype=torch.int32)
+
+    def float_ref(x_zp, m, y_zp, bias=True, xzp=True, yzp=True, clamp=True):
+        acc = (x_q.double() - (x_zp if xzp else 0)) @ w_q.double().T + (bias_q.double() if bias else 0)
+        y = torch.round(acc * torch.as_tensor(m, dtype=torch.float64)) + (y_zp if yzp else 0)
+        return y.clamp(0, 255) if clamp else y
+
+    def compare(fn, x_zp, m, y_zp):
+        m = torch.as_tensor(m, dtype=torch.float64)
+        want = float_ref(x_zp, m, y_zp)
+        label = (f"x_q {tuple(x_q.shape)} uint8 (zero point {x_zp}), w_q {tuple(w_q.shape)} int8, "
+                 f"bias_q {_fmt(bias_q)}, M {_fmt(m)}, y zero point {y_zp}")
+        got = _call(lambda: fn(x_q.clone(), x_zp, w_q.clone(), bias_q.clone(), m.clone(), y_zp),
+                    "accumulate (x_q - x_zp) @ w_q.T + bias_q in integers, then requantize", label, want)
+        assert isinstance(got, torch.Tensor) and not got.is_floating_point(), (
+            "return integer codes (uint8), not floats: the point is that no float is involved"
+            + _show(label, want, got))
+        diff = (got.double() - want).abs()
+        if float(diff.max()) <= 1:
+            return
+        for kw, hint in (({"xzp": False}, "subtract the input's zero point before multiplying"),
+                         ({"yzp": False}, "add the output's zero point after requantizing"),
+                         ({"bias": False}, "add the int32 bias to the accumulator"),
+                         ({"clamp": False}, "clamp to the uint8 codes 0..255 before converting")):
+            guess = float_ref(x_zp, m, y_zp, **kw)
+            if "clamp" in kw:   # unclamped codes wrap around when cast to uint8
+                guess = torch.remainder(guess, 256)
+            if float((got.double() - guess).abs().max()) <= 1:
+                raise AssertionError(hint + _show(label, want, got))
+        raise AssertionError("more than one code off: requantize as round(acc * M) with M as a "
+                             "fixed-point multiplier m0 and a shift" + _show(label, want, got))
+
+    return [("one multiplier, both zero points", lambda fn: compare(fn, 128, 0.0021, 17)),
+            ("one multiplier per output", lambda fn: compare(fn, 100, [0.0012, 0.004, 0.0007, 0.0025], 60)),
+            ("outputs that must clamp", lambda fn: compare(fn, 3, 0.02, 128))]
+
+
+def int_linear(fn: Callable, quiet: bool = False) -> Callable:
+    """Check the learner's ``fn(x_q, x_zp, w_q, bias_q, m, y_zp) -> uint8 codes``: within one
+    output code of ``round(((x_q - x_zp) @ w_q.T + bias_q) * m) + y_zp``, clamped to 0..255, on
+    fixed cases with non-zero zero points, one or one multiplier per output."""
+    from .qmath import int_linear as reference
+    return verdict(run_cases("int_linear", fn, _int_linear_cases()), fn, reference, quiet)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["MIN_BITS", "MAX_BITS", "check_bits", "int_range", "qparams", "quantize", "dequantize",
-           "quantize_dequantize", "mse_clip", "fake_quant_ste", "fold_bn", "fold_batchnorm", "relative_error", "quantizable_weights", "weight_bytes",
+           "quantize_dequantize", "mse_clip", "fixed_point", "int_linear", "fake_quant_ste", "fold_bn", "fold_batchnorm", "relative_error", "quantizable_weights", "weight_bytes",
            "mixed_bits", "float_bytes", "fake_quantized_weights", "WithWeights", "with_weights",
            "fake_quantize_weights"]
 
@@ -109,6 +109,33 @@ def mse_clip(w: torch.Tensor, bits: int, axis: int = 0, grid: int = 40) -> torch
         better = err < best_err
         best, best_err = torch.where(better, t, best), torch.where(better, err, best_err)
     return best
+
+
+def fixed_point(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A positive real multiplier M < 1 as integers: M ≈ m0 · 2^-(31 + shift), m0 in
+    [2^30, 2^31) (gemmlowp's and TFLite's form), so that an int32 accumulator is rescaled with
+    one integer multiply and one shift."""
+    m = torch.as_tensor(m, dtype=torch.float64)
+    if not (m > 0).all() or not (m < 1).all():
+        raise ValueError(f"the requantization multiplier s_in * s_w / s_out must be in (0, 1), got {m}")
+    mantissa, exponent = torch.frexp(m)          # m = mantissa * 2^exponent, mantissa in [0.5, 1)
+    m0 = torch.round(mantissa * 2 ** 31).long()
+    shift = -exponent.long()
+    carry = m0 == 2 ** 31                        # mantissa rounded up to 1.0
+    return torch.where(carry, m0 // 2, m0), torch.where(carry, shift - 1, shift)
+
+
+def int_linear(x_q: torch.Tensor, x_zp: int, w_q: torch.Tensor, bias_q: torch.Tensor,
+               m: torch.Tensor, y_zp: int, qmin: int = 0, qmax: int = 255) -> torch.Tensor:
+    """An int8 linear layer in integers only: uint8 inputs (zero point ``x_zp``), symmetric int8
+    weights (one row per output), int32 bias at scale s_x·s_w, int32 accumulation, then
+    requantization by ``m`` = s_x·s_w/s_y (one per output or one for all) as a fixed-point
+    multiply and a rounding shift, plus ``y_zp``, clamped to the output codes."""
+    acc = (x_q.long() - x_zp) @ w_q.long().T + bias_q.long()          # int32 range in practice
+    m0, shift = fixed_point(torch.as_tensor(m).expand(w_q.shape[0]))
+    total = 31 + shift
+    y = (acc * m0 + (1 << (total - 1))) >> total                        # round half up
+    return (y + y_zp).clamp(qmin, qmax).to(torch.uint8 if qmin >= 0 else torch.int8)
 
 
 def fake_quant_ste(x: torch.Tensor, scale: float, zero_point: int, qmin: int,

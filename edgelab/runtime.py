@@ -19,7 +19,7 @@ from .measure import release_memory
 from .models import atomic_write_bytes
 
 __all__ = ["quiet", "quiet_logs", "check_calibration", "graph_bytes", "FixedBatches",
-           "compile_fixed", "release_compiled", "export_onnx", "session", "CALIBRATIONS", "ort_static",
+           "compile_fixed", "release_compiled", "export_onnx", "session", "CALIBRATIONS", "ort_static", "qdq_linear", "with_outputs",
            "Stopwatch", "cpu_isa"]
 
 @contextlib.contextmanager
@@ -252,6 +252,59 @@ def ort_static(fp32_path, out_path, images: torch.Tensor, per_channel: bool = Tr
                            calibrate_method=method)
     pre.unlink(missing_ok=True)
     os.replace(tmp, out_path)
+    return out_path
+
+
+def qdq_linear(onnx_path, weight: str = "fc.weight") -> dict:
+    """What ONNX Runtime's QDQ model chose for one Gemm/MatMul layer, read from its graph: the
+    input's and output's scale, zero point and tensor names, the int8 weights and their scales,
+    and the bias (int32 ``bias_q`` at ``bias_scale`` when quantized, else float ``bias``). ``weight`` names the layer's weight initializer as exported."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(onnx_path)).graph
+    init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    made_by = {o: n for n in g.node for o in n.output}
+    used_by = {}
+    for n in g.node:
+        for i in n.input:
+            used_by.setdefault(i, []).append(n)
+    layer = next((n for n in g.node if n.op_type in ("Gemm", "MatMul")
+                  and any(i.startswith(weight) for i in n.input)), None)
+    if layer is None:
+        raise KeyError(f"no Gemm or MatMul with a weight named {weight!r} in {onnx_path}")
+    x_dq, w_dq = made_by[layer.input[0]], made_by[layer.input[1]]
+    y_q = next(n for n in used_by[layer.output[0]] if n.op_type == "QuantizeLinear")
+    if x_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
+        raise ValueError(f"{layer.name or layer.op_type} is not in QDQ form (inputs from "
+                         f"{x_dq.op_type}, {w_dq.op_type})")
+
+    def zp(node):
+        return int(init[node.input[2]]) if len(node.input) > 2 else 0
+    bias, bias_q, bias_scale = None, None, None
+    if len(layer.input) > 2:
+        b_dq = made_by.get(layer.input[2])
+        if b_dq is not None and b_dq.op_type == "DequantizeLinear":   # int32, at s_x * s_w
+            bias_q, bias_scale = init[b_dq.input[0]], init[b_dq.input[1]]
+        else:
+            bias = init.get(layer.input[2])
+    return {"x_name": x_dq.input[0], "x_scale": float(init[x_dq.input[1]]), "x_zp": zp(x_dq),
+            "w_q": init[w_dq.input[0]], "w_scale": init[w_dq.input[1]],
+            "bias": bias, "bias_q": bias_q, "bias_scale": bias_scale,
+            "transposed": any(a.name == "transB" and a.i == 1 for a in layer.attribute),
+            "y_name": y_q.output[0], "y_scale": float(init[y_q.input[1]]), "y_zp": zp(y_q)}
+
+
+def with_outputs(onnx_path, names: list[str], out_path) -> Path:
+    """A copy of the model that also returns the named intermediate tensors, in that order."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    for name in names:
+        model.graph.output.append(onnx.ValueInfoProto(name=name))
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_path))
     return out_path
 
 

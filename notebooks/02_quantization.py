@@ -44,7 +44,8 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from edgelab import check, data, figures, measure, models, qmath, quantize, report, widgets
+from edgelab import (check, data, deploy, figures, measure, models, qmath, quantize, report,
+                     runtime, widgets)
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -55,6 +56,8 @@ SLIDER_IMAGES = 32 if SMOKE else 200      # the slider's fixed subset of the val
 STE_TRAIN = 256 if SMOKE else 4096          # frozen features the one-layer QAT demo trains on
 STE_VAL = 256 if SMOKE else 2000
 STE_STEPS = 20 if SMOKE else 300
+INT_CALIBRATION = 32 if SMOKE else 128        # images ONNX Runtime calibrates the int8 teacher on
+INT_IMAGES = 32 if SMOKE else 500
 BUILD = data.REPO_ROOT / "build" / "cache" / NOTEBOOK
 print(f"smoke mode: {SMOKE}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
 
@@ -200,6 +203,61 @@ with torch.no_grad():
             f"2-bit, {STE_STEPS} steps through the STE": fc_accuracy(qmath.fake_quant_ste(w_qat.detach(), w_scale, 0, -1, 1))}
 for k, v in accs.items():
     print(f"fc {k:34s} {100 * v:.2f} % on {len(y_val):,} validation images")
+
+# %% [markdown]
+# ### Your turn: an int8 layer in integers only
+#
+# On an int8 CPU kernel (and on the Pi) no float is involved between the quantized input and the
+# quantized output. With `x = s_x (x_q − z_x)`, symmetric weights `w = s_w w_q` and the bias stored
+# as int32 at scale `s_x s_w`, the output code is
+#
+# `y_q = clamp(round(M · acc) + z_y, 0, 255)`, where `acc = (x_q − z_x) · w_qᵀ + bias_q` is an
+# int32 sum and `M = s_x s_w / s_y` (one per output channel with per-channel weights).
+#
+# `M` is a real number below 1, so kernels store it as integers: `M ≈ m0 · 2^−(31+shift)` with
+# `m0` in [2³⁰, 2³¹) (`qmath.fixed_point`, the form of gemmlowp and TFLite), and rescale with one
+# integer multiply and a rounding right shift. Write `int_linear(x_q, x_zp, w_q, bias_q, m, y_zp)`
+# returning uint8 codes; `check.int_linear` compares with the float formula, within one code, on
+# fixed cases with non-zero zero points, one multiplier per output, and outputs that must clamp.
+
+# %%
+def my_int_linear(x_q, x_zp, w_q, bias_q, m, y_zp):
+    # acc = (x_q.long() - x_zp) @ w_q.long().T + bias_q.long()
+    # m0, shift = qmath.fixed_point(m); total = 31 + shift
+    # y = (acc * m0 + (1 << (total - 1))) >> total                 # round(acc * M), in integers
+    # return (y + y_zp).clamp(0, 255).to(torch.uint8)
+    raise NotImplementedError
+
+int_linear = check.int_linear(my_int_linear)
+
+# %% [markdown]
+# Your layer against ONNX Runtime's own: the teacher quantized by ONNX Runtime (static, per-channel
+# int8 weights, uint8 activations; 02's flows notebook measures it whole). The cell reads the
+# scales and zero points ONNX Runtime chose for `fc` from the graph's initializers
+# (`runtime.qdq_linear`), asks the graph to also return `fc`'s quantized input and output
+# (`runtime.with_outputs`), and feeds the same input codes to your function.
+
+# %%
+teacher_onnx = deploy.export(teacher, BUILD / "teacher.onnx", data.tensors("val", limit=2)[0])
+teacher_int8 = runtime.ort_static(teacher_onnx, BUILD / f"teacher-int8-{INT_CALIBRATION}.onnx",
+                                  data.calibration_set(INT_CALIBRATION))
+fc_q = runtime.qdq_linear(teacher_int8, "fc.weight")
+probe = runtime.session(runtime.with_outputs(teacher_int8, [fc_q["x_name"], fc_q["y_name"]],
+                                             BUILD / "teacher-int8-fc-probe.onnx"), threads=1)
+_, x_codes, ort_codes = probe.run(None, {"image": data.tensors("val", limit=INT_IMAGES)[0].numpy()})
+m = fc_q["x_scale"] * torch.from_numpy(fc_q["w_scale"].copy()).double() / fc_q["y_scale"]
+mine = int_linear(torch.from_numpy(x_codes.copy()), fc_q["x_zp"],
+                  torch.from_numpy(fc_q["w_q"].copy()), torch.from_numpy(fc_q["bias_q"].copy()),
+                  m, fc_q["y_zp"])
+off = (mine.int() - torch.from_numpy(ort_codes.copy()).int()).abs()
+m0, shift = qmath.fixed_point(m)
+print(f"fc in ONNX Runtime: input scale {fc_q['x_scale']:.5f} (zero point {fc_q['x_zp']}), "
+      f"output scale {fc_q['y_scale']:.5f} (zero point {fc_q['y_zp']}), "
+      f"M from {float(m.min()):.2e} to {float(m.max()):.2e}")
+print(f"first output's M as integers: m0 = {int(m0[0])}, shift = {int(shift[0])}")
+print(f"{INT_IMAGES} validation images × 10 outputs: {100 * float((off == 0).float().mean()):.2f} % "
+      f"of your codes equal ONNX Runtime's, largest difference {int(off.max())} code(s)")
+del probe
 
 # %% [markdown]
 # ## 2 · How few bits do the weights need? A slider

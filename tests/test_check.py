@@ -606,3 +606,44 @@ def test_csr_bytes_rejects_a_typical_mistake_and_names_it(mistake, hint, capsys)
 @pytest.mark.parametrize("right", [prune.csr_bytes, _csr()], ids=["reference", "by-hand"])
 def test_csr_bytes_accepts_the_count_that_torch_stores(right, capsys):
     assert_accepted(check.csr_bytes, right, capsys)
+
+
+# -- int_linear (02) --------------------------------------------------------------------------
+
+def _int_linear(xzp=True, yzp=True, bias=True, clamp=True, floats=False):
+    def lin(x_q, x_zp, w_q, bias_q, m, y_zp):
+        acc = (x_q.long() - (x_zp if xzp else 0)) @ w_q.long().T + (bias_q.long() if bias else 0)
+        y = torch.round(acc.double() * torch.as_tensor(m, dtype=torch.float64)) + (y_zp if yzp else 0)
+        if floats:
+            return y.clamp(0, 255)
+        return (y.clamp(0, 255) if clamp else y).long().to(torch.uint8)
+    return lin
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    ({"xzp": False}, "input's zero point"),
+    ({"yzp": False}, "output's zero point"),
+    ({"bias": False}, "int32 bias"),
+    ({"clamp": False}, "clamp to the uint8 codes"),
+    ({"floats": True}, "not floats"),
+], ids=["no-input-zero-point", "no-output-zero-point", "no-bias", "wraps-instead-of-clamping",
+        "returns-floats"])
+def test_int_linear_rejects_a_typical_mistake_and_names_it(mistake, hint, capsys):
+    wrong = _int_linear(**mistake)
+    wrong.__name__ = repr(mistake)
+    assert_rejected_with(check.int_linear, wrong, hint, capsys)
+
+
+@pytest.mark.parametrize("right", [qmath.int_linear, _int_linear()],
+                         ids=["fixed-point-reference", "rounded-float-multiplier"])
+def test_int_linear_accepts_integer_codes_within_one_step(right, capsys):
+    assert_accepted(check.int_linear, right, capsys)
+
+
+def test_fixed_point_multipliers_reproduce_m_to_31_bits():
+    m = torch.tensor([0.3, 1e-4, 0.9999999, 2.0 ** -20], dtype=torch.float64)
+    m0, shift = qmath.fixed_point(m)
+    assert ((m0 >= 2 ** 30) & (m0 < 2 ** 31)).all()
+    assert torch.allclose(m0.double() * 2.0 ** (-31 - shift), m, rtol=2 ** -30, atol=0)
+    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+        qmath.fixed_point(torch.tensor([1.5]))
