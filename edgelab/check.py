@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 __all__ = ["Outcome", "run_cases", "verdict", "magnitude_mask", "magnitude_threshold",
-           "quantize_dequantize", "kd_loss", "preprocess", "choose_model", "fold_bn", "factor_conv", "fake_quant_ste", "csr_bytes", "int_linear"]
+           "quantize_dequantize", "kd_loss", "preprocess", "choose_model", "fold_bn", "factor_conv", "fake_quant_ste", "csr_bytes", "int_linear", "kmeans_quantize"]
 
 
 @dataclass
@@ -1130,3 +1130,74 @@ def int_linear(fn: Callable, quiet: bool = False) -> Callable:
     fixed cases with non-zero zero points, one or one multiplier per output."""
     from .qmath import int_linear as reference
     return verdict(run_cases("int_linear", fn, _int_linear_cases()), fn, reference, quiet)
+
+
+# --------------------------------------------------------------------------------------------
+# 02_quantization: k-means weight sharing (Deep Compression)
+# --------------------------------------------------------------------------------------------
+
+def _kmeans_cases():
+    import torch
+
+    from .qmath import kmeans_quantize as reference
+
+    def tensor(seed):
+        g = torch.Generator().manual_seed(seed)
+        # three clumps and a few outliers, like a layer's weights
+        return torch.cat([0.05 * torch.randn(40, generator=g) - 0.3, 0.02 * torch.randn(60, generator=g),
+                          0.05 * torch.randn(30, generator=g) + 0.25, torch.tensor([0.9, -0.8])]
+                         ).reshape(2, 66)
+
+    def run(fn, w, bits):
+        label = f"a (2, 66) tensor in three clumps and two outliers, {bits} bits"
+        got = _call(lambda: fn(w.clone(), bits), "return (centroids, indices, reconstruction)",
+                    label, f"{2 ** bits} centroids")
+        assert isinstance(got, tuple) and len(got) == 3, (
+            "return three things: the centroids, each weight's centroid index, the reconstruction"
+            + _show(label, "(centroids, indices, reconstruction)", type(got).__name__))
+        return label, got
+
+    def shapes_and_codebook(fn):
+        w = tensor(0)
+        label, (c, idx, r) = run(fn, w, 2)
+        assert r.shape == w.shape and idx.shape == w.shape, (
+            "indices and reconstruction have the weight's shape" + _show(label, tuple(w.shape), tuple(r.shape)))
+        assert c.numel() <= 4 and torch.unique(r).numel() <= 4, (
+            "2 bits allow 4 shared values" + _show(label, "at most 4 values", torch.unique(r)))
+        assert torch.allclose(r, c.flatten()[idx.long()]), (
+            "the reconstruction is centroids[indices]" + _show(label, c.flatten()[idx.long()], r))
+
+    def lloyd_fixed_point(fn):
+        w = tensor(1)
+        label, (c, idx, r) = run(fn, w, 3)
+        assert torch.isfinite(r).all(), ("NaN or Inf: an empty cluster divided by zero; keep its "
+                                         "centroid where it was" + _show(label, "finite values", r))
+        c = c.flatten()
+        nearest = (w.flatten()[:, None] - c[None]).abs().min(1).values
+        assert torch.allclose((w.flatten() - r.flatten()).abs(), nearest, atol=1e-6), (
+            "each weight goes to its *nearest* centroid" + _show(label, nearest, (w - r).abs()))
+        for j in idx.unique():
+            members = w.flatten()[idx.flatten() == j]
+            assert abs(float(members.mean() - c[j])) < 1e-5, (
+                "iterate until each centroid is the mean of its weights (Lloyd's algorithm)"
+                + _show(label, f"centroid {int(j)} = {float(members.mean()):.5f} (its members' mean)",
+                        float(c[j])))
+
+    def linear_initialisation(fn):
+        w = tensor(2)
+        label, (_, _, r) = run(fn, w, 2)
+        want = reference(w, 2)[2]
+        assert torch.allclose(r, want, atol=1e-5), (
+            "start from centroids spread linearly over [min, max] (torch.linspace): k-means "
+            "finds different clusters from different starts" + _show(label, want, r))
+
+    return [("shapes and codebook", shapes_and_codebook), ("Lloyd's fixed point", lloyd_fixed_point),
+            ("the linear start", linear_initialisation)]
+
+
+def kmeans_quantize(fn: Callable, quiet: bool = False) -> Callable:
+    """Check the learner's ``fn(w, bits) -> (centroids, indices, reconstruction)``: at most
+    2^bits shared values, each weight at its nearest centroid, each centroid its members' mean,
+    from the linear initialisation over [min, max]."""
+    from .qmath import kmeans_quantize as reference
+    return verdict(run_cases("kmeans_quantize", fn, _kmeans_cases()), fn, reference, quiet)

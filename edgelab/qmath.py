@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["MIN_BITS", "MAX_BITS", "check_bits", "int_range", "qparams", "quantize", "dequantize",
-           "quantize_dequantize", "mse_clip", "fixed_point", "int_linear", "fake_quant_ste", "fold_bn", "fold_batchnorm", "relative_error", "quantizable_weights", "weight_bytes",
+           "quantize_dequantize", "mse_clip", "kmeans_quantize", "codebook_bytes", "fixed_point", "int_linear", "fake_quant_ste", "fold_bn", "fold_batchnorm", "relative_error", "quantizable_weights", "weight_bytes",
            "mixed_bits", "float_bytes", "fake_quantized_weights", "WithWeights", "with_weights",
            "fake_quantize_weights"]
 
@@ -109,6 +109,32 @@ def mse_clip(w: torch.Tensor, bits: int, axis: int = 0, grid: int = 40) -> torch
         better = err < best_err
         best, best_err = torch.where(better, t, best), torch.where(better, err, best_err)
     return best
+
+
+def kmeans_quantize(w: torch.Tensor, bits: int, iters: int = 30
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Deep Compression's weight sharing (Han et al., 2016): ``2**bits`` shared values
+    (centroids) for the whole tensor, fitted by Lloyd's k-means from a linear initialisation over
+    [min, max] (the initialisation the paper found best), so the result is deterministic.
+    Returns (centroids, the index of each weight's centroid, the reconstructed tensor)."""
+    k = 2 ** check_bits(bits)
+    flat = w.detach().flatten().float()
+    centroids = torch.linspace(float(flat.min()), float(flat.max()), k)
+    for _ in range(iters):
+        idx = torch.bucketize(flat, (centroids[1:] + centroids[:-1]) / 2)   # nearest (sorted)
+        sums = torch.zeros(k).index_add_(0, idx, flat)
+        counts = torch.bincount(idx, minlength=k).float()
+        new = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+        if torch.equal(new, centroids):
+            break
+        centroids = new.sort().values
+    idx = torch.bucketize(flat, (centroids[1:] + centroids[:-1]) / 2)
+    return centroids, idx.view(w.shape), centroids[idx].view(w.shape).to(w.dtype)
+
+
+def codebook_bytes(w: torch.Tensor, bits: int) -> int:
+    """A k-means-quantized tensor as stored: ``bits`` per weight (packed) plus its fp32 codebook."""
+    return (w.numel() * check_bits(bits) + 7) // 8 + 4 * 2 ** bits
 
 
 def fixed_point(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

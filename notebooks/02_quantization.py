@@ -58,6 +58,8 @@ STE_VAL = 256 if SMOKE else 2000
 STE_STEPS = 20 if SMOKE else 300
 INT_CALIBRATION = 32 if SMOKE else 128        # images ONNX Runtime calibrates the int8 teacher on
 INT_IMAGES = 32 if SMOKE else 500
+KMEANS_VAL = 64 if SMOKE else 1000            # validation images for k-means against linear
+KMEANS_BITS = [2, 3] if SMOKE else [2, 3, 4]
 BUILD = data.REPO_ROOT / "build" / "cache" / NOTEBOOK
 print(f"smoke mode: {SMOKE}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
 
@@ -258,6 +260,69 @@ print(f"first output's M as integers: m0 = {int(m0[0])}, shift = {int(shift[0])}
 print(f"{INT_IMAGES} validation images × 10 outputs: {100 * float((off == 0).float().mean()):.2f} % "
       f"of your codes equal ONNX Runtime's, largest difference {int(off.max())} code(s)")
 del probe
+
+# %% [markdown]
+# ### Your turn: shared weights by k-means (Deep Compression)
+#
+# Linear quantization spaces its levels evenly. **Weight sharing** (Han, Mao and Dally, *Deep
+# Compression*, 2016, [arXiv:1510.00149](https://arxiv.org/abs/1510.00149)) instead fits `2^bits`
+# shared values to where a tensor's weights actually are, with k-means, and stores a `bits`-wide
+# index per weight plus the small table of values (the codebook). Write
+# `kmeans_quantize(w, bits) -> (centroids, indices, reconstruction)`: start from `2^bits`
+# centroids spread linearly over [min, max] (the start the paper found best), then repeat
+# Lloyd's two steps: give each weight to its nearest centroid, move each centroid to the mean of
+# its weights (an empty one stays put). `check.kmeans_quantize` checks the codebook's size, that
+# every weight sits at its nearest centroid, that every centroid is its weights' mean, and the
+# linear start.
+
+# %%
+def my_kmeans_quantize(w, bits):
+    # flat = w.flatten(); c = torch.linspace(flat.min(), flat.max(), 2 ** bits)
+    # repeat ~30 times: idx = (flat[:, None] - c[None]).abs().argmin(1)
+    #                   c[j] = flat[idx == j].mean() for every j that has weights
+    # return c, idx.view(w.shape), c[idx].view(w.shape)
+    raise NotImplementedError
+
+kmeans_quantize = check.kmeans_quantize(my_kmeans_quantize)
+
+# %% [markdown]
+# Your function on every convolution and linear weight of the teacher, one codebook per tensor,
+# against linear (symmetric) quantization with one scale per tensor, at the same bits: accuracy on
+# validation images, and bytes as stored (packed indices plus each codebook, or packed codes plus
+# each scale; biases and batch norms stay fp32 in both).
+
+# %%
+kx, ky = data.tensors("val", limit=KMEANS_VAL)
+raw = {k: w.detach() for k, w in qmath.quantizable_weights(teacher).items()}
+other_bytes = sum(t.numel() * 4 for k, t in teacher.state_dict().items()
+                  if k not in raw and t.is_floating_point())
+rows = []
+for bits in KMEANS_BITS:
+    shared = {k: kmeans_quantize(w, bits)[2] for k, w in raw.items()}
+    linear = {k: qmath.quantize_dequantize(w, bits, symmetric=True) for k, w in raw.items()}
+    rows.append({"bits": bits,
+                 "kmeans": measure.accuracy_on(qmath.with_weights(teacher, shared), kx, ky),
+                 "linear": measure.accuracy_on(qmath.with_weights(teacher, linear), kx, ky),
+                 "kmeans_mb": (sum(qmath.codebook_bytes(w, bits) for w in raw.values()) + other_bytes) / 1e6,
+                 "linear_mb": qmath.weight_bytes(teacher, bits, per_channel=False) / 1e6})
+    print(f"{bits} bits: k-means {100 * rows[-1]['kmeans']:6.2f} % ({rows[-1]['kmeans_mb']:.2f} MB), "
+          f"linear {100 * rows[-1]['linear']:6.2f} % ({rows[-1]['linear_mb']:.2f} MB) on {len(ky):,} "
+          "validation images")
+    del shared, linear
+fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.2))
+for key, marker, label in (("kmeans", "o", "k-means codebook"), ("linear", "s", "linear, per tensor")):
+    ax.plot([r["bits"] for r in rows], [100 * r[key] for r in rows], marker=marker, label=label)
+ax.axhline(100 * measure.accuracy_on(teacher, kx, ky), color="0.5", ls="--", lw=1, label="fp32")
+ax.set_xticks(KMEANS_BITS)
+ax.set_xlabel("bits per weight"); ax.set_ylabel(f"accuracy (%), {len(ky):,} val images")
+ax.legend(loc="lower right"); ax.set_title("The same bits, levels placed by k-means or evenly")
+figures.show(fig)
+
+# %% [markdown]
+# Shared values cost a codebook per tensor, a few bytes, and buy levels where the weights are. But
+# no int8 kernel multiplies by a codebook index: a runtime must look each value up first (or
+# dequantize the layer to fp32 and run it dense), so k-means saves storage and download bytes, not
+# arithmetic. Linear codes are what CPU and Pi int8 kernels compute with.
 
 # %% [markdown]
 # ## 2 · How few bits do the weights need? A slider

@@ -647,3 +647,43 @@ def test_fixed_point_multipliers_reproduce_m_to_31_bits():
     assert torch.allclose(m0.double() * 2.0 ** (-31 - shift), m, rtol=2 ** -30, atol=0)
     with pytest.raises(ValueError, match="in \\(0, 1\\)"):
         qmath.fixed_point(torch.tensor([1.5]))
+
+
+# -- kmeans_quantize (02) ---------------------------------------------------------------------
+
+def _kmeans(iters=30, init="linear", assign="nearest", empty="keep", k_extra=0):
+    def km(w, bits):
+        k = 2 ** bits + k_extra
+        flat = w.flatten()
+        if init == "linear":
+            c = torch.linspace(float(flat.min()), float(flat.max()), k)
+        else:
+            c = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(5))[:k]].sort().values
+        for _ in range(iters):
+            d = (flat[:, None] - c[None])
+            idx = d.abs().argmin(1) if assign == "nearest" else (d.clamp_min(0).argmin(1))
+            counts = torch.bincount(idx, minlength=k).float()
+            sums = torch.zeros(k).index_add_(0, idx, flat)
+            c = torch.where(counts > 0, sums / counts.clamp_min(1), c) if empty == "keep" else sums / counts
+        idx = (flat[:, None] - c[None]).abs().argmin(1) if assign == "nearest" else idx
+        return c, idx.view(w.shape), c[idx].view(w.shape)
+    return km
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    ({"iters": 0}, "mean of its weights"),
+    ({"init": "random"}, "linearly over [min, max]"),
+    ({"assign": "below"}, "nearest"),
+    ({"k_extra": 1}, "4 shared values"),
+    ({"empty": "divide"}, "empty cluster"),
+], ids=["no-iterations", "random-start", "assigns-to-the-centroid-below", "one-centroid-too-many",
+        "empty-cluster-nan"])
+def test_kmeans_rejects_a_typical_mistake_and_names_it(mistake, hint, capsys):
+    wrong = _kmeans(**mistake)
+    wrong.__name__ = repr(mistake)
+    assert_rejected_with(check.kmeans_quantize, wrong, hint, capsys)
+
+
+@pytest.mark.parametrize("right", [qmath.kmeans_quantize, _kmeans()], ids=["reference", "by-hand"])
+def test_kmeans_accepts_lloyds_algorithm_from_the_linear_start(right, capsys):
+    assert_accepted(check.kmeans_quantize, right, capsys)
