@@ -39,17 +39,34 @@ def timings_block(res: dict) -> str:
             + "\n".join(rows))
 
 
+# Suggested minutes for each "Your turn" (a plan for the schedule, not a measurement).
+EXERCISE_MINUTES = {"magnitude_mask": 10, "magnitude_threshold": 5, "csr_bytes": 10,
+                    "quantize_dequantize": 15, "fake_quant_ste": 10, "int_linear": 20,
+                    "kmeans_quantize": 15, "fold_bn": 10, "kd_loss": 15, "factor_conv": 15,
+                    "preprocess": 10, "choose_model": 10}
+
+
+def _notebook_of(fn: str) -> str:
+    """The notebook whose source calls ``check.<fn>(``."""
+    hits = [p.stem for p in sorted((ROOT / "notebooks").glob("[0-9]*.py"))
+            if f"check.{fn}(" in p.read_text()]
+    return ", ".join(f"`{h}`" for h in hits) or "-"
+
+
 def answers_block() -> str:
     src = (ROOT / "edgelab" / "check.py").read_text()
-    rows = ["| exercise (`edgelab.check.…`) | reference solution |", "|---|---|"]
+    rows = ["| exercise (`edgelab.check.…`) | notebook | suggested time | reference solution |",
+            "|---|---|---:|---|"]
     for fn, body in re.findall(r"^def (\w+)\(fn.*?\n(.*?)(?=^def |\Z)", src, re.M | re.S):
         m = (re.search(r"from \.(\w+) import (\w+) as reference", body)
              or re.search(r"def reference\(.*?\n\s+return (\w+)\.(\w+)\(", body, re.S))
-        if m:
-            rows.append(f"| `{fn}` | `edgelab/{m.group(1)}.py`: `{m.group(2)}` |")
-        elif "reference" in body:
-            rows.append(f"| `{fn}` | `edgelab/check.py`: inside `{fn}` |")
-    return "\n".join(rows)
+        where = (f"`edgelab/{m.group(1)}.py`: `{m.group(2)}`" if m else
+                 f"`edgelab/check.py`: inside `{fn}`" if "reference" in body else None)
+        if where:
+            minutes = EXERCISE_MINUTES.get(fn)
+            rows.append(f"| `{fn}` | {_notebook_of(fn)} | {f'{minutes} min' if minutes else '-'} "
+                        f"| {where} |")
+    return "\n".join(rows[:2] + sorted(rows[2:], key=lambda r: r.split("|")[2]))
 
 
 def replace_block(text: str, name: str, body: str) -> str:

@@ -944,10 +944,10 @@ def factor_conv(fn: Callable, quiet: bool = False) -> Callable:
     discarded singular values' energy, sqrt(sum of s_i^2 for i > rank)."""
     import torch.nn as nn
 
-    from .lowrank import factor
+    from . import lowrank
 
     def reference(conv: nn.Conv2d, rank: int) -> nn.Module:
-        return factor(conv, rank)
+        return lowrank.factor(conv, rank)
     return verdict(run_cases("factor_conv", fn, _factor_cases()), fn, reference, quiet)
 
 
