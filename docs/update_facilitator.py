@@ -43,7 +43,7 @@ def timings_block(res: dict) -> str:
 EXERCISE_MINUTES = {"magnitude_mask": 10, "magnitude_threshold": 5, "csr_bytes": 10,
                     "quantize_dequantize": 15, "fake_quant_ste": 10, "int_linear": 20,
                     "kmeans_quantize": 15, "fold_bn": 10, "kd_loss": 15, "factor_conv": 15,
-                    "preprocess": 10, "choose_model": 10}
+                    "preprocess": 10, "choose_model": 10, "prune_pair": 15}
 
 
 def _notebook_of(fn: str) -> str:

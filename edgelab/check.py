@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 __all__ = ["Outcome", "run_cases", "verdict", "magnitude_mask", "magnitude_threshold",
-           "quantize_dequantize", "kd_loss", "preprocess", "choose_model", "fold_bn", "factor_conv", "fake_quant_ste", "csr_bytes", "int_linear", "kmeans_quantize"]
+           "quantize_dequantize", "kd_loss", "preprocess", "choose_model", "fold_bn", "factor_conv", "fake_quant_ste", "csr_bytes", "int_linear", "kmeans_quantize", "prune_pair"]
 
 
 @dataclass
@@ -1201,3 +1201,93 @@ def kmeans_quantize(fn: Callable, quiet: bool = False) -> Callable:
     from the linear initialisation over [min, max]."""
     from .qmath import kmeans_quantize as reference
     return verdict(run_cases("kmeans_quantize", fn, _kmeans_cases()), fn, reference, quiet)
+
+
+# --------------------------------------------------------------------------------------------
+# 01_pruning: removing channels by hand
+# --------------------------------------------------------------------------------------------
+
+def _pair(seed: int = 0):
+    """conv (3 -> 6, 3x3) -> bn -> ReLU -> next conv (6 -> 4, 3x3), eval mode. The filters'
+    L2 and L1 rankings differ, and every batch norm has a positive beta - gamma * mean / std, so
+    a removed channel does *not* output zero after the batch norm."""
+    import torch
+    import torch.nn as nn
+
+    g = torch.Generator().manual_seed(seed)
+    conv, bn, nxt = nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.Conv2d(6, 4, 3, padding=1)
+    with torch.no_grad():
+        base = torch.randn(6, 27, generator=g)
+        base[0] = torch.tensor([1.9] + [0.0] * 26)       # one large weight: big L2, small L1
+        base[1] = torch.full((27,), 0.3)                 # many mid weights: big L1, small L2
+        conv.weight.copy_(base.view(6, 3, 3, 3) * torch.tensor([1, 1, 0.2, 0.5, 0.1, 0.8]).view(6, 1, 1, 1))
+        bn.running_mean.copy_(torch.linspace(-0.5, 0.5, 6))
+        bn.running_var.copy_(torch.linspace(0.5, 2.0, 6))
+        bn.weight.copy_(torch.linspace(0.5, 1.5, 6))
+        bn.bias.copy_(torch.linspace(0.5, 1.2, 6))
+        nxt.weight.copy_(torch.randn(nxt.weight.shape, generator=g))
+    return conv.eval(), bn.eval(), nxt.eval()
+
+
+def _prune_pair_cases():
+    import torch
+
+    x = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(9))
+
+    def masked_original(conv, bn, nxt, keep_idx):
+        with torch.no_grad():
+            h = torch.relu(bn(conv(x)))
+            mask = torch.zeros(conv.out_channels)
+            mask[keep_idx] = 1
+            return nxt(h * mask.view(1, -1, 1, 1))
+
+    def case(fn, rate):
+        conv, bn, nxt = _pair()
+        keep = round((1 - rate) * 6)
+        l2 = conv.weight.detach().flatten(1).norm(dim=1)
+        want = masked_original(conv, bn, nxt, l2.topk(keep).indices)
+        label = f"conv 3->6, bn, ReLU, next conv 6->4; rate {rate} (keep {keep} of 6)"
+        got = _call(lambda: fn(conv, bn, nxt, rate), "return (thinner conv, sliced bn, next conv "
+                    "with fewer input channels)", label, want)
+        assert isinstance(got, tuple) and len(got) == 3, (
+            "return three modules: (conv, bn, next_conv)" + _show(label, "(conv, bn, next)", got))
+        c2, b2, n2 = got
+        assert c2.out_channels == keep and b2.num_features == keep and n2.in_channels == keep, (
+            f"keep round((1 - rate) * C) = {keep} channels in all three" + _show(
+                label, f"{keep}, {keep}, {keep}", f"{c2.out_channels}, {b2.num_features}, {n2.in_channels}"))
+        with torch.no_grad():
+            out = n2.eval()(torch.relu(b2.eval()(c2.eval()(x))))
+        if torch.allclose(out, want, atol=1e-5):
+            return
+        l1 = conv.weight.detach().flatten(1).abs().sum(1)
+        for idx, hint in ((l1.topk(keep).indices, "rank the filters by their L2 norm, not L1"),
+                          (l2.topk(keep, largest=False).indices, "keep the *largest* filters"),
+                          (torch.arange(keep), "choose channels by their filters' norm, not by position")):
+            if torch.allclose(out, masked_original(conv, bn, nxt, idx), atol=1e-5):
+                raise AssertionError(hint + _show(label, want, out))
+        raise AssertionError(
+            "the pruned block must equal the original with the removed channels' post-ReLU "
+            "activations set to zero: slice the batch norm's weight, bias, running_mean and "
+            "running_var with the same indices as the filters, and next_conv's *input* "
+            "channels (weight[:, idx])" + _show(label, want, out))
+
+    def leaves_the_originals_alone(fn):
+        conv, bn, nxt = _pair()
+        before = [t.detach().clone() for t in (conv.weight, bn.running_var, nxt.weight)]
+        _call(lambda: fn(conv, bn, nxt, 0.5), "return new modules", "rate 0.5", "new modules")
+        after = (conv.weight, bn.running_var, nxt.weight)
+        assert all(torch.equal(a.detach(), b) for a, b in zip(after, before)), (
+            "the original modules were changed: build new ones" + _show("rate 0.5", before[0], conv.weight.detach()))
+
+    return [("half the channels", lambda fn: case(fn, 0.5)),
+            ("a third of them", lambda fn: case(fn, 1 / 3)),
+            ("the originals untouched", leaves_the_originals_alone)]
+
+
+def prune_pair(fn: Callable, quiet: bool = False) -> Callable:
+    """Check the learner's ``fn(conv, bn, next_conv, rate) -> (conv, bn, next_conv)``: the thin
+    block computes what the original computes with the removed channels' post-ReLU activations
+    zeroed (a removed filter does not output zero after the batch norm: beta - gamma*mean/std can
+    pass the ReLU), channels ranked by their filters' L2 norm."""
+    from .prune import prune_pair as reference
+    return verdict(run_cases("prune_pair", fn, _prune_pair_cases()), fn, reference, quiet)

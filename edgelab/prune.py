@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
 __all__ = ["PRUNABLE", "check_rate", "prunable_layers", "clone", "magnitude_threshold",
-           "magnitude_mask", "unstructured", "remove_masks", "csr_bytes", "sparsity", "sensitivity_scan",
+           "magnitude_mask", "unstructured", "remove_masks", "csr_bytes", "prune_pair", "sparsity", "sensitivity_scan",
            "sensitivity_plan", "IMPORTANCES", "structured"]
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -201,6 +201,33 @@ def sensitivity_plan(scan: dict[str, list[float]], rates, sizes: dict[str, int],
 # -- structured (channel) pruning with torch-pruning ----------------------------------------
 
 IMPORTANCES = ("l1", "l2")
+
+
+def prune_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d, next_conv: nn.Conv2d, rate: float
+               ) -> tuple[nn.Conv2d, nn.BatchNorm2d, nn.Conv2d]:
+    """Channel pruning by hand for conv → bn → ReLU → next_conv: keep the round((1 - rate) · C)
+    output channels of ``conv`` whose filters have the largest L2 norm (in their original
+    order), and slice the batch norm and ``next_conv``'s input channels to match. New modules;
+    the originals are left as they are. Only where nothing else reads ``conv``'s output: a
+    residual sum ties channels across layers, which is what torch-pruning's graph handles."""
+    rate = check_rate(rate)
+    keep = max(1, round((1 - rate) * conv.out_channels))
+    idx = conv.weight.detach().flatten(1).norm(dim=1).topk(keep).indices.sort().values
+    thin = nn.Conv2d(conv.in_channels, keep, conv.kernel_size, conv.stride, conv.padding,
+                     conv.dilation, bias=conv.bias is not None)
+    thin_bn = nn.BatchNorm2d(keep, eps=bn.eps, momentum=bn.momentum)
+    nxt = nn.Conv2d(keep, next_conv.out_channels, next_conv.kernel_size, next_conv.stride,
+                    next_conv.padding, next_conv.dilation, bias=next_conv.bias is not None)
+    with torch.no_grad():
+        thin.weight.copy_(conv.weight[idx])
+        if conv.bias is not None:
+            thin.bias.copy_(conv.bias[idx])
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(thin_bn, name).copy_(getattr(bn, name)[idx])
+        nxt.weight.copy_(next_conv.weight[:, idx])
+        if next_conv.bias is not None:
+            nxt.bias.copy_(next_conv.bias)
+    return thin.eval(), thin_bn.eval(), nxt.eval()
 
 
 def _kept(channels: int, rate: float) -> int:

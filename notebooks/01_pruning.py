@@ -387,6 +387,59 @@ figures.show(fig)
 # residual additions tie channels of several layers together; torch-pruning builds a dependency
 # graph so all coupled layers shrink consistently. The classifier's 10 outputs are kept.
 #
+# ### Your turn: remove channels by hand
+#
+# Start with one pair where nothing else reads the channels: inside a ResNet block, `conv1 → bn1
+# → ReLU → conv2`. Write `prune_pair(conv, bn, next_conv, rate)`: rank `conv`'s output channels by
+# the L2 norm of their filters, keep the `round((1 − rate) · C)` largest (in their original order),
+# and build three **new** modules: a thinner `conv`, the batch norm sliced to the same channels
+# (weight, bias, running mean and variance), and `next_conv` with only those *input* channels.
+# `check.prune_pair` compares your block with the original one in which the removed channels'
+# activations are set to zero after the ReLU. Note: a removed filter's output would *not* be zero
+# after the batch norm (β − γμ/σ can pass the ReLU), so the pruned block is not exactly the
+# original with those filters zeroed; it is what the fine-tune starts from.
+
+# %%
+def my_prune_pair(conv, bn, next_conv, rate):
+    # keep = round((1 - rate) * conv.out_channels)
+    # idx = conv.weight.detach().flatten(1).norm(dim=1).topk(keep).indices.sort().values
+    # new conv with conv.weight[idx]; new BatchNorm2d(keep) with bn.weight[idx], bn.bias[idx],
+    # bn.running_mean[idx], bn.running_var[idx]; new next conv with next_conv.weight[:, idx]
+    raise NotImplementedError
+
+prune_pair = check.prune_pair(my_prune_pair)
+
+# %% [markdown]
+# Your function on the teacher's first block, at half its inner channels: the block's parameters
+# and its time on one image's activations, and the whole teacher's accuracy with only that block
+# thinned (no fine-tune).
+
+# %%
+block = teacher.layer1[0]
+thin = prune.clone(teacher)
+thin.layer1[0].conv1, thin.layer1[0].bn1, thin.layer1[0].conv2 = prune_pair(block.conv1, block.bn1,
+                                                                             block.conv2, 0.5)
+act = torch.randn(1, block.conv1.in_channels, 28, 28, generator=torch.Generator().manual_seed(0))
+with torch.inference_mode():
+    ms = {name: benchmark.Timer("b(a)", globals={"b": b.eval(), "a": act}).blocked_autorange(
+        min_run_time=LATENCY_S / 4).median * 1e3 for name, b in (("original", block),
+                                                                  ("thinned", thin.layer1[0]))}
+print(f"layer1.0: {measure.count_params(block):,} -> {measure.count_params(thin.layer1[0]):,} "
+      f"parameters, {ms['original']:.3f} -> {ms['thinned']:.3f} ms on one image's activations")
+print(f"teacher with only layer1.0 thinned: {100 * subset_accuracy(thin):.1f} % on {SUBSET} "
+      f"validation images (unpruned {100 * subset_accuracy(teacher):.1f} %)")
+del thin
+
+# %% [markdown]
+# By hand this only works where the channels are private to the pair. `conv2`'s *output* channels
+# are not: they are added to the block's input by the residual connection, which is the previous
+# block's output, which is added to the one before, so every block of a stage (and the stem or
+# shortcut projection that starts it) must keep or drop the *same* channels, and the batch norms
+# and the next stage's first convolutions follow. Torch-Pruning ([Fang et al., CVPR 2023,
+# "DepGraph"](https://arxiv.org/abs/2301.12900)) traces the model once, groups every layer
+# coupled this way, and removes a channel from all of them at once; `prune.structured` below uses
+# it on the whole network.
+#
 # "50 %" here means half the channels of every prunable layer. A 3×3 convolution's weights scale
 # with (input channels × output channels), so halving both leaves about a quarter of the parameters:
 

@@ -687,3 +687,43 @@ def test_kmeans_rejects_a_typical_mistake_and_names_it(mistake, hint, capsys):
 @pytest.mark.parametrize("right", [qmath.kmeans_quantize, _kmeans()], ids=["reference", "by-hand"])
 def test_kmeans_accepts_lloyds_algorithm_from_the_linear_start(right, capsys):
     assert_accepted(check.kmeans_quantize, right, capsys)
+
+
+# -- prune_pair (01) --------------------------------------------------------------------------
+
+def _prune_pair(norm=2, largest=True, slice_bn=True, next_axis=1, by_position=False):
+    def pp(conv, bn, nxt, rate):
+        keep = round((1 - rate) * conv.out_channels)
+        score = conv.weight.detach().flatten(1).norm(p=norm, dim=1)
+        idx = (torch.arange(keep) if by_position else
+               score.topk(keep, largest=largest).indices.sort().values)
+        c = torch.nn.Conv2d(conv.in_channels, keep, 3, padding=1, bias=False)
+        b = torch.nn.BatchNorm2d(keep) if slice_bn else torch.nn.BatchNorm2d(keep)
+        n = torch.nn.Conv2d(keep, nxt.out_channels, 3, padding=1)
+        with torch.no_grad():
+            c.weight.copy_(conv.weight[idx])
+            if slice_bn:
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(b, name).copy_(getattr(bn, name)[idx])
+            n.weight.copy_(nxt.weight[:, idx] if next_axis == 1 else nxt.weight[:, :keep])
+            n.bias.copy_(nxt.bias)
+        return c.eval(), b.eval(), n.eval()
+    return pp
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    ({"norm": 1}, "L2 norm, not L1"),
+    ({"largest": False}, "*largest*"),
+    ({"slice_bn": False}, "slice the batch norm"),
+    ({"next_axis": 0}, "*input*"),
+    ({"by_position": True}, "not by position"),
+], ids=["l1", "smallest", "fresh-batch-norm", "next-conv-sliced-by-position", "first-channels"])
+def test_prune_pair_rejects_a_typical_mistake_and_names_it(mistake, hint, capsys):
+    wrong = _prune_pair(**mistake)
+    wrong.__name__ = repr(mistake)
+    assert_rejected_with(check.prune_pair, wrong, hint, capsys)
+
+
+@pytest.mark.parametrize("right", [prune.prune_pair, _prune_pair()], ids=["reference", "by-hand"])
+def test_prune_pair_accepts_the_sliced_block(right, capsys):
+    assert_accepted(check.prune_pair, right, capsys)
