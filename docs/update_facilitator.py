@@ -54,7 +54,7 @@ def _notebook_of(fn: str) -> str:
 
 
 def answers_block() -> str:
-    src = (ROOT / "edgelab" / "check.py").read_text()
+    src = "\n".join(p.read_text() for p in sorted((ROOT / "edgelab").glob("check*.py")))
     rows = ["| exercise (`edgelab.check.…`) | notebook | suggested time | reference solution |",
             "|---|---|---:|---|"]
     for fn, body in re.findall(r"^def (\w+)\(fn.*?\n(.*?)(?=^def |\Z)", src, re.M | re.S):

@@ -6,7 +6,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
 from .data import CLASSES, INPUT_SHAPE

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgelab import check, data, distill, train
+from edgelab import check, check_pipeline, data, distill, train
 
 S = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.5, 0.3]])
 T_ = torch.tensor([[4.0, 1.0, -2.0], [-1.0, 3.0, 2.0]])
@@ -99,12 +99,12 @@ def test_checker_names_the_reversed_kl_and_a_stub():
         p = F.log_softmax(s / T, 1)
         return alpha * T * T * (p.exp() * (p - F.log_softmax(t.detach() / T, 1))).sum(1).mean() \
             + (1 - alpha) * F.cross_entropy(s, y)
-    outcome = check.run_cases("kd_loss", reversed_kl, check._kd_cases())
+    outcome = check.run_cases("kd_loss", reversed_kl, check_pipeline._kd_cases())
     assert any("KL(student || teacher)" in f for f in outcome.failures)
 
     def stub(*_):
         raise NotImplementedError
-    assert not check.run_cases("kd_loss", stub, check._kd_cases()).attempted
+    assert not check.run_cases("kd_loss", stub, check_pipeline._kd_cases()).attempted
 
 
 def test_student_recipes_differ_only_in_the_loss():
