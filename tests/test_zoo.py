@@ -7,6 +7,7 @@ from safetensors.torch import save_file
 from edgelab import zoo
 
 OWN = '''
+import torch.nn as nn
 
 def build_model():
     return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
