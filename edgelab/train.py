@@ -207,8 +207,9 @@ RECIPES = {
     # distilled back; and quantization-aware distillation, its weights trained on the int8 grid
     # while it keeps learning from the fp32 teacher.
     "student-pruned25-kd": {"arch": {"name": "student-structured", "rate": 0.25},
-                            "init": "student-kd-long-s0", "epochs": 5, "lr": 0.02,
+                            "init": "student-kd-long-s{seed}", "epochs": 5, "lr": 0.02,
                             "weight_decay": 5e-4, "batch_size": 128, "flip": True, "seed": 0,
+                            "per_seed": True,
                             "distill": {"teacher": "teacher", "T": 4.0, "alpha": 0.9}},
     "student-qad": {"arch": {"name": "student"}, "init": "student-kd-long-s{seed}",
                     "qat_bits": 8, "epochs": 2, "lr": 0.005, "weight_decay": 5e-4,

@@ -69,7 +69,7 @@ WORK = REPO_ROOT / "build" / "cache" / NOTEBOOK
 # | student-kd-int8teacher | ... distilled from the teacher in int8 (the logits a Pi would produce): **the chain** | `student-kd-int8teacher` |
 # | student-dw-kd | a depthwise-separable student (MobileNet blocks) of about the same size, same epochs | `student-dw-kd` |
 # | student-kd-long-s0 | the student distilled for 15 epochs instead of 5 | `student-kd-long` |
-# | student-pruned25-kd | student-kd-long-s0 with a quarter of its channels pruned, then distilled back | `student-pruned25-kd` |
+# | student-pruned25-kd-s0 | student-kd-long-s0 with a quarter of its channels pruned, then distilled back | `student-pruned25-kd` |
 # | student-qad-s0 | student-kd-long-s0 trained 2 more epochs with int8 weights in the forward pass, still distilled from the fp32 teacher (quantization-aware distillation) | `student-qad` |
 #
 # Every stage but the teacher also ships in int8 (`-int8`): ONNX Runtime static quantization,
@@ -78,7 +78,7 @@ WORK = REPO_ROOT / "build" / "cache" / NOTEBOOK
 # %%
 # NBVAL_CHECK_OUTPUT
 STAGES = ["teacher", "pruned50", "student-kd-s0", "student-kd-pruned50", "student-kd-int8teacher",
-          "student-dw-kd", "student-kd-long-s0", "student-pruned25-kd", "student-qad-s0"]
+          "student-dw-kd", "student-kd-long-s0", "student-pruned25-kd-s0", "student-qad-s0"]
 FP32 = ["teacher", "pruned50", "student-kd-s0"]      # the others are measured in int8 only
 torch_models = {name: models.load_checkpoint(name) for name in STAGES}
 for name, m in torch_models.items():
@@ -184,7 +184,7 @@ display(report.table(records, bars={"×smaller": 100, "×faster b1": 15}))   # t
 # %%
 base = report.find(records, "student-kd-s0-int8")
 for name in ["student-kd-pruned50-int8", "student-kd-int8teacher-int8", "student-dw-kd-int8",
-             "student-kd-long-s0-int8", "student-pruned25-kd-int8", "student-qad-s0-int8"]:
+             "student-kd-long-s0-int8", "student-pruned25-kd-s0-int8", "student-qad-s0-int8"]:
     r = report.find(records, name)
     delta, se = report.paired_delta(r, base)
     print(f"{name:28s} against student-kd-s0-int8: test {delta:+.2f} ±{se or 0:.2f} pt, "
