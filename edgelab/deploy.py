@@ -43,7 +43,7 @@ from .pi_rootfs import SITE as SITE_DIR
 __all__ = ["arm64_available", "TEMPLATE", "BUNDLE_DIR", "BUNDLE_FILES", "ExportError",
            "BundleError", "export", "check_export", "latency_grid", "labels_meta",
            "build_bundle", "check_bundle", "write_test_pngs", "run_predict", "verify_arm64",
-           "PI_CPUS", "cpu_features", "illegal_instruction_check"]
+           "PI_CPUS", "cpu_features", "illegal_instruction_check", "verify_pis", "arm64_summary"]
 
 TEMPLATE = Path(__file__).resolve().parent / "pi_bundle"
 BUNDLE_DIR = REPO_ROOT / "build" / "pi_bundle"
@@ -380,6 +380,19 @@ def verify_arm64(bundle=BUNDLE_DIR, images: int = 300, root=ROOTFS, threads: int
         "stderr": run.stderr.strip(),
         "emulated_seconds": seconds,
     }
+
+
+def verify_pis(bundle=BUNDLE_DIR, images: int = 300, root=ROOTFS) -> dict[str, dict]:
+    """``verify_arm64`` on each Raspberry Pi's core in turn (PI_CPUS), keyed by the QEMU CPU."""
+    return {cpu: verify_arm64(bundle, images, root, qemu_cpu=cpu) for cpu in PI_CPUS.values()}
+
+
+def arm64_summary(res: dict) -> str:
+    """One line of a ``verify_arm64`` result: which core, and how the predictions compare."""
+    board = next((b for b, c in PI_CPUS.items() if c == res["cpu"]["qemu_cpu"]), "emulated")
+    return (f"{board} ({res['cpu']['qemu_cpu']}), onnxruntime {res['onnxruntime']}: "
+            f"{res['images'] - res['mismatches']} of {res['images']} predictions equal x86's, "
+            f"largest logit difference {res['max_abs_logit_diff']:.1e}")
 
 
 def main(argv=None) -> int:

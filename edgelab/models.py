@@ -15,7 +15,7 @@ from torchvision.models.resnet import BasicBlock
 from .data import CLASSES, INPUT_SHAPE, REPO_ROOT
 
 __all__ = ["CHECKPOINT_DIR", "SHIPPED_SHA256", "teacher", "Student", "student",
-           "SeparableBlock", "StudentDW", "student_dw", "structured_student", "structured_teacher", "lowrank_teacher", "ARCHS", "build", "sha256_file",
+           "SeparableBlock", "student_dw", "structured_student", "structured_teacher", "lowrank_teacher", "ARCHS", "build", "sha256_file",
            "atomic_write_bytes", "save_checkpoint", "read_card", "load_checkpoint", "reinit"]
 
 CHECKPOINT_DIR = REPO_ROOT / "data" / "checkpoints"
@@ -52,45 +52,6 @@ def teacher(num_classes: int = len(CLASSES)) -> nn.Module:
     return model
 
 
-class Student(nn.Module):
-    """A small ResNet: the seed's idea with real residual blocks and channels that match.
-
-    Each stage is torchvision BasicBlocks; when a stage widens or strides, its first block gets a
-    1x1 projection on the shortcut, so the sum is always of equal shapes.
-    """
-
-    def __init__(self, widths=(16, 32, 64), blocks: int = 2, num_classes: int = len(CLASSES)):
-        super().__init__()
-        if not widths or any(w < 1 for w in widths) or blocks < 1:
-            raise ValueError(f"widths must be positive and blocks >= 1, got {widths}, {blocks}")
-        self.widths, self.blocks = tuple(widths), blocks
-        self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
-        stages, c_in = [], widths[0]
-        for i, c_out in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            layers = []
-            for b in range(blocks):
-                s = stride if b == 0 else 1
-                down = None
-                if s != 1 or c_in != c_out:
-                    down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, s, bias=False),
-                                         nn.BatchNorm2d(c_out))
-                layers.append(BasicBlock(c_in, c_out, stride=s, downsample=down))
-                c_in = c_out
-            stages.append(nn.Sequential(*layers))
-        self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c_in, num_classes)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
-
-
-def student(widths=(16, 32, 64), blocks: int = 2) -> nn.Module:
-    return Student(widths, blocks)
-
-
 class SeparableBlock(nn.Module):
     """MobileNet's depthwise-separable convolution (Howard et al., 2017): a 3x3 filter per
     channel, then a 1x1 mix across channels, with a residual shortcut as in the Student."""
@@ -109,23 +70,34 @@ class SeparableBlock(nn.Module):
         return self.relu(self.pw(self.dw(x)) + self.shortcut(x))
 
 
-class StudentDW(nn.Module):
-    """The Student's layout (a stem, three stages that halve the resolution) built from
-    depthwise-separable blocks: about 9x fewer weights per block than a 3x3 conv of the same
-    width, spent here on wider stages."""
+def _basic_block(c_in: int, c_out: int, stride: int) -> nn.Module:
+    """torchvision's BasicBlock, with a 1x1 projection on the shortcut when the block widens or
+    strides, so that the sum is always of equal shapes."""
+    down = None
+    if stride != 1 or c_in != c_out:
+        down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+    return BasicBlock(c_in, c_out, stride=stride, downsample=down)
 
-    def __init__(self, widths=(64, 128, 256), blocks: int = 2, num_classes: int = len(CLASSES)):
+
+class Student(nn.Module):
+    """A small ResNet: the seed's idea with real residual blocks and channels that match. A stem,
+    then one stage per width, each but the first halving the resolution. ``separable=True``
+    builds the stages from depthwise-separable blocks instead of 3x3 BasicBlocks: about 9x fewer
+    weights per block at the same width, spent on wider stages."""
+
+    def __init__(self, widths=(16, 32, 64), blocks: int = 2, num_classes: int = len(CLASSES),
+                 separable: bool = False):
         super().__init__()
         if not widths or any(w < 1 for w in widths) or blocks < 1:
             raise ValueError(f"widths must be positive and blocks >= 1, got {widths}, {blocks}")
         self.widths, self.blocks = tuple(widths), blocks
+        make = SeparableBlock if separable else _basic_block
         self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         stages, c_in = [], widths[0]
         for i, c_out in enumerate(widths):
-            stages.append(nn.Sequential(*[
-                SeparableBlock(c_in if b == 0 else c_out, c_out, 2 if i and b == 0 else 1)
-                for b in range(blocks)]))
+            stages.append(nn.Sequential(*[make(c_in if b == 0 else c_out, c_out,
+                                               2 if i and b == 0 else 1) for b in range(blocks)]))
             c_in = c_out
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -135,8 +107,13 @@ class StudentDW(nn.Module):
         return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
 
 
+def student(widths=(16, 32, 64), blocks: int = 2) -> nn.Module:
+    return Student(widths, blocks)
+
+
 def student_dw(widths=(64, 128, 256), blocks: int = 2) -> nn.Module:
-    return StudentDW(widths, blocks)
+    """The depthwise-separable student, at about the Student's parameter count."""
+    return Student(widths, blocks, separable=True)
 
 
 def structured_student(rate: float, base: nn.Module | None = None, widths=(16, 32, 64),

@@ -192,11 +192,9 @@ bundle = deploy.build_bundle(onnx_int8, WORK / "pi_bundle", name=f"{name}-pruned
 available, how = deploy.arm64_available()
 arm_by_cpu = {}
 if available:
-    for board, qemu_cpu in deploy.PI_CPUS.items():
-        arm = arm_by_cpu[qemu_cpu] = deploy.verify_arm64(bundle, images=ARM64_IMAGES,
-                                                         qemu_cpu=qemu_cpu)
-        print(f"{board} ({qemu_cpu}): {arm['images'] - arm['mismatches']} of {arm['images']} "
-              f"predictions equal x86's, largest logit difference {arm['max_abs_logit_diff']:.1e}")
+    arm_by_cpu = deploy.verify_pis(bundle, images=ARM64_IMAGES)
+    for res in arm_by_cpu.values():
+        print(deploy.arm64_summary(res))
 else:
     print("The arm64 check cannot run here:", how)
 records[-1]["bundle"] = {"files": sorted(deploy.check_bundle(bundle)), "arm64_by_cpu": arm_by_cpu}
