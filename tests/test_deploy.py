@@ -316,3 +316,10 @@ def test_preprocess_reference_is_what_predict_py_computes_from_a_png(tmp_path):
     theirs = np.stack([predict.preprocess(p, meta) for p in paths])
     assert ours.dtype == theirs.dtype == np.float32
     np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+def test_arm64_summary_names_the_board_and_the_agreement():
+    res = {"cpu": {"qemu_cpu": "cortex-a76"}, "onnxruntime": "1.32.0", "images": 300,
+           "mismatches": 0, "max_abs_logit_diff": 2e-6}
+    line = deploy.arm64_summary(res)
+    assert line.startswith("Raspberry Pi 5 (cortex-a76)") and "300 of 300" in line
