@@ -36,6 +36,16 @@ SHIPPED_SHA256: dict[str, str] = {
     "student-scratch-s3": "b39f921afb42a2bb66063c2cb49911e84f7b44b38f899f499e2c8d7d0c2a6e00",
     "student-scratch-s4": "4d580160eb06f8913b53bb1f49c5d6f1482a0d4dc5bea8f0aa69a1f309edaa07",
     "pruned50-scratch": "1c94bc659ce9623bc0ea1e8d84bc338cd16d5e839a8ff41286c3e90f330c7dfe",
+    "student-dw-kd": "990dbbbfcbd01f5ccda8bbe2ba1c241333908592ad758f91c7111545ce1d6126",
+    "student-kd-int8teacher": "0a6c554ae649297a4b7c1eeca43dc7ddb85cc2f8b372df32b2983c79c1f833dd",
+    "student-kd-long-s0": "86299e20f74e4396badb1ad18761194aa4b5cf8bb9701492eee4fcbabb5f7e60",
+    "student-kd-long-s1": "9b5b6457273e78f5a3968b2fd3924e125868d0dc82cdd5f29443eb392a8cf9f9",
+    "student-kd-long-s2": "fda032db7f610b9adc34f095f3b307c9347594a8099f222c8222d10f0f55113e",
+    "student-kd-pruned50": "b1f0a87a1273e34a3fca03447f1ddb512e7f8443a48f07733c66f5dd3ec8fa10",
+    "student-pruned25-kd-s0": "2b44589d030bd56c6b8cb583df9ea4645518a3ab4e720fa6afc00d3ac8d85bfb",
+    "student-pruned25-kd-s1": "70d81e05f3e9e08fde66955d14248b9a4cb5de62009b495010229da11993a782",
+    "student-pruned25-kd-s2": "4808bc1e701d3c28d1e63c58e52dfd59e67b1105b30751b277a4cb9c050490b0",
+    "student-qad-s0": "c4895cdc813b23fa3eeb475a635c703b87d62e9892e0d3a7dd4c2832d63a6e54",
 }
 
 

@@ -379,7 +379,12 @@ def cost_figure(records: list[dict], costs=("bytes", "latency_b1_ms"), title: st
             if n not in names:
                 handles.append(h)
                 names.append(n)
-    fig.legend(handles, names, loc="outside lower center", ncols=min(3, len(names)), frameon=False)
+    runtimes = {r["runtime"] for r in records}
+    if len(runtimes) == 1 and "torch" not in runtimes:   # one runtime: say it once, not per entry
+        names = [n.replace(f" ({next(iter(runtimes))})", "") for n in names]
+    longest = max(len(n) for n in names)
+    fig.legend(handles, names, loc="outside lower center", frameon=False,
+               ncols=min(3 if longest <= 26 else 2, len(names)))
     if title:
         fig.suptitle(title)
     return fig
@@ -546,7 +551,7 @@ def _deployable_against(bar: str):
             return None
         a = against(picks[0], teachers[0])
         return (f"{picks[0]['name']}: {a['smaller']:.1f}x smaller, {a['faster']:.1f}x faster, "
-                f"{a['points']:+.2f} pt", meets(picks[0], teachers[0], bar))
+                f"{a['points']:.2f} pt below", meets(picks[0], teachers[0], bar))
     return check
 
 

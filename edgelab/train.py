@@ -24,7 +24,7 @@ from .data import REPO_ROOT
 from .models import atomic_write_bytes, build, load_checkpoint, read_card, save_checkpoint
 
 __all__ = ["RESUME_DIR", "pick_device", "predict", "evaluate", "to_device", "train_step",
-           "finetune_steps", "sgd_one_cycle", "fit", "versions", "RECIPES", "default_out",
+           "finetune_steps", "recalibrate_batchnorm", "sgd_one_cycle", "fit", "versions", "RECIPES", "default_out",
            "train_recipe"]
 
 RESUME_DIR = REPO_ROOT / "build" / "train"
@@ -104,6 +104,28 @@ def finetune_steps(model, steps: int, lr: float = 0.002, batch_size: int = 64, s
         if after_step is not None:
             after_step(model)
     return model.cpu().eval()  # back on the CPU, where edgelab measures
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches, steps: int = 50) -> nn.Module:
+    """Recompute every batch norm's running mean and variance as a plain average over ``steps``
+    training batches (weights untouched). A short training leaves them stale when their momentum
+    is small: torchvision's MobileNetV3 uses 0.01, tuned for long ImageNet runs."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model.eval()
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None   # cumulative average over the batches seen
+    model.train()
+    for i, (x, _) in enumerate(batches):
+        if i >= steps:
+            break
+        model(x)
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+    return model.eval()
 
 
 def sgd_one_cycle(model, epochs: int, steps_per_epoch: int, lr: float = 0.1,

@@ -47,7 +47,9 @@ measure.setup_notebook()   # trims the heap after every cell: memory stays what 
 
 EVAL_IMAGES = 500 if SMOKE else None     # the full 10k test set at defaults
 VAL_IMAGES = 500 if SMOKE else 5000      # validation images: every choice is made on these
-CALIBRATION = 128 if SMOKE else 512      # training images for int8 calibration
+CALIBRATION = 128 if SMOKE else 512      # training images for int8 calibration (pruned50)
+STUDENT_CALIBRATION = 128                # for the students: the histogram calibrators keep every
+                                         # activation of every image (512 peaked at 3.3 GB)
 LATENCY_S = 0.2 if SMOKE else 1.0        # seconds of timing per latency figure
 THREADS = 1                              # one thread for every model: the Pi's runtime budget
 ARM64_IMAGES = 20 if SMOKE else 300      # test images the emulated Pi CPU classifies
@@ -102,7 +104,8 @@ for name in STAGES:
 # ways to turn those observations into a range ([ONNX Runtime's calibrators](https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html#static-quantization)):
 # the observed min and max, a percentile that ignores the rarest extremes, and the range that
 # keeps the distribution's entropy (KL divergence, as TensorRT does). The cell tries the three on
-# the longest-trained student and keeps the best one **on validation** for every student below.
+# the longest-trained student, each on the same 128 training images, and keeps the best one **on
+# validation** for every student below.
 # The alternative, quantization-aware training, is the `student-qad` row.
 
 # %%
@@ -122,16 +125,20 @@ def fp32_onnx(name):
     return onnx_files[name]
 
 
-def int8_onnx(name, method="minmax"):
-    path = fp32_onnx(name)
-    return runtime.ort_static(path, path.with_name(f"{path.stem}-int8-{method}-{CALIBRATION}.onnx"),
-                              calibration, calibration=method)
+def int8_onnx(name, method="minmax", images=None):
+    path, images = fp32_onnx(name), calibration if images is None else images
+    return runtime.ort_static(path, path.with_name(f"{path.stem}-int8-{method}-{len(images)}.onnx"),
+                              images, calibration=method)
+
+
+student_calibration = calibration[:STUDENT_CALIBRATION]
 
 
 val_images, val_labels = data.tensors("val", limit=VAL_IMAGES)
 calib_val = {}
 for method in runtime.CALIBRATIONS:
-    s = runtime.session(int8_onnx("student-kd-long-s0", method), threads=THREADS)
+    s = runtime.session(int8_onnx("student-kd-long-s0", method, student_calibration),
+                        threads=THREADS)
     calib_val[method] = measure.accuracy_on(s, val_images, val_labels)
     print(f"{method:10s} student-kd-long-s0-int8: val {100 * calib_val[method]:.2f} %")
 METHOD = max(runtime.CALIBRATIONS, key=lambda m: (calib_val[m], m == "minmax"))
@@ -166,11 +173,13 @@ for name in STAGES:
     if name in FP32:
         measure_stage(name, fp32_onnx(name), name)
     if name != "teacher":
-        method = "minmax" if name == "pruned50" else METHOD   # pruned50: 02's recipe
-        measure_stage(f"{name}-int8", int8_onnx(name, method), name)
+        if name == "pruned50":   # 02's recipe
+            measure_stage(f"{name}-int8", int8_onnx(name), name)
+        else:
+            measure_stage(f"{name}-int8", int8_onnx(name, METHOD, student_calibration), name)
     measure.release_memory()
-measure.remeasure_latency(records, sessions, batch_sizes=(1,), min_run_time=LATENCY_S,
-                          threads=THREADS)
+measure.remeasure_latency(records, sessions, batch_sizes=(1,), min_run_time=2 * LATENCY_S,
+                          rounds=9, threads=THREADS)
 display(report.table(records, bars={"×smaller": 100, "×faster b1": 15}))   # the frontier bar
 
 # %% [markdown]
@@ -276,11 +285,11 @@ if train.RECIPES[recipe].get("per_seed") and len(seeds) > 1:
         if name == pick["checkpoint"]:
             continue
         torch_models[name] = models.load_checkpoint(name)
-        measure_stage(f"{name}-int8", int8_onnx(name, METHOD), name)
+        measure_stage(f"{name}-int8", int8_onnx(name, METHOD, student_calibration), name)
         seed_records.append(records[-1])
     # the new seeds share the others' architecture: time all of them together again
-    measure.remeasure_latency(records, sessions, batch_sizes=(1,), min_run_time=LATENCY_S,
-                              threads=THREADS)
+    measure.remeasure_latency(records, sessions, batch_sizes=(1,), min_run_time=2 * LATENCY_S,
+                              rounds=9, threads=THREADS)
     for r in seed_records:
         delta, se = report.paired_delta(r, t)
         print(f"{r['name']:28s} test {100 * r['accuracy']:.2f} %  {delta:+.2f} ±{se:.2f} pt "

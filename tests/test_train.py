@@ -68,3 +68,15 @@ def test_evaluate_gives_the_same_accuracy_on_a_shuffled_loader():
     in_order = train.evaluate(model, data.loader("test", 100, shuffle=False, limit=400))
     shuffled = train.evaluate(model, data.loader("test", 100, shuffle=True, limit=400, seed=3))
     assert in_order == shuffled
+
+
+def test_recalibrate_batchnorm_recomputes_stale_running_statistics():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.01))
+    batches = [(torch.randn(16, 1, 8, 8) * 3 + 2, None) for _ in range(5)]
+    train.recalibrate_batchnorm(model, batches, steps=5)
+    bn = model[1]
+    with torch.no_grad():
+        y = torch.cat([model[0](x) for x, _ in batches])
+    assert torch.allclose(bn.running_mean, y.mean((0, 2, 3)), atol=1e-4)
+    assert bn.momentum == 0.01 and not model.training
