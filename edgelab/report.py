@@ -148,7 +148,8 @@ class Table(str):
                                 else escape(text))
                 sub = f"<br><small>{' · '.join(subs)}</small>" if subs else ""
                 align = "left" if i < 2 else "right"
-                cells.append(f'<td style="text-align:{align}; white-space:nowrap">'
+                wrap = "" if i == 0 else "; white-space:nowrap"   # long names break at hyphens
+                cells.append(f'<td style="text-align:{align}{wrap}">'
                              f"{escape(str(value))}{sub}</td>")
             style = ' style="font-weight:bold"' if k in self.baseline_rows else ""
             body.append(f"<tr{style}>{''.join(cells)}</tr>")
