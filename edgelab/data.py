@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 __all__ = ["INPUT_SHAPE", "REPO_ROOT", "DEBIAN_DIR", "FILES", "CLASSES", "VAL_SIZE", "SPLIT_SEED",
            "DataNotFoundError", "DataCorruptError", "search_dirs", "find_data_dir",
@@ -175,13 +176,17 @@ class Batches:
     """Normalised (images, labels) batches over uint8 tensors.
 
     Cheaper than a DataLoader over single items: slicing a tensor is one copy per batch. Random
-    horizontal flips are the only augmentation (clothes are left-right symmetric)."""
+    horizontal flips (clothes are left-right symmetric) and, with ``shift``, random translations
+    of up to ``shift`` pixels each way (padded with black) are the augmentations."""
 
-    def __init__(self, images, labels, batch_size=128, shuffle=False, flip=False, seed=0):
+    def __init__(self, images, labels, batch_size=128, shuffle=False, flip=False, seed=0,
+                 shift: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not isinstance(shift, int) or isinstance(shift, bool) or not 0 <= shift < 14:
+            raise ValueError(f"shift is a whole number of pixels in [0, 13], got {shift!r}")
         self.images, self.labels = images, labels
-        self.batch_size, self.shuffle, self.flip = batch_size, shuffle, flip
+        self.batch_size, self.shuffle, self.flip, self.shift = batch_size, shuffle, flip, shift
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self):
@@ -194,7 +199,11 @@ class Batches:
             idx = order[start:start + self.batch_size]
             flip = (torch.rand(len(idx), generator=self.generator) < 0.5 if self.flip
                     else torch.zeros(len(idx), dtype=torch.bool))
-            yield self.batch(idx, flip)
+            x, y = self.batch(idx, flip)
+            if self.shift:
+                x = shifted(x, torch.randint(-self.shift, self.shift + 1, (len(idx), 2),
+                                             generator=self.generator))
+            yield self.transform(x, y)
 
     def batch(self, idx: torch.Tensor, flip: torch.Tensor):
         """The batch of images ``idx``, those where ``flip`` is set mirrored left-right."""
@@ -202,16 +211,35 @@ class Batches:
         x[flip] = x[flip].flip(-1)
         return x, self.labels[idx]
 
+    def transform(self, x, y):
+        """The batch after augmentation; subclasses add targets computed from the final images."""
+        return x, y
+
+
+def shifted(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Each image of ``x`` (N, C, H, W) moved by its (dy, dx) in ``offsets``, black filling in."""
+    s = int(offsets.abs().max()) if len(offsets) else 0
+    if s == 0:
+        return x
+    black = float(normalize(torch.zeros(1, 1, 1, dtype=torch.uint8)).item())
+    padded = F.pad(x, (s, s, s, s), value=black)
+    h, w = x.shape[-2:]
+    out = torch.empty_like(x)
+    for i, (dy, dx) in enumerate(offsets.tolist()):
+        out[i] = padded[i, :, s - dy:s - dy + h, s - dx:s - dx + w]
+    return out
+
 
 def loader(split: str, batch_size: int = 128, shuffle: bool | None = None, flip: bool = False,
-           limit: int | None = None, seed: int = 0) -> Batches:
+           limit: int | None = None, seed: int = 0, shift: int = 0) -> Batches:
     """Batches of one split; training shuffles by default, the first ``limit`` images if given."""
     images, labels = load().split(split)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     if shuffle is None:
         shuffle = split == "train"
-    return Batches(images, labels, batch_size, shuffle=shuffle, flip=flip, seed=seed)
+    return Batches(images, labels, batch_size, shuffle=shuffle, flip=flip, seed=seed,
+                   shift=shift)
 
 
 def tensors(split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

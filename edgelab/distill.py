@@ -25,7 +25,8 @@ from . import data
 from .data import REPO_ROOT
 
 __all__ = ["CACHE", "check_temperature", "check_alpha", "soften", "loss_terms", "kd_loss",
-           "seed_loss", "loss_fn", "teacher_logits", "DistillBatches"]
+           "seed_loss", "loss_fn", "teacher_logits", "DistillBatches",
+           "OnlineDistillBatches"]
 
 CACHE = REPO_ROOT / "build" / "cache" / "distill"
 
@@ -136,6 +137,10 @@ class DistillBatches(data.Batches):
     def __init__(self, batches: data.Batches, logits: torch.Tensor):
         if len(logits) != len(batches.images):
             raise ValueError(f"{len(logits)} teacher logits for {len(batches.images)} images")
+        if batches.shift:
+            raise ValueError("cached teacher logits hold only the stored and the mirrored image; "
+                             f"with shift={batches.shift} use OnlineDistillBatches, which runs "
+                             "the teacher on every shifted batch")
         super().__init__(batches.images, batches.labels, batches.batch_size, batches.shuffle,
                          batches.flip)
         self.generator = batches.generator
@@ -144,3 +149,20 @@ class DistillBatches(data.Batches):
     def batch(self, idx, flip):
         x, y = super().batch(idx, flip)
         return x, (y, self.logits[idx, flip.long()])
+
+
+class OnlineDistillBatches(data.Batches):
+    """Training batches whose targets are (labels, the teacher's logits), the teacher run on each
+    batch as augmented. Any augmentation works; each step pays a teacher forward pass."""
+
+    def __init__(self, batches: data.Batches, teacher: torch.nn.Module):
+        super().__init__(batches.images, batches.labels, batches.batch_size, batches.shuffle,
+                         batches.flip, shift=batches.shift)
+        self.generator = batches.generator
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def transform(self, x, y):
+        return x, (y, self.teacher(x))

@@ -106,3 +106,22 @@ def test_a_named_data_folder_that_does_not_exist_is_an_error_not_a_fallback(no_d
     monkeypatch.setenv("EDGELAB_DATA", str(no_data / "typo"))
     with pytest.raises(data.DataNotFoundError, match=r"EDGELAB_DATA=.*typo is not a folder"):
         data.find_data_dir()
+
+
+def test_shifted_moves_each_image_by_its_own_offset_and_fills_with_black():
+    x = torch.arange(32.).reshape(2, 1, 4, 4)
+    out = data.shifted(x, torch.tensor([[1, -1], [0, 0]]))
+    black = float(data.normalize(torch.zeros(1, 1, 1, dtype=torch.uint8)))
+    assert torch.equal(out[0, 0, 1:, :3], x[0, 0, :3, 1:])   # down one, left one
+    assert torch.all(out[0, 0, 0] == black) and torch.all(out[0, 0, :, 3] == black)
+    assert torch.equal(out[1], x[1])                         # a zero offset leaves it alone
+
+
+def test_batches_shift_only_when_asked_and_refuse_a_bad_shift():
+    images = torch.full((8, 28, 28), 200, dtype=torch.uint8)
+    plain = next(iter(data.Batches(images, torch.zeros(8).long(), 8)))[0]
+    moved = next(iter(data.Batches(images, torch.zeros(8).long(), 8, shift=3, seed=1)))[0]
+    assert torch.equal(plain, data.normalize(images))
+    assert not torch.equal(moved, plain)   # some border pixels turned black
+    with pytest.raises(ValueError, match="shift is a whole number of pixels"):
+        data.Batches(images, torch.zeros(8).long(), shift=-1)

@@ -131,3 +131,15 @@ def test_chain_recipes_differ_from_student_kd_only_in_the_teacher():
         chain = dict(train.RECIPES[name])
         assert chain.pop("distill") == dict(kd["distill"], **teacher)
         assert chain == {k: v for k, v in kd.items() if k not in ("distill", "per_seed")}
+
+
+def test_cached_logits_refuse_shifted_batches_and_the_online_teacher_sees_them():
+    images = torch.randint(0, 255, (8, 28, 28), dtype=torch.uint8)
+    base = data.Batches(images, torch.arange(8) % 10, batch_size=4, shuffle=True, flip=True,
+                        shift=2, seed=0)
+    with pytest.raises(ValueError, match="OnlineDistillBatches"):
+        distill.DistillBatches(base, torch.zeros(8, 2, 10))
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    for x, (y, t) in distill.OnlineDistillBatches(base, teacher):
+        assert torch.allclose(t, teacher(x))   # the logits of exactly the images trained on
+        assert not t.requires_grad
