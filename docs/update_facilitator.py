@@ -1,16 +1,17 @@
-"""Regenerate the measured parts of docs/facilitator.md, so no number in it is typed by hand.
+"""Regenerate the generated parts of docs/facilitator.md, so no number in it is typed by hand.
 
-    python docs/update_facilitator.py            # print the blocks
-    python docs/update_facilitator.py --write    # rewrite them in docs/facilitator.md
+    python docs/update_facilitator.py                         # print the blocks
+    python docs/update_facilitator.py --write                 # rewrite them in docs/facilitator.md
+    python docs/update_facilitator.py --only answers --write  # the exercise table alone
 
 Durations and peak memory come from build/results.json, which only `make run` (defaults,
-SMOKE=False) writes; a smoke run is refused. The exercise answers are read from
-edgelab/check.py (each checker imports its reference solution)."""
+SMOKE=False) writes; a smoke run is refused. The exercise table is read from the registry
+``edgelab.check.EXERCISES`` (notebook, suggested time, hint, reference solution), so it needs no
+run."""
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -39,34 +40,26 @@ def timings_block(res: dict) -> str:
             + "\n".join(rows))
 
 
-# Suggested minutes for each "Your turn" (a plan for the schedule, not a measurement).
-EXERCISE_MINUTES = {"magnitude_mask": 10, "magnitude_threshold": 5, "csr_bytes": 10,
-                    "quantize_dequantize": 15, "fake_quant_ste": 10, "int_linear": 20,
-                    "kmeans_quantize": 15, "fold_bn": 10, "kd_loss": 15, "factor_conv": 15,
-                    "preprocess": 10, "choose_model": 10, "prune_pair": 15}
-
-
-def _notebook_of(fn: str) -> str:
-    """The notebook whose source calls ``check.<fn>(``."""
-    hits = [p.stem for p in sorted((ROOT / "notebooks").glob("[0-9]*.py"))
-            if f"check.{fn}(" in p.read_text()]
-    return ", ".join(f"`{h}`" for h in hits) or "-"
+def _position(exercise) -> tuple[str, int]:
+    """Where a facilitator meets the exercise: its notebook, then its place in that notebook."""
+    src = (ROOT / "notebooks" / f"{exercise.notebook}.py").read_text()
+    at = src.find(f"check.{exercise.name}(")
+    return exercise.notebook, at if at >= 0 else len(src)
 
 
 def answers_block() -> str:
-    src = "\n".join(p.read_text() for p in sorted((ROOT / "edgelab").glob("check*.py")))
-    rows = ["| exercise (`edgelab.check.…`) | notebook | suggested time | reference solution |",
-            "|---|---|---:|---|"]
-    for fn, body in re.findall(r"^def (\w+)\(fn.*?\n(.*?)(?=^def |\Z)", src, re.M | re.S):
-        m = (re.search(r"from \.(\w+) import (\w+) as reference", body)
-             or re.search(r"def reference\(.*?\n\s+return (\w+)\.(\w+)\(", body, re.S))
-        where = (f"`edgelab/{m.group(1)}.py`: `{m.group(2)}`" if m else
-                 f"`edgelab/check.py`: inside `{fn}`" if "reference" in body else None)
-        if where:
-            minutes = EXERCISE_MINUTES.get(fn)
-            rows.append(f"| `{fn}` | {_notebook_of(fn)} | {f'{minutes} min' if minutes else '-'} "
-                        f"| {where} |")
-    return "\n".join(rows[:2] + sorted(rows[2:], key=lambda r: r.split("|")[2]))
+    sys.path.insert(0, str(ROOT))
+    from edgelab import check
+
+    rows = ["| exercise (`edgelab.check.…`) | notebook | suggested time | the learner writes "
+            "| if a learner is stuck | reference solution |",
+            "|---|---|---:|---|---|---|"]
+    for ex in sorted(check.EXERCISES.values(), key=_position):
+        path, name = ex.where.split(": ")
+        cells = [f"`{ex.name}`", f"`{ex.notebook}`", f"{ex.minutes} min", f"`{ex.signature}`",
+                 ex.hint, f"`{path}`: `{name}`"]
+        rows.append("| " + " | ".join(c.replace("|", r"\|") for c in cells) + " |")  # GFM
+    return "\n".join(rows)
 
 
 def replace_block(text: str, name: str, body: str) -> str:
@@ -80,10 +73,16 @@ def replace_block(text: str, name: str, body: str) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--write", action="store_true", help=f"rewrite the blocks in {GUIDE.name}")
+    p.add_argument("--only", choices=["timings", "answers"],
+                   help="one block: `answers` (the exercise table) needs no build/results.json")
     args = p.parse_args(argv)
-    if not RESULTS.exists():
-        raise SystemExit(f"{RESULTS} not found: run `make run` first")
-    blocks = {"timings": timings_block(json.loads(RESULTS.read_text())), "answers": answers_block()}
+    blocks = {}
+    if args.only in (None, "timings"):
+        if not RESULTS.exists():
+            raise SystemExit(f"{RESULTS} not found: run `make run` first (or `--only answers`)")
+        blocks["timings"] = timings_block(json.loads(RESULTS.read_text()))
+    if args.only in (None, "answers"):
+        blocks["answers"] = answers_block()
     if not args.write:
         print("\n\n".join(blocks.values()))
         return 0

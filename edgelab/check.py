@@ -1,5 +1,10 @@
 """Exercise checkers: run the learner's function on small fixed tensors and say what is off.
 
+Every exercise is a record in ``EXERCISES``, registered by the ``check_*`` modules (one per part
+of the workbook): its notebook, what the learner writes, its cases, its reference solution, a
+hint and a suggested time. ``check.<name>`` is generated from that record, and the facilitator
+guide's table of answers is written from the registry.
+
 Each checker takes the learner's function and returns the function the notebook should go on
 with: the learner's when every case passes, else the reference implementation (so Run All
 always works). A stub that raises ``NotImplementedError`` counts as "not attempted". A failed
@@ -7,10 +12,14 @@ case names the likely mistake and shows its input, the expected result and what 
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
-__all__ = ["Outcome", "run_cases", "verdict", "magnitude_mask", "magnitude_threshold", "csr_bytes", "prune_pair", "quantize_dequantize", "fold_bn", "fake_quant_ste", "int_linear", "kmeans_quantize", "factor_conv", "kd_loss", "preprocess", "choose_model"]
+__all__ = ["Outcome", "run_cases", "verdict", "Exercise", "EXERCISES", "register",
+           "magnitude_mask", "magnitude_threshold", "csr_bytes", "prune_pair",
+           "quantize_dequantize", "fold_bn", "fake_quant_ste", "int_linear", "kmeans_quantize",
+           "factor_conv", "kd_loss", "preprocess", "choose_model"]
 
 
 @dataclass
@@ -57,6 +66,54 @@ def verdict(outcome: Outcome, fn: Callable, reference: Callable, quiet: bool = F
     if not quiet:
         print(outcome)
     return fn if outcome.ok else reference
+
+
+# -- the registry ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Exercise:
+    """One "Your turn", as data: the checker, the facilitator guide and the tests all read it,
+    so an exercise is declared once, next to its cases."""
+    name: str         # the checker's public name: check.<name>(fn)
+    notebook: str     # the notebook (stem) whose "Your turn" calls check.<name>(
+    signature: str    # what the learner writes, e.g. "fn(weight, rate) -> bool mask"
+    checks: str       # what the cases establish: the checker's docstring
+    hint: str         # one line a facilitator can give a learner who is stuck
+    minutes: int      # suggested time: a plan for the schedule, not a measurement
+    reference: str    # dotted path of the reference solution, imported only when needed
+    cases: Callable[[], list[tuple[str, Callable]]]   # builds the (label, case) pairs
+
+    def solution(self) -> Callable:
+        """The reference solution the notebook falls back to."""
+        module, _, attr = self.reference.rpartition(".")
+        return getattr(importlib.import_module(module), attr)
+
+    @property
+    def where(self) -> str:
+        """The reference's file and name, for the guide: "edgelab/prune.py: magnitude_mask"."""
+        module, _, attr = self.reference.rpartition(".")
+        return f"{module.replace('.', '/')}.py: {attr}"
+
+    def check(self, fn: Callable, quiet: bool = False) -> Callable:
+        return verdict(run_cases(self.name, fn, self.cases()), fn, self.solution(), quiet)
+
+
+EXERCISES: dict[str, Exercise] = {}
+
+
+def register(exercise: Exercise) -> Callable:
+    """Add ``exercise`` to EXERCISES and return its checker, ``check.<name>(fn, quiet=False)``,
+    which returns the learner's ``fn`` if every case passes, else the reference."""
+    if exercise.name in EXERCISES:
+        raise ValueError(f"exercise {exercise.name!r} is registered twice")
+    EXERCISES[exercise.name] = exercise
+
+    def checker(fn: Callable, quiet: bool = False) -> Callable:
+        return exercise.check(fn, quiet)
+    checker.__name__ = checker.__qualname__ = exercise.name
+    checker.__doc__ = f"Check the learner's ``{exercise.signature}``: {exercise.checks}"
+    checker.exercise = exercise
+    return checker
 
 
 # -- failure messages ------------------------------------------------------------------------
@@ -114,7 +171,8 @@ def _close_to_scale(got, want, tol: float = 1e-5) -> bool:
                                                            atol=tol * float(want.abs().max())))
 
 
-# The exercises, one module per part of the workbook; ``check.<exercise>`` is the public name.
+# The exercises, one module per part of the workbook, each registering its own in EXERCISES;
+# ``check.<exercise>`` is the public name.
 from .check_layers import factor_conv, int_linear, kmeans_quantize  # noqa: E402
 from .check_pipeline import choose_model, kd_loss, preprocess  # noqa: E402
 from .check_pruning import csr_bytes, magnitude_mask, magnitude_threshold, prune_pair  # noqa: E402

@@ -2,9 +2,7 @@
 k-means weight sharing (02), one convolution factored by channel SVD (04)."""
 from __future__ import annotations
 
-from typing import Callable
-
-from .check import _call, _close_to_scale, _fmt, _show, run_cases, verdict
+from .check import Exercise, _call, _close_to_scale, _fmt, _show, register
 
 __all__ = ["int_linear", "kmeans_quantize", "factor_conv"]
 
@@ -55,12 +53,15 @@ def _int_linear_cases():
             ("outputs that must clamp", lambda fn: compare(fn, 3, 0.02, 128))]
 
 
-def int_linear(fn: Callable, quiet: bool = False) -> Callable:
-    """Check the learner's ``fn(x_q, x_zp, w_q, bias_q, m, y_zp) -> uint8 codes``: within one
-    output code of ``round(((x_q - x_zp) @ w_q.T + bias_q) * m) + y_zp``, clamped to 0..255, on
-    fixed cases with non-zero zero points, one or one multiplier per output."""
-    from .qmath import int_linear as reference
-    return verdict(run_cases("int_linear", fn, _int_linear_cases()), fn, reference, quiet)
+int_linear = register(Exercise(
+    "int_linear", notebook="02_quantization",
+    signature="fn(x_q, x_zp, w_q, bias_q, m, y_zp) -> uint8 codes",
+    checks="within one output code of ``round(((x_q - x_zp) @ w_q.T + bias_q) * m) + y_zp``, "
+    "clamped to 0..255, on fixed cases with non-zero zero points, one or one multiplier per "
+    "output.",
+    hint="accumulate (x_q - x_zp) @ w_q.T + bias_q in int32, then round(acc * m) + y_zp, "
+    "clamped to 0..255, as uint8", minutes=20, reference="edgelab.qmath.int_linear",
+    cases=_int_linear_cases))
 # --------------------------------------------------------------------------------------------
 # 02_quantization: k-means weight sharing (Deep Compression)
 # --------------------------------------------------------------------------------------------
@@ -124,12 +125,14 @@ def _kmeans_cases():
             ("the linear start", linear_initialisation)]
 
 
-def kmeans_quantize(fn: Callable, quiet: bool = False) -> Callable:
-    """Check the learner's ``fn(w, bits) -> (centroids, indices, reconstruction)``: at most
-    2^bits shared values, each weight at its nearest centroid, each centroid its members' mean,
-    from the linear initialisation over [min, max]."""
-    from .qmath import kmeans_quantize as reference
-    return verdict(run_cases("kmeans_quantize", fn, _kmeans_cases()), fn, reference, quiet)
+kmeans_quantize = register(Exercise(
+    "kmeans_quantize", notebook="02_quantization",
+    signature="fn(w, bits) -> (centroids, indices, reconstruction)",
+    checks="at most 2^bits shared values, each weight at its nearest centroid, each centroid "
+    "its members' mean, from the linear initialisation over [min, max].",
+    hint="start from torch.linspace(min, max, 2**bits); repeat: each weight to its nearest "
+    "centroid, each centroid to its members' mean (an empty one stays put)", minutes=15,
+    reference="edgelab.qmath.kmeans_quantize", cases=_kmeans_cases))
 # --------------------------------------------------------------------------------------------
 # 04_low_rank: one convolution factored by channel SVD
 # --------------------------------------------------------------------------------------------
@@ -202,14 +205,11 @@ def _factor_cases():
             ("the original untouched", leaves_the_conv_alone)]
 
 
-def factor_conv(fn: Callable, quiet: bool = False) -> Callable:
-    """Check the learner's ``fn(conv, rank) -> nn.Sequential(k x k conv C_in -> rank, 1x1 conv
-    rank -> C_out)``: exact at full rank; at lower rank the weight error (Frobenius) equals the
-    discarded singular values' energy, sqrt(sum of s_i^2 for i > rank)."""
-    import torch.nn as nn
-
-    from . import lowrank
-
-    def reference(conv: nn.Conv2d, rank: int) -> nn.Module:
-        return lowrank.factor(conv, rank)
-    return verdict(run_cases("factor_conv", fn, _factor_cases()), fn, reference, quiet)
+factor_conv = register(Exercise(
+    "factor_conv", notebook="04_low_rank",
+    signature="fn(conv, rank) -> nn.Sequential(k x k conv C_in -> rank, 1x1 conv rank -> C_out)",
+    checks="exact at full rank; at lower rank the weight error (Frobenius) equals the discarded "
+    "singular values' energy, sqrt(sum of s_i^2 for i > rank).",
+    hint="SVD of the weight as C_out x (C_in*k*k): the k x k conv holds Vh[:r] (the original "
+    "stride and padding), the 1x1 conv U[:, :r] * S[:r] and the bias", minutes=15,
+    reference="edgelab.lowrank.factor", cases=_factor_cases))

@@ -3,9 +3,8 @@ model to ship (06)."""
 from __future__ import annotations
 
 import math
-from typing import Callable
 
-from .check import _call, _fmt, _show, run_cases, verdict
+from .check import Exercise, _call, _fmt, _show, register
 
 __all__ = ["kd_loss", "preprocess", "choose_model"]
 
@@ -155,16 +154,19 @@ def _kd_cases():
             ("the teacher gets no gradient", teacher_gets_no_gradient)]
 
 
-def kd_loss(fn: Callable, quiet: bool = False) -> Callable:
-    """Check the learner's ``fn(student_logits, teacher_logits, labels, T, alpha)``.
-
-    The soft term may be written as KL(p_teacher || p_student) or as the soft cross-entropy
-    -sum(p_teacher * log p_student): they differ by the teacher's entropy, a constant for the
-    student, so their values differ by alpha * T^2 * H(p_teacher) and their gradients with
-    respect to the student's logits are equal. The checker accepts either value and compares
-    that gradient."""
-    from .distill import kd_loss as reference
-    return verdict(run_cases("kd_loss", fn, _kd_cases()), fn, reference, quiet)
+kd_loss = register(Exercise(
+    "kd_loss", notebook="03_distillation",
+    signature="fn(student_logits, teacher_logits, labels, T, alpha)",
+    checks="alpha * T^2 * KL(p_teacher || p_student) at temperature T plus (1 - alpha) times "
+    "the cross-entropy with the labels, and its gradient; the teacher gets none.\n\n"
+    "The soft term may be written as KL(p_teacher || p_student) or as the soft cross-entropy "
+    "-sum(p_teacher * log p_student): they differ by the teacher's entropy, a constant for the "
+    "student, so their values differ by alpha * T^2 * H(p_teacher) and their gradients with "
+    "respect to the student's logits are equal. The checker accepts either value and compares "
+    "that gradient.",
+    hint="F.kl_div(log_softmax(s / T), softmax(t.detach() / T), reduction='batchmean') * T * T "
+    "* alpha + (1 - alpha) * F.cross_entropy(s, labels)", minutes=15,
+    reference="edgelab.distill.kd_loss", cases=_kd_cases))
 # --------------------------------------------------------------------------------------------
 # 05_deploy_pi: the preprocessing the Pi must repeat
 # --------------------------------------------------------------------------------------------
@@ -238,16 +240,20 @@ def _preprocess_cases():
             ("input unchanged", leaves_input_alone), ("any batch and size", any_batch)]
 
 
-def preprocess(fn: Callable, quiet: bool = False) -> Callable:
-    """Check the learner's ``fn(pixels, mean, std)``: uint8 (N, H, W) -> float32 (N, 1, H, W),
-    ``(pixels / 255 - mean) / std``, as the bundle's predict.py does after reading a file."""
+def _preprocess_reference(pixels, mean, std):
+    """The answer to 05's exercise, as the bundle's predict.py computes it."""
     import numpy as np
+    x = pixels.astype(np.float32) / np.float32(255.0)
+    return ((x - np.float32(mean)) / np.float32(std))[:, None]
 
-    def reference(pixels, mean, std):
-        x = pixels.astype(np.float32) / np.float32(255.0)
-        return ((x - np.float32(mean)) / np.float32(std))[:, None]
 
-    return verdict(run_cases("preprocess", fn, _preprocess_cases()), fn, reference, quiet)
+preprocess = register(Exercise(
+    "preprocess", notebook="05_deploy_pi", signature="fn(pixels, mean, std)",
+    checks="uint8 (N, H, W) -> float32 (N, 1, H, W), ``(pixels / 255 - mean) / std``, as the "
+    "bundle's predict.py does after reading a file.",
+    hint="(pixels / 255 - mean) / std with the training set's constants, as float32, with a "
+    "channel axis second: x[:, None]", minutes=10,
+    reference="edgelab.check_pipeline._preprocess_reference", cases=_preprocess_cases))
 # --------------------------------------------------------------------------------------------
 # 06_pipeline: choosing the model to ship
 # --------------------------------------------------------------------------------------------
@@ -309,9 +315,11 @@ def _choose_cases():
             ("no model meets the bar", nothing_meets)]
 
 
-def choose_model(fn: Callable, quiet: bool = False) -> Callable:
-    """Check the learner's ``fn(records, teacher, bar) -> (record | None, why)``: the model to
-    ship is chosen on validation (``report.meets(r, teacher, bar, "val")``), most accurate
-    there, the faster of a tie; None when nothing meets the bar."""
-    from .report import choose as reference
-    return verdict(run_cases("choose_model", fn, _choose_cases()), fn, reference, quiet)
+choose_model = register(Exercise(
+    "choose_model", notebook="06_pipeline",
+    signature="fn(records, teacher, bar) -> (record | None, why)",
+    checks="the model to ship is chosen on validation (``report.meets(r, teacher, bar, "
+    "\"val\")``), most accurate there, the faster of a tie; None when nothing meets the bar.",
+    hint="keep the records with report.meets(r, teacher, bar, 'val'); the highest "
+    "val_accuracy, the lower latency_b1_ms of a tie; (None, why) when none is left",
+    minutes=10, reference="edgelab.report.choose", cases=_choose_cases))

@@ -3,9 +3,8 @@ bytes, channels removed by hand."""
 from __future__ import annotations
 
 import math
-from typing import Callable
 
-from .check import _call, _fmt, _show, run_cases, verdict
+from .check import Exercise, _call, _fmt, _show, register
 
 __all__ = ["magnitude_mask", "magnitude_threshold", "csr_bytes", "prune_pair"]
 
@@ -118,10 +117,13 @@ def _mask_cases():
             ("k = round(rate * n)", rounding), ("a 4-D conv weight", conv_weight)]
 
 
-def magnitude_mask(fn, quiet: bool = False):
-    """Check ``fn(weight, rate) -> bool mask``; returns the function to carry on with."""
-    from .prune import magnitude_mask as reference
-    return verdict(run_cases("magnitude_mask", fn, _mask_cases()), fn, reference, quiet)
+magnitude_mask = register(Exercise(
+    "magnitude_mask", notebook="01_pruning", signature="fn(weight, rate) -> bool mask",
+    checks="True for the kept weights, all but the round(rate * n) smallest |w| of the whole "
+    "tensor, exactly (ties included), for any shape.",
+    hint="rank abs(w) of the whole tensor (w.abs().flatten()); keep the n - round(rate * n) "
+    "largest by counting (topk), not by comparing with a threshold (ties)",
+    minutes=10, reference="edgelab.prune.magnitude_mask", cases=_mask_cases))
 
 
 def _threshold_cases():
@@ -179,10 +181,11 @@ def _threshold_cases():
             ("k = round(rate * n)", rounding), ("a 4-D conv weight", conv_weight)]
 
 
-def magnitude_threshold(fn, quiet: bool = False):
-    """Check ``fn(weight, rate) -> float``: the largest pruned magnitude."""
-    from .prune import magnitude_threshold as reference
-    return verdict(run_cases("magnitude_threshold", fn, _threshold_cases()), fn, reference, quiet)
+magnitude_threshold = register(Exercise(
+    "magnitude_threshold", notebook="01_pruning", signature="fn(weight, rate) -> float",
+    checks="the largest pruned magnitude, round(rate * n) of them pruned; 0.0 at rate 0.",
+    hint="k = round(rate * n); the k-th smallest abs(w): w.abs().flatten().kthvalue(k), 0.0 when "
+    "k = 0", minutes=5, reference="edgelab.prune.magnitude_threshold", cases=_threshold_cases))
 # --------------------------------------------------------------------------------------------
 # 01_pruning: when do zeros pay? The bytes of a sparse (CSR) weight
 # --------------------------------------------------------------------------------------------
@@ -241,11 +244,13 @@ def _csr_cases():
             ("all zero", lambda fn: compare(fn, 1.0, 8))]
 
 
-def csr_bytes(fn: Callable, quiet: bool = False) -> Callable:
-    """Check the learner's ``fn(weight, index_bytes) -> int``: the bytes of the weight, reshaped
-    to (out, in*k*k), as a CSR matrix with float32 values, against torch's own CSR tensor."""
-    from .prune import csr_bytes as reference
-    return verdict(run_cases("csr_bytes", fn, _csr_cases()), fn, reference, quiet)
+csr_bytes = register(Exercise(
+    "csr_bytes", notebook="01_pruning", signature="fn(weight, index_bytes) -> int",
+    checks="the bytes of the weight, reshaped to (out, in*k*k), as a CSR matrix with float32 "
+    "values, against torch's own CSR tensor.",
+    hint="4 bytes per non-zero value, one column index per value, and rows + 1 row pointers, "
+    "each index index_bytes long", minutes=10, reference="edgelab.prune.csr_bytes",
+    cases=_csr_cases))
 # --------------------------------------------------------------------------------------------
 # 01_pruning: removing channels by hand
 # --------------------------------------------------------------------------------------------
@@ -327,10 +332,12 @@ def _prune_pair_cases():
             ("the originals untouched", leaves_the_originals_alone)]
 
 
-def prune_pair(fn: Callable, quiet: bool = False) -> Callable:
-    """Check the learner's ``fn(conv, bn, next_conv, rate) -> (conv, bn, next_conv)``: the thin
-    block computes what the original computes with the removed channels' post-ReLU activations
-    zeroed (a removed filter does not output zero after the batch norm: beta - gamma*mean/std can
-    pass the ReLU), channels ranked by their filters' L2 norm."""
-    from .prune import prune_pair as reference
-    return verdict(run_cases("prune_pair", fn, _prune_pair_cases()), fn, reference, quiet)
+prune_pair = register(Exercise(
+    "prune_pair", notebook="01_pruning",
+    signature="fn(conv, bn, next_conv, rate) -> (conv, bn, next_conv)",
+    checks="the thin block computes what the original computes with the removed channels' "
+    "post-ReLU activations zeroed (a removed filter does not output zero after the batch norm: "
+    "beta - gamma*mean/std can pass the ReLU), channels ranked by their filters' L2 norm.",
+    hint="keep the filters of largest L2 norm; slice the conv's outputs, all four batch-norm "
+    "tensors and the next conv's inputs (weight[:, idx]) with the same indices, in new modules",
+    minutes=15, reference="edgelab.prune.prune_pair", cases=_prune_pair_cases))

@@ -2,9 +2,7 @@
 batch-norm folding, the straight-through estimator."""
 from __future__ import annotations
 
-from typing import Callable
-
-from .check import _call, _close_to_scale, _fmt, _show, run_cases, verdict
+from .check import Exercise, _call, _close_to_scale, _fmt, _show, register
 
 __all__ = ["quantize_dequantize", "fold_bn", "fake_quant_ste"]
 
@@ -162,15 +160,15 @@ def _qdq_cases():
     ]
 
 
-def quantize_dequantize(fn: Callable, quiet: bool = False) -> Callable:
-    """Check the learner's ``fn(x, bits, axis=None)``: asymmetric fake quantization (quantize to
-    ``bits``-bit unsigned codes, then dequantize), per tensor or per slice along ``axis``."""
-    from . import qmath
-
-    def reference(x, bits, axis=None):
-        return qmath.quantize_dequantize(x, bits, axis=axis, symmetric=False)
-
-    return verdict(run_cases("quantize_dequantize", fn, _qdq_cases()), fn, reference, quiet)
+quantize_dequantize = register(Exercise(
+    "quantize_dequantize", notebook="02_quantization", signature="fn(x, bits, axis=None)",
+    checks="asymmetric fake quantization (quantize to ``bits``-bit unsigned codes, then "
+    "dequantize), per tensor or per slice along ``axis``.",
+    hint="widen the range to include 0; scale = (hi - lo) / (2**bits - 1), an integer zero "
+    "point; round, clamp to [0, 2**bits - 1], dequantize; per slice: reduce over the other "
+    "dimensions (keepdim=True)", minutes=15,
+    # its default is symmetric=False, the exercise's asymmetric map
+    reference="edgelab.qmath.quantize_dequantize", cases=_qdq_cases))
 # --------------------------------------------------------------------------------------------
 # 02_quantization: folding a batch norm into the convolution before it
 # --------------------------------------------------------------------------------------------
@@ -261,12 +259,13 @@ def _fold_cases():
             ("the originals untouched", leaves_the_originals_alone)]
 
 
-def fold_bn(fn: Callable, quiet: bool = False) -> Callable:
-    """Check the learner's ``fn(conv, bn) -> conv``: in eval mode the folded conv computes
-    ``bn(conv(x))`` to 1e-5 of the output's scale, with and without a conv bias, and leaves both
-    inputs unchanged."""
-    from .qmath import fold_bn as reference
-    return verdict(run_cases("fold_bn", fn, _fold_cases()), fn, reference, quiet)
+fold_bn = register(Exercise(
+    "fold_bn", notebook="02_quantization", signature="fn(conv, bn) -> conv",
+    checks="in eval mode the folded conv computes ``bn(conv(x))`` to 1e-5 of the output's "
+    "scale, with and without a conv bias, and leaves both inputs unchanged.",
+    hint="s = gamma / sqrt(var + eps); weight * s per output channel, bias = beta + (b - mean) "
+    "* s, in a new nn.Conv2d with the same stride and padding", minutes=10,
+    reference="edgelab.qmath.fold_bn", cases=_fold_cases))
 # --------------------------------------------------------------------------------------------
 # 02_quantization: fake quantization with the straight-through estimator
 # --------------------------------------------------------------------------------------------
@@ -320,9 +319,11 @@ def _ste_cases():
             ("ties and clipping", ties_and_clips_on_both_sides)]
 
 
-def fake_quant_ste(fn: Callable, quiet: bool = False) -> Callable:
-    """Check the learner's ``fn(x, scale, zero_point, qmin, qmax)``: forward values and the
-    gradient with respect to x, inside and outside the clip range, against
-    ``torch.fake_quantize_per_tensor_affine``."""
-    from .qmath import fake_quant_ste as reference
-    return verdict(run_cases("fake_quant_ste", fn, _ste_cases()), fn, reference, quiet)
+fake_quant_ste = register(Exercise(
+    "fake_quant_ste", notebook="02_quantization",
+    signature="fn(x, scale, zero_point, qmin, qmax)",
+    checks="forward values and the gradient with respect to x, inside and outside the clip "
+    "range, against ``torch.fake_quantize_per_tensor_affine``.",
+    hint="clamp x to [(qmin - zp) * scale, (qmax - zp) * scale], then x + (q - x).detach(): "
+    "the forward rounds, the gradient passes straight through", minutes=10,
+    reference="edgelab.qmath.fake_quant_ste", cases=_ste_cases))
