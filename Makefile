@@ -89,7 +89,8 @@ clean:
 # debootstrap, an arm64 Debian root filesystem with the bundle's pinned wheels, built once
 # (minutes) under ~/.cache/edgelab; after that, only the binfmt handler (lost at each boot) is
 # checked. Needs root.
-PI_ROOTFS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/edgelab/pi-rootfs-bookworm-arm64
+# Asked of edgelab/paths.py (torch-free, any python3): one place computes it, $EDGELAB_PI_ROOTFS included.
+PI_ROOTFS := $(shell $(PYTHON) -m edgelab.paths pi_rootfs)
 PI_ROOTFS_TMP := $(dir $(PI_ROOTFS)).$(notdir $(PI_ROOTFS)).tmp
 .PHONY: pi-rootfs
 pi-rootfs: $(STAMP)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["INPUT_SHAPE", "REPO_ROOT", "DEBIAN_DIR", "FILES", "CLASSES", "VAL_SIZE", "SPLIT_SEED",
+from . import paths
+from .paths import DataNotFoundError
+
+__all__ = ["INPUT_SHAPE", "FILES", "CLASSES", "VAL_SIZE", "SPLIT_SEED",
            "DataNotFoundError", "DataCorruptError", "search_dirs", "find_data_dir",
            "read_verified", "parse_idx", "FashionMNIST", "split_indices", "load", "normalize",
            "Batches", "loader", "tensors", "calibration_set", "download"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 # sha256 of the decompressed IDX bytes (identical for the upstream and the Debian files).
 FILES = {
@@ -49,27 +49,23 @@ VAL_SIZE = 5000
 SPLIT_SEED = 0
 
 
-class DataNotFoundError(FileNotFoundError):
-    pass
-
-
 class DataCorruptError(ValueError):
     pass
 
 
 def search_dirs() -> list[Path]:
-    """Where to look, in order. A folder named by ``$EDGELAB_DATA`` must exist: the user named
-    it, so a typo is an error, not a silent fall-back to another copy."""
-    dirs = []
-    named = os.environ.get("EDGELAB_DATA")
-    if named:
-        if not Path(named).is_dir():
-            raise DataNotFoundError(
-                f"EDGELAB_DATA={named} is not a folder. Point it at the folder that holds the four "
-                "Fashion-MNIST files, or unset it to use data/fashion-mnist/ or the Debian "
-                f"package's {DEBIAN_DIR}.")
-        dirs.append(Path(named))
-    return dirs + [REPO_ROOT / "data" / "fashion-mnist", DEBIAN_DIR]
+    """Where to look, in order (``edgelab.paths.data_search_dirs``, resolved now)."""
+    return paths.data_search_dirs()
+
+
+def __getattr__(name):
+    # The old import-time constants, kept for callers outside this module; resolved when read
+    # so a patched ``paths.ROOT`` reaches them. New code asks ``edgelab.paths``.
+    if name == "REPO_ROOT":
+        return paths.repo_root()
+    if name == "DEBIAN_DIR":
+        return paths.DEBIAN_DIR
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _file_in(d: Path, name: str) -> Path | None:
@@ -280,11 +276,12 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("check", help="find the data and verify the four hashes (no network)")
     dl = sub.add_parser("download", help="download the four files (the only network access)")
-    dl.add_argument("--dest", type=Path, default=REPO_ROOT / "data" / "fashion-mnist")
+    dl.add_argument("--dest", type=Path,
+                    help="default: data/fashion-mnist/ in the repository")
     args = p.parse_args(argv)
     try:
         if args.cmd == "download":
-            download(args.dest)
+            download(args.dest or paths.repo_root() / "data" / "fashion-mnist")
         else:
             ds = load()
             print(f"Fashion-MNIST OK in {ds.source}: train {len(ds.train_images)}, "

@@ -14,21 +14,17 @@ by the teacher checkpoint's sha256.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data
-from .data import REPO_ROOT
+from . import cache, data
 
-__all__ = ["CACHE", "check_temperature", "check_alpha", "soften", "loss_terms", "kd_loss",
+__all__ = ["check_temperature", "check_alpha", "soften", "loss_terms", "kd_loss",
            "seed_loss", "loss_fn", "teacher_logits", "DistillBatches",
            "OnlineDistillBatches"]
-
-CACHE = REPO_ROOT / "build" / "cache" / "distill"
 
 
 def check_temperature(T: float) -> float:
@@ -85,36 +81,37 @@ def loss_fn(T: float = 4.0, alpha: float = 0.9):
 def teacher_logits(name: str = "teacher", split: str = "train", limit: int | None = None,
                    progress: bool = True, int8: bool = False) -> torch.Tensor:
     """The teacher's logits for every image of ``split``: shape (N, 2, classes), [:, 0] for the
-    image as stored and [:, 1] for it mirrored. Cached under build/cache/distill/.
+    image as stored and [:, 1] for it mirrored. Cached by ``edgelab.cache`` under
+    build/cache/distill/, keyed by the checkpoint's sha256, the split, the flavour and the number
+    of images.
 
     ``int8=True`` takes them from the teacher quantized to int8 in ONNX Runtime (02's recipe:
     static, per-channel weights, uint8 activations, 512 calibration images): the logits a Pi
     running that teacher would produce."""
-    from .models import atomic_write_bytes, load_checkpoint, read_card
+    from .models import load_checkpoint, read_card
 
-    flavour = "-int8" if int8 else ""
-    stem = f"{Path(name).name}{flavour}-{read_card(name)['sha256'][:16]}-{split}"
-    path, everything = CACHE / f"{stem}-{limit or 'all'}.pt", CACHE / f"{stem}-all.pt"
-    if path.is_file():
-        return torch.load(path, weights_only=True)
-    if limit is not None and everything.is_file():  # the first N images are a prefix of all
-        return torch.load(everything, weights_only=True)[:limit]
-    teacher = load_checkpoint(name).eval()
-    if int8:
-        teacher = _ort_int8(teacher, CACHE / f"{stem}.onnx")
-    images, _ = data.load().split(split)
-    if limit is not None:
-        images = images[:limit]
-    out = []
-    with torch.no_grad():
-        for start in tqdm(range(0, len(images), 500), desc=f"{name} logits", disable=not progress):
-            x = data.normalize(images[start:start + 500])
-            out.append(torch.stack([teacher(x), teacher(x.flip(-1))], dim=1))
-    logits = torch.cat(out)
-    buf = io.BytesIO()
-    torch.save(logits, buf)
-    atomic_write_bytes(path, buf.getvalue())
-    return logits
+    stem = f"distill/{Path(name).name}{'-int8' if int8 else ''}-{split}"
+    parts = {"teacher": read_card(name)["sha256"], "int8": bool(int8), "split": split}
+    path = cache.path(stem, dict(parts, limit=limit), ".pt")
+    everything = cache.path(stem, dict(parts, limit=None), ".pt")
+    if limit is not None and not path.is_file() and everything.is_file():
+        return torch.load(everything, weights_only=True)[:limit]   # the first N are a prefix
+
+    def compute():
+        teacher = load_checkpoint(name).eval()
+        if int8:
+            teacher = _ort_int8(teacher, cache.path(stem, parts, ".onnx"))
+        images, _ = data.load().split(split)
+        if limit is not None:
+            images = images[:limit]
+        out = []
+        with torch.no_grad():
+            for start in tqdm(range(0, len(images), 500), desc=f"{name} logits",
+                              disable=not progress):
+                x = data.normalize(images[start:start + 500])
+                out.append(torch.stack([teacher(x), teacher(x.flip(-1))], dim=1))
+        return torch.cat(out)
+    return cache.cached_tensor(stem, dict(parts, limit=limit), compute)
 
 
 def _ort_int8(model, path: Path):

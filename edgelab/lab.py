@@ -21,9 +21,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from . import paths
+
 __all__ = ["has_display", "free_port", "lab_command", "main"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 START_PAGE = "notebooks/00_baseline.ipynb"
 READY_TIMEOUT_S = 120
 SETTLE_S = 1.5   # JupyterLab's extensions keep logging for a moment after the server answers
@@ -73,7 +74,7 @@ def free_port(ip: str, start: int = 8888, tries: int = 50) -> int:
 def lab_command(ip: str, port: int, open_browser: bool, as_root: bool) -> list[str]:
     jupyter = Path(sys.executable).with_name("jupyter")
     cmd = [str(jupyter), "lab", f"--ServerApp.ip={ip}", f"--ServerApp.port={port}",
-           "--ServerApp.port_retries=0", f"--ServerApp.root_dir={REPO_ROOT}",
+           "--ServerApp.port_retries=0", f"--ServerApp.root_dir={paths.repo_root()}",
            f"--LabApp.default_url=/lab/tree/{START_PAGE}"]
     if not open_browser:
         cmd.append("--no-browser")

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -12,13 +10,22 @@ import torch.nn as nn
 from torchvision.models import resnet18
 from torchvision.models.resnet import BasicBlock
 
-from .data import CLASSES, INPUT_SHAPE, REPO_ROOT
+from . import paths
+from .data import CLASSES, INPUT_SHAPE
+from .paths import atomic_write_bytes
 
-__all__ = ["CHECKPOINT_DIR", "SHIPPED_SHA256", "teacher", "Student", "student",
+__all__ = ["SHIPPED_SHA256", "teacher", "Student", "student",
            "SeparableBlock", "student_dw", "structured_student", "structured_teacher", "lowrank_teacher", "ARCHS", "build", "sha256_file",
            "atomic_write_bytes", "save_checkpoint", "read_card", "load_checkpoint", "reinit"]
 
-CHECKPOINT_DIR = REPO_ROOT / "data" / "checkpoints"
+
+
+def __getattr__(name):
+    # ``CHECKPOINT_DIR`` was an import-time constant; it is now ``paths.checkpoints_dir()``,
+    # resolved when read so a patched ``paths.ROOT`` reaches it.
+    if name == "CHECKPOINT_DIR":
+        return paths.checkpoints_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # sha256 of every shipped checkpoint, so a swapped file *and* card are both caught.
 SHIPPED_SHA256: dict[str, str] = {
@@ -199,26 +206,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _paths(name_or_path) -> tuple[Path, Path]:
     p = Path(name_or_path)
     if p.suffix in (".safetensors", ".json"):
         p = p.with_suffix("")
     elif not p.parent.parts or str(p.parent) == ".":
-        p = CHECKPOINT_DIR / p.name
+        p = paths.checkpoints_dir() / p.name
     return p.with_suffix(".safetensors"), p.with_suffix(".json")
 
 
@@ -259,7 +252,7 @@ def load_checkpoint(name_or_path, model: nn.Module | None = None) -> nn.Module:
     digest = sha256_file(weights_path)
     expected = {card["sha256"]}
     stem = weights_path.stem
-    if weights_path.parent == CHECKPOINT_DIR and stem in SHIPPED_SHA256:
+    if weights_path.parent == paths.checkpoints_dir() and stem in SHIPPED_SHA256:
         expected.add(SHIPPED_SHA256[stem])
     if len(expected) != 1 or digest not in expected:
         raise ValueError(f"{weights_path}: sha256 {digest} does not match the expected "

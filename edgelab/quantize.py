@@ -174,32 +174,20 @@ def qat_prepare(teacher: nn.Module, per_channel: bool = True, weight_bits: int =
 
 
 def qat_finetune(prepared: nn.Module, batches, steps: int, lr: float = 1e-3,
-                 freeze_bn_after: float = 0.5, observe_until: float = 0.75) -> list[float]:
+                 freeze_bn_after: float = 0.5, observe_until: float = 0.75,
+                 callbacks=()) -> list[float]:
     """A short fine-tune with fake quantization in the forward pass: the weights learn to sit
     well on the int8 grid. Batch-norm statistics freeze halfway, the observers after 3/4 of the
-    steps (the usual recipe), so the last steps train against fixed ranges."""
-    import torch.nn.functional as F
+    steps (the usual recipe), so the last steps train against fixed ranges. Returns each step's
+    loss; the loop is ``edgelab.loop.run``."""
+    from . import loop
 
     if steps < 1:
         raise ValueError(f"QAT needs at least 1 step, got {steps}")
     opt = torch.optim.SGD(prepared.parameters(), lr=lr, momentum=0.9)
-    prepared.train()
-    losses, step = [], 0
-    while step < steps:
-        for x, y in batches:
-            if step == int(freeze_bn_after * steps):
-                prepared.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
-            if step == int(observe_until * steps):
-                prepared.apply(torch.ao.quantization.disable_observer)
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(prepared(x), y)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            step += 1
-            if step >= steps:
-                break
-    return losses
+    cbs = [loop.FreezeBatchNorm(int(freeze_bn_after * steps)),
+           loop.FreezeObservers(int(observe_until * steps)), *callbacks]
+    return loop.run(prepared, batches, opt, steps=steps, callbacks=cbs).losses
 
 
 class WeightFakeQuant(nn.Module):

@@ -1,12 +1,13 @@
 """Fit and evaluate models; ``python -m edgelab.train`` retrains the shipped checkpoints.
 
+Every training here runs ``edgelab.loop.run``, the one loop, with the callbacks it needs.
+
 Training runs on a GPU when one is there (CUDA or Apple's MPS), else on the CPU. Latency is never
 measured here: that is ``edgelab.measure``'s job, always on the CPU, the edge stand-in.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import sys
@@ -20,15 +21,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data
-from .data import REPO_ROOT
-from .models import atomic_write_bytes, build, load_checkpoint, read_card, save_checkpoint
+from . import data, loop, paths
+from .loop import to_device, train_step
+from .models import build, load_checkpoint, read_card, save_checkpoint
 
-__all__ = ["RESUME_DIR", "pick_device", "predict", "evaluate", "to_device", "train_step",
-           "finetune_steps", "recalibrate_batchnorm", "sgd_one_cycle", "fit", "versions", "RECIPES", "default_out",
+__all__ = ["pick_device", "predict", "evaluate", "to_device", "train_step", "finetune_steps",
+           "recalibrate_batchnorm", "sgd_one_cycle", "fit", "versions", "RECIPES", "default_out",
            "train_recipe"]
-
-RESUME_DIR = REPO_ROOT / "build" / "train"
 
 
 def pick_device() -> torch.device:
@@ -51,59 +50,30 @@ def predict(model: nn.Module, batches, device=None, progress: bool = False) -> t
     return torch.cat(out)
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, batches, device=None, progress: bool = False) -> float:
     """Top-1 accuracy as a fraction, from one pass in which each batch's labels and predictions
-    are read together (two passes over a shuffled loader would pair them wrongly)."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    correct = n = 0
-    for x, y in tqdm(batches, desc="eval", leave=False, disable=not progress):
-        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
-        n += len(y)
-    model.train(was_training)
-    return correct / n
+    are read together: ``evaluation.correct``, the evaluation ``measure`` uses too."""
+    from .evaluation import correct
 
-
-def to_device(target, device):
-    """Labels, or a tuple of per-image targets (labels and a teacher's logits), on ``device``."""
-    if isinstance(target, (tuple, list)):
-        return type(target)(t.to(device) for t in target)
-    return target.to(device)
-
-
-def train_step(model, x, y, optimizer, loss_fn=F.cross_entropy) -> float:
-    optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model(x), y)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+    return float(correct(model, batches, device, progress, inference=False).float().mean())
 
 
 def finetune_steps(model, steps: int, lr: float = 0.002, batch_size: int = 64, seed: int = 1,
-                   freeze_bn: bool = False, after_step=None) -> nn.Module:
+                   freeze_bn: bool = False, after_step=None, callbacks=()) -> nn.Module:
     """A short live fine-tune (SGD + momentum) for notebooks; trains ``model`` in place, on a
     GPU if there is one.
 
     Batches of 64 keep the backward pass's memory low (Binder has 2 GB) and, on the teacher,
     kept its accuracy where batches of 32 with frozen batch norms lost a point. ``freeze_bn``
     keeps the batch norms' running statistics fixed."""
-    batches = iter(data.loader("train", batch_size, flip=True, seed=seed))
+    batches = data.loader("train", batch_size, flip=True, seed=seed)
     device = pick_device()
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
                           weight_decay=5e-4)
-    model.train()
-    if freeze_bn:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-    for _ in range(steps):
-        x, y = next(batches)
-        train_step(model, x.to(device), y.to(device), opt)
-        if after_step is not None:
-            after_step(model)
+    cbs = ([loop.FreezeBatchNorm(0)] if freeze_bn else []) + (
+        [loop.AfterStep(after_step)] if after_step is not None else []) + list(callbacks)
+    loop.run(model, batches, opt, steps=steps, device=device, callbacks=cbs)
     return model.cpu().eval()  # back on the CPU, where edgelab measures
 
 
@@ -141,44 +111,20 @@ def sgd_one_cycle(model, epochs: int, steps_per_epoch: int, lr: float = 0.1,
 
 def fit(model, batches, epochs: int, lr: float = 0.1, weight_decay: float = 5e-4,
         loss_fn=F.cross_entropy, device=None, resume: Path | None = None,
-        progress: bool = True, after_step=None) -> list[float]:
+        progress: bool = True, after_step=None, callbacks=()) -> list[float]:
     """Train with SGD + one-cycle; returns the mean loss of each epoch.
 
     With ``resume`` set, the full training state is saved after every epoch and picked up again
-    if the file exists, so a stopped run continues where it was.  ``after_step(model)`` runs
-    after each optimizer step (pruning uses it to re-apply masks)."""
+    if the file exists, so a stopped run continues where it was (``loop.Resume``).
+    ``after_step(model)`` runs after each optimizer step; ``callbacks`` go to ``loop.run``."""
     device = device or pick_device()
-    model.to(device).train()
+    model.to(device)
     opt, sched = sgd_one_cycle(model, epochs, len(batches), lr, weight_decay)
-    history, start = [], 0
-    if resume is not None and Path(resume).is_file():
-        state = torch.load(resume, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        batches.generator.set_state(state["batches_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        history, start = list(state["history"]), int(state["epoch"])
-        print(f"resumed from {resume} after epoch {start}")
-    for epoch in range(start, epochs):
-        total, n = 0.0, 0
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress)
-        for x, y in bar:
-            loss = train_step(model, x.to(device), to_device(y, device), opt, loss_fn)
-            sched.step()
-            if after_step is not None:
-                after_step(model)
-            total, n = total + loss * len(x), n + len(x)
-            bar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
-        history.append(total / n)
-        if resume is not None:
-            buf = io.BytesIO()
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "epoch": epoch + 1,
-                        "history": history, "batches_rng": batches.generator.get_state(),
-                        "torch_rng": torch.get_rng_state()}, buf)
-            atomic_write_bytes(Path(resume), buf.getvalue())
-    return history
+    cbs = ([loop.AfterStep(after_step)] if after_step is not None else []) + list(callbacks)
+    cbs += [loop.Progress()] if progress else []
+    cbs += [loop.Resume(resume)] if resume is not None else []
+    return loop.run(model, batches, opt, epochs=epochs, scheduler=sched, loss_fn=loss_fn,
+                    device=device, callbacks=cbs).history
 
 
 def versions() -> dict:
@@ -266,7 +212,7 @@ RECIPES = {
 def default_out(name: str, seed: int | None = None) -> Path:
     recipe = RECIPES[name]
     stem = f"{name}-s{recipe['seed'] if seed is None else seed}" if recipe.get("per_seed") else name
-    return REPO_ROOT / "data" / "checkpoints" / stem
+    return paths.checkpoints_dir() / stem
 
 
 def train_recipe(name: str, out: Path, epochs: int | None = None, seed: int | None = None,
@@ -308,7 +254,7 @@ def train_recipe(name: str, out: Path, epochs: int | None = None, seed: int | No
     if "qat_bits" in recipe:
         from .quantize import weight_fake_quant
         weight_fake_quant(model, recipe["qat_bits"])
-    resume = RESUME_DIR / f"{Path(out).name}.resume.pt"
+    resume = paths.resume_dir() / f"{Path(out).name}.resume.pt"
     if fresh and resume.exists():
         resume.unlink()
     device = pick_device()

@@ -19,17 +19,13 @@ from pathlib import Path
 
 import psutil
 
-from . import report
-from .data import REPO_ROOT
+from . import paths, report
 
-__all__ = ["NOTEBOOKS", "EXECUTED", "notebooks", "CELL_TIMEOUT_S", "execute", "run_info", "run"]
-
-NOTEBOOKS = REPO_ROOT / "notebooks"
-EXECUTED = report.BUILD / "executed"
+__all__ = ["notebooks", "CELL_TIMEOUT_S", "execute", "run_info", "run"]
 
 
 def notebooks() -> list[Path]:
-    return sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    return sorted(p for p in paths.notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
 
 
 def _pss(p: psutil.Process) -> int:
@@ -128,15 +124,14 @@ def _execute_once(nb, out_dir, smoke, extra_env, cpus, memory_cap_mb) -> dict:
 
 def _commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.repo_root(),
+                              capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
 
 def run_info(smoke: bool) -> dict:
     import torch
-    from .models import CHECKPOINT_DIR
 
     from importlib.metadata import PackageNotFoundError, version
 
@@ -155,7 +150,7 @@ def run_info(smoke: bool) -> dict:
     except OSError:
         pass
     checkpoints = {p.stem: json.loads(p.read_text()).get("sha256")
-                   for p in sorted(CHECKPOINT_DIR.glob("*.json"))}
+                   for p in sorted(paths.checkpoints_dir().glob("*.json"))}
     return {"smoke": smoke, "threads": torch.get_num_threads(), "cpu": cpu,
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "commit": _commit(), "versions": versions, "checkpoints": checkpoints}
@@ -195,7 +190,7 @@ def run(smoke: bool = False, only: list[str] | None = None) -> int:
     failed = []
     for nb in selected:
         print(f"\n=== {nb.stem} (SMOKE={smoke}) ===", flush=True)
-        meta = execute(nb, EXECUTED, smoke)
+        meta = execute(nb, report.BUILD / "executed", smoke)
         print(f"    {meta['seconds']:.0f} s, peak {meta['peak_rss_mb']} MB", flush=True)
         if not meta.pop("ok"):
             failed.append(nb.stem)

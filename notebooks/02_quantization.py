@@ -44,8 +44,8 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from edgelab import (check, data, deploy, figures, measure, models, qmath, quantize, report,
-                     runtime, widgets)
+from edgelab import (check, data, deploy, figures, measure, models, paths, qmath, quantize,
+                     report, runtime, widgets)
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -60,7 +60,7 @@ INT_CALIBRATION = 32 if SMOKE else 128        # images ONNX Runtime calibrates t
 INT_IMAGES = 32 if SMOKE else 500
 KMEANS_VAL = 64 if SMOKE else 1000            # validation images for k-means against linear
 KMEANS_BITS = [2, 3] if SMOKE else [2, 3, 4]
-BUILD = data.REPO_ROOT / "build" / "cache" / NOTEBOOK
+BUILD = paths.cache_dir(NOTEBOOK)
 print(f"smoke mode: {SMOKE}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
 
 # %%

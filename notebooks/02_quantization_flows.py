@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 from IPython.display import display
 
-from edgelab import data, figures, measure, models, quantize, report, runtime
+from edgelab import data, figures, measure, models, paths, quantize, report, runtime
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -61,7 +61,7 @@ SWEEP_IMAGES = 100 if SMOKE else 1000     # validation images per point of the c
 QAT_STEPS = 4 if SMOKE else 200           # a live demo: a few minutes would do better
 QAT_BATCH = 16                            # small batches keep the backward pass under the memory bar
 QAT_BITS = 4                              # QAT and PTQ are compared at this weight width
-BUILD = data.REPO_ROOT / "build" / "cache" / NOTEBOOK
+BUILD = paths.cache_dir(NOTEBOOK)
 print(f"smoke mode: {SMOKE}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
 
 # %%

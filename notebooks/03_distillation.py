@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from IPython.display import display
 
-from edgelab import (check, data, distill, figures, measure, models, prune, quantize, report, runtime,
-                     stats, train, widgets)
-from edgelab.data import REPO_ROOT
+from edgelab import (check, data, distill, figures, loop, measure, models, prune, quantize, report,
+                     runtime, stats, train, widgets)
+from edgelab import paths
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -53,7 +53,7 @@ VAL_IMAGES = 500 if SMOKE else 2000      # validation images that compare the li
 LATENCY_S = 0.2 if SMOKE else 1.0        # seconds of timing per latency figure
 SEEDS = [s for s in range(5)                    # the seeds shipped for both recipes (five)
          if {f"student-kd-s{s}", f"student-scratch-s{s}"} <= set(models.SHIPPED_SHA256)]
-WORK = REPO_ROOT / "build" / "cache" / NOTEBOOK
+WORK = paths.cache_dir(NOTEBOOK)
 
 teacher = models.load_checkpoint("teacher")
 records = [measure.measure(teacher, "teacher", tags=["fp32", "baseline"], limit=EVAL_IMAGES,
@@ -246,14 +246,9 @@ def live_run(loss_fn, logits, optimizer="sgd", one_batch=False, seed=SEED):
         batches = [next(iter(batches))] * len(batches)
     if optimizer == "sgd":
         train.fit(model, batches, epochs=1, lr=0.1, loss_fn=loss_fn, progress=False)
-    else:   # the blog's optimizer, in the blog's plain loop
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        model.train()
-        for x, target in batches:
-            loss = loss_fn(model(x), target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    else:   # the blog's optimizer: Adam at a constant rate, no schedule, in the same one loop
+        loop.run(model, batches, torch.optim.Adam(model.parameters(), lr=1e-3), epochs=1,
+                 loss_fn=loss_fn)
     return model.eval()
 
 

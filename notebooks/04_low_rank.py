@@ -47,7 +47,8 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from edgelab import check, data, figures, lowrank, measure, models, report, runtime, train, widgets
+from edgelab import (check, data, figures, lowrank, measure, models, paths, report, runtime,
+                     train, widgets)
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -61,7 +62,7 @@ FINETUNE_LR = 0.01
 CALIB_IMAGES = 32 if SMOKE else 256     # calibration images for ONNX Runtime int8
 SHIPPED = "lowrank55"                   # `python -m edgelab.train lowrank55`, shipped with its card
 ENERGY = models.read_card(SHIPPED)["arch"]["energy"]  # the threshold the shipped model used
-BUILD = data.REPO_ROOT / "build" / "cache" / NOTEBOOK
+BUILD = paths.cache_dir(NOTEBOOK)
 
 torch.manual_seed(0)
 val_x, val_y = data.tensors("val", limit=SUBSET)

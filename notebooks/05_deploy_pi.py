@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from IPython.display import display
 
-from edgelab import check, data, deploy, figures, measure, models, report, runtime
+from edgelab import check, data, deploy, figures, measure, models, paths, report, runtime
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -73,7 +73,7 @@ ARM64_IMAGES = 20 if SMOKE else 300       # test images classified on the emulat
 PREP_IMAGES = 500 if SMOKE else 10000     # test images for the preprocessing comparison
 MAX_DROP_PT = 3.0 if SMOKE else 1.0       # accuracy the shipped model may lose against the teacher
                                           # (smoke: on 200 images one image is 0.5 pt)
-WORK = data.REPO_ROOT / "build" / "cache" / NOTEBOOK
+WORK = paths.cache_dir(NOTEBOOK)
 WORK.mkdir(parents=True, exist_ok=True)
 print(f"smoke mode: {SMOKE}; torch {torch.__version__}; {torch.get_num_threads()} threads; "
       f"{os.cpu_count()} CPU cores on this machine")

@@ -41,7 +41,7 @@ NOTEBOOK = "06_pipeline"
 from IPython.display import display
 
 from edgelab import check, data, deploy, figures, measure, models, report, runtime, stats, train
-from edgelab.data import REPO_ROOT
+from edgelab import paths
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -53,7 +53,7 @@ STUDENT_CALIBRATION = 128                # for the students: the histogram calib
 LATENCY_S = 0.2 if SMOKE else 1.0        # seconds of timing per latency figure
 THREADS = 1                              # one thread for every model: the Pi's runtime budget
 ARM64_IMAGES = 20 if SMOKE else 300      # test images the emulated Pi CPU classifies
-WORK = REPO_ROOT / "build" / "cache" / NOTEBOOK
+WORK = paths.cache_dir(NOTEBOOK)
 
 # %% [markdown]
 # ## The stages
@@ -212,7 +212,7 @@ front = report.pareto_front(records, "bytes")
 fig = report.cost_figure(records, pareto=True, height=5.6,
                          title=f"ONNX Runtime, {THREADS} thread: {len(front)} of {len(records)} "
                          "models are on the size frontier (dashed)")
-fig.savefig(REPO_ROOT / "build" / "pareto.png", dpi=120)
+fig.savefig(paths.build_dir() / "pareto.png", dpi=120)
 figures.show(fig)
 for cost in ("bytes", "latency_b1_ms"):
     print(f"frontier on {cost}: " + " → ".join(r["name"] for r in report.pareto_front(records, cost)))
@@ -278,7 +278,7 @@ print(f"{len(records) - 1} configurations were compared on validation (plus "
 
 # %%
 recipe = models.read_card(pick["checkpoint"])["recipe"]
-seeds = sorted(p.stem for p in models.CHECKPOINT_DIR.glob(f"{recipe}-s*.safetensors"))
+seeds = sorted(p.stem for p in paths.checkpoints_dir().glob(f"{recipe}-s*.safetensors"))
 seed_records = [pick]
 if train.RECIPES[recipe].get("per_seed") and len(seeds) > 1:
     for name in seeds:

@@ -56,7 +56,7 @@ from IPython.display import display
 
 from edgelab import (data, deploy, figures, measure, models, prune, quantize, report, runtime,
                      train, zoo)
-from edgelab.data import REPO_ROOT
+from edgelab import paths
 
 measure.setup_notebook()
 T_START = time.time()
@@ -70,7 +70,7 @@ CALIBRATION = 128 if SMOKE else 512
 LATENCY_S = 0.2 if SMOKE else 1.0
 THREADS = 1                              # the Pi's runtime budget, as in 05 and 06
 ARM64_IMAGES = 20 if SMOKE else 100
-WORK = REPO_ROOT / "build" / "cache" / NOTEBOOK
+WORK = paths.cache_dir(NOTEBOOK)
 example = data.tensors("val", limit=2)[0]     # the input shape every verb reads
 calibration = data.calibration_set(CALIBRATION)
 

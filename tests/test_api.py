@@ -53,7 +53,7 @@ def test_notebooks_use_only_public_names(path):
 def test_docs_api_md_is_generated_from_the_code():
     import runpy
 
-    from edgelab.data import REPO_ROOT
+    from edgelab.paths import ROOT as REPO_ROOT
 
     render = runpy.run_path(str(REPO_ROOT / "docs" / "update_api.py"))["render"]
     assert (REPO_ROOT / "docs" / "api.md").read_text() == render(), \

@@ -15,7 +15,7 @@ import nbformat
 import pytest
 
 from edgelab import workbook
-from edgelab.data import REPO_ROOT
+from edgelab.paths import ROOT as REPO_ROOT
 
 BINDER = REPO_ROOT / "binder"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from edgelab.data import REPO_ROOT
+from edgelab.paths import ROOT as REPO_ROOT
 
 pytestmark = pytest.mark.heavy   # Chromium and whole notebooks: not in `make check`
 

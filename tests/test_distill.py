@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgelab import check, check_pipeline, data, distill, train
+from edgelab import check, check_pipeline, data, distill, paths, train
 
 S = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.5, 0.3]])
 T_ = torch.tensor([[4.0, 1.0, -2.0], [-1.0, 3.0, 2.0]])
@@ -72,10 +72,10 @@ def test_distill_batches_refuse_logits_of_another_length():
 
 
 def test_teacher_logits_are_cached_by_the_checkpoints_hash(tmp_path, monkeypatch):
-    monkeypatch.setattr(distill, "CACHE", tmp_path)
+    monkeypatch.setattr(paths, "cache_dir", lambda *parts: tmp_path.joinpath(*parts))
     first = distill.teacher_logits("teacher", "train", limit=4, progress=False)
     assert first.shape == (4, 2, 10)
-    assert len(list(tmp_path.glob("teacher-*-train-4.pt"))) == 1
+    assert len(list((tmp_path / "distill").glob("teacher-train-*.pt"))) == 1
 
     def no_loading(*_a, **_k):
         raise AssertionError("the cached logits should have been used")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edgelab import lab
-from edgelab.data import REPO_ROOT
+from edgelab.paths import ROOT as REPO_ROOT
 
 START_TIMEOUT_S = 180
 

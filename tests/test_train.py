@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from edgelab import data, models, train
@@ -80,3 +81,50 @@ def test_recalibrate_batchnorm_recomputes_stale_running_statistics():
         y = torch.cat([model[0](x) for x, _ in batches])
     assert torch.allclose(bn.running_mean, y.mean((0, 2, 3)), atol=1e-4)
     assert bn.momentum == 0.01 and not model.training
+
+
+def _tiny():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10))
+    x, y = torch.randn(24, 1, 28, 28), torch.randint(0, 10, (24,))
+    return model, [(x[i:i + 8], y[i:i + 8]) for i in range(0, 24, 8)]
+
+
+def test_the_loop_runs_steps_round_the_batches_and_calls_plain_functions():
+    from edgelab import loop
+    model, batches = _tiny()
+    calls = []
+    state = loop.run(model, batches, torch.optim.SGD(model.parameters(), lr=0.01), steps=7,
+                     callbacks=[lambda m: calls.append(m)])
+    assert state.step == 7 and len(state.losses) == 7 and len(state.history) == 1
+    assert calls == [model] * 7
+    with pytest.raises(ValueError, match="either epochs .* or steps"):
+        loop.run(model, batches, torch.optim.SGD(model.parameters(), lr=0.01), epochs=1, steps=2)
+    with pytest.raises(ValueError, match="batches are empty"):
+        loop.run(model, [], torch.optim.SGD(model.parameters(), lr=0.01), steps=2)
+
+
+def test_freeze_batchnorm_stops_the_running_statistics_from_the_step_asked():
+    from edgelab import loop
+    model, batches = _tiny()
+    seen = []
+
+    class Watch(loop.Callback):
+        def after_step(self, state):
+            seen.append(model[1].running_mean.clone())
+    loop.run(model, batches, torch.optim.SGD(model.parameters(), lr=0.01), epochs=2,
+             callbacks=[loop.FreezeBatchNorm(0.5), Watch()])   # 6 steps: frozen from step 3
+    assert not torch.equal(seen[0], seen[1]) and not model[1].training
+    assert all(torch.equal(seen[2], s) for s in seen[3:])
+
+
+def test_reapply_masks_keeps_pruned_weights_at_zero_through_momentum_and_decay():
+    from edgelab import loop
+    model, batches = _tiny()
+    mask = torch.rand_like(model[3].weight) > 0.5
+    with torch.no_grad():
+        model[3].weight.mul_(mask)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    loop.run(model, batches, opt, epochs=2, callbacks=[loop.ReapplyMasks({"3.weight": mask})])
+    assert (model[3].weight[~mask] == 0).all() and (model[3].weight[mask] != 0).any()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgelab.data import REPO_ROOT
+from edgelab.paths import ROOT as REPO_ROOT
 
 WHEELHOUSE = Path(os.environ.get("EDGELAB_WHEELHOUSE", REPO_ROOT / "wheelhouse"))
 
