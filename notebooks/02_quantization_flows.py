@@ -394,13 +394,12 @@ fp32_onnx = runtime.export_onnx(teacher, BUILD / "teacher.onnx", calib[:2])
 int8_onnx = {act: runtime.ort_static(fp32_onnx, BUILD / f"teacher-int8-{act}.onnx", calib,
                                       per_channel=True, activations=act)
              for act in ("uint8", "int8")}
-counts = dict(params=t["params"], nonzero=t["nonzero_params"], macs=t["macs"])
-records.append(measure.measure(runtime.session(fp32_onnx), "teacher", tags=["baseline", "fp32", "onnx"],
-                               limit=EVAL_IMAGES, min_run_time=LATENCY_S, artifact=fp32_onnx, **counts))
+records.append(measure.measure_onnx(fp32_onnx, "teacher", teacher, tags=["baseline", "fp32", "onnx"],
+                                    limit=EVAL_IMAGES, min_run_time=LATENCY_S))
 for act, path in int8_onnx.items():
-    records.append(measure.measure(runtime.session(path), f"ort-int8-{act}-act",
-                                   tags=["int8", "static", "per-channel", "onnx"], limit=EVAL_IMAGES,
-                                   min_run_time=LATENCY_S, artifact=path, val=VAL_IMAGES, **counts))
+    records.append(measure.measure_onnx(path, f"ort-int8-{act}-act", teacher,
+                                        tags=["int8", "static", "per-channel", "onnx"],
+                                        limit=EVAL_IMAGES, min_run_time=LATENCY_S, val=VAL_IMAGES))
 display(report.table([r for r in records if r["runtime"] == "onnxruntime"]))
 u8, s8 = report.find(records, "ort-int8-uint8-act"), report.find(records, "ort-int8-int8-act")
 faster = min((u8, s8), key=lambda r: r["latency_b1_ms"])

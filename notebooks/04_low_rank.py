@@ -408,16 +408,14 @@ BUILD.mkdir(parents=True, exist_ok=True)
 calib = data.calibration_set(CALIB_IMAGES)
 teacher_onnx = runtime.export_onnx(teacher, BUILD / "teacher.onnx", calib[:2])
 measure.release_memory()  # the exporter's garbage, before ONNX Runtime allocates its own
-records.append(measure.measure(runtime.session(teacher_onnx), "teacher", tags=["baseline", "fp32", "onnx"],
-                               limit=EVAL_IMAGES, min_run_time=LATENCY_S, artifact=teacher_onnx,
-                               params=t["params"], nonzero=t["nonzero_params"], macs=t["macs"]))
+records.append(measure.measure_onnx(teacher_onnx, "teacher", teacher, tags=["baseline", "fp32", "onnx"],
+                                    limit=EVAL_IMAGES, min_run_time=LATENCY_S))
 low_onnx = runtime.export_onnx(lowrank55, BUILD / "lowrank55.onnx", calib[:2])
 low_int8 = runtime.ort_static(low_onnx, BUILD / "lowrank55-int8.onnx", calib, per_channel=True)
 measure.release_memory()
-records.append(measure.measure(runtime.session(low_int8), "lowrank-55-int8",
-                               tags=["lowrank", "finetune", "int8", "static", "per-channel", "onnx"],
-                               limit=EVAL_IMAGES, min_run_time=LATENCY_S, artifact=low_int8,
-                               params=low["params"], nonzero=low["nonzero_params"], macs=low["macs"]))
+records.append(measure.measure_onnx(low_int8, "lowrank-55-int8", lowrank55,
+                                    tags=["lowrank", "finetune", "int8", "static", "per-channel", "onnx"],
+                                    limit=EVAL_IMAGES, min_run_time=LATENCY_S))
 pruned50 = models.load_checkpoint("pruned50")
 records.append(measure.measure(pruned50, "structured-50-finetuned", tags=["prune-structured", "finetune"],
                                limit=EVAL_IMAGES, min_run_time=LATENCY_S))

@@ -161,12 +161,11 @@ def measure_stage(record_name, path, checkpoint):
     tags = ["int8" if record_name.endswith("int8") else "fp32", "onnxruntime"]
     sessions[record_name] = runtime.session(path, threads=THREADS)
     onnx_files[record_name] = path
-    records.append(measure.measure(sessions[record_name], record_name, tags=tags,
-                                   limit=EVAL_IMAGES, batch_sizes=(1,), artifact=path,
-                                   val=VAL_IMAGES, params=measure.count_params(source),
-                                   macs=measure.count_macs(source), min_run_time=LATENCY_S / 4,
-                                   threads=THREADS))
-    records[-1]["checkpoint"] = checkpoint
+    records.append(measure.measure_onnx(path, record_name, source, session=sessions[record_name],
+                                        tags=tags, limit=EVAL_IMAGES, batch_sizes=(1,),
+                                        val=VAL_IMAGES, min_run_time=LATENCY_S / 4,
+                                        threads=THREADS))
+    records[-1].checkpoint = checkpoint
 
 
 for name in STAGES:

@@ -245,14 +245,14 @@ def test_cpu_features_name_the_bits_that_separate_the_two_pis():
 
 
 def test_the_arm64_bar_reads_the_bundle_record_of_05():
-    from edgelab import report
+    from edgelab import targets
 
     rec = {"notebook": "05_deploy_pi", "name": "pruned50-int8",
            "bundle": {"arm64": {"images": 300, "mismatches": 0, "match": True}}}
-    assert report._arm64_match()({"records": [rec]}) == ("300 of 300 images equal", True)
+    assert targets._arm64_match()({"records": [rec]}) == ("300 of 300 images equal", True)
     rec["bundle"]["arm64"] = {"images": 300, "mismatches": 2, "match": False}
-    assert report._arm64_match()({"records": [rec]})[1] is False
-    assert report._arm64_match()({"records": [dict(rec, bundle={"arm64": None})]}) is None
+    assert targets._arm64_match()({"records": [rec]})[1] is False
+    assert targets._arm64_match()({"records": [dict(rec, bundle={"arm64": None})]}) is None
 
 
 # -- the preprocessing exercise (05) ----------------------------------------------------------

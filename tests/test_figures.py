@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from edgelab import figures, models, report, widgets  # noqa: E402
+from edgelab import figures, models, plots, widgets  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +53,7 @@ def test_default_log_ticks_on_a_short_range_overprint_and_log_axis_fixes_them():
     ax.plot([0.12, 0.95], [1, 2])
     ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # as report.plot did
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # as plots.plot did
     assert any("x tick label" in p and "overlaps" in p for p in figures.problems(fig))
     fig, ax = plt.subplots(figsize=(2.5, 2))
     ax.plot([0.12, 0.95], [1, 2])
@@ -82,7 +82,7 @@ def test_accuracy_standard_error_is_binomial_and_refuses_no_images():
 
 
 def test_plot_points_pools_seeds_into_one_point_with_their_standard_error():
-    points = report.plot_points(RECORDS, "bytes")
+    points = plots.plot_points(RECORDS, "bytes")
     kd = next(p for p in points if p["label"].startswith("student-kd"))
     assert kd["label"] == "student-kd, 5 seeds" and len(kd["seeds"]) == 5
     assert kd["y"] == pytest.approx(0.9306)
@@ -94,21 +94,21 @@ def test_plot_points_pools_seeds_into_one_point_with_their_standard_error():
 
 def test_plot_draws_an_error_bar_on_every_point():
     fig, ax = plt.subplots()
-    report.plot(RECORDS, "bytes", ax=ax)
+    plots.plot(RECORDS, "bytes", ax=ax)
     bars = [c for c in ax.containers if c.__class__.__name__ == "ErrorbarContainer"]
-    assert len(bars) == len(report.plot_points(RECORDS, "bytes"))
+    assert len(bars) == len(plots.plot_points(RECORDS, "bytes"))
     assert all(c.has_yerr for c in bars)
 
 
 @pytest.mark.parametrize("records", [RECORDS[:3], RECORDS[:6], RECORDS], ids=["3", "6", "15"])
 @pytest.mark.parametrize("draw", ["plot", "pareto_plot", "cost_figure", "cost_figure_pareto"])
-def test_report_figures_have_no_overlapping_or_escaping_text(draw, records):
+def test_cost_plots_have_no_overlapping_or_escaping_text(draw, records):
     if draw.startswith("cost_figure"):
-        fig = report.cost_figure(records, pareto=draw.endswith("pareto"),
+        fig = plots.cost_figure(records, pareto=draw.endswith("pareto"),
                                  title="a title that states what the figure shows")
     else:
         fig, ax = plt.subplots()
-        getattr(report, draw)(records, "latency_b1_ms", ax=ax)
+        getattr(plots, draw)(records, "latency_b1_ms", ax=ax)
     assert figures.problems(fig) == []
 
 
