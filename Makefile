@@ -69,11 +69,11 @@ wheelhouse: data
 	  -r requirements.txt -c constraints.txt "setuptools>=68"
 	$(PY) -m pip download --quiet --disable-pip-version-check -d $(WHEELHOUSE)/aarch64 \
 	  --platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64 --python-version 3.11 \
-	  --implementation cp --only-binary=:all: -r edgelab/pi_bundle/requirements.txt
+	  --implementation cp --only-binary=:all: -r edgelab/pi/template/requirements.txt
 	$(PY) -m pip download --quiet --disable-pip-version-check -d $(WHEELHOUSE)/aarch64 \
 	  --platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64 --python-version 3.11 \
 	  --implementation cp --only-binary=:all: --no-deps \
-	  "$$($(PY) -c 'from edgelab.pi_rootfs import SIGILL_PIN; print(SIGILL_PIN)')"
+	  "$$($(PY) -c 'from edgelab.pi.rootfs import SIGILL_PIN; print(SIGILL_PIN)')"
 	mkdir -p $(WHEELHOUSE)/data
 	cp -L "$$($(PY) -c 'from edgelab.data import find_data_dir; print(find_data_dir())')"/*-ubyte* $(WHEELHOUSE)/data/
 	touch $(WHEELHOUSE)/.complete
@@ -81,22 +81,21 @@ wheelhouse: data
 
 clean:
 	rm -rf build .pytest_cache
-	[ ! -e "$(PI_ROOTFS)" ] && [ ! -e "$(PI_ROOTFS_TMP)" ] || $(SUDO) rm -rf --one-file-system \
-	  "$(PI_ROOTFS)" "$(PI_ROOTFS_TMP)" "$(PI_ROOTFS_TMP:.tmp=.lock)"
+	$(PYTHON) -m edgelab.pi.rootfs --remove 2>/dev/null || \
+	  $(SUDO) env EDGELAB_PI_ROOTFS="$(PI_ROOTFS)" $(PYTHON) -m edgelab.pi.rootfs --remove
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
 
-# The arm64 "Pi CPU" the bundle is verified on (edgelab/pi_rootfs.py): qemu-user-static,
+# The arm64 "Pi CPU" the bundle is verified on (edgelab/pi/rootfs.py): qemu-user-static,
 # debootstrap, an arm64 Debian root filesystem with the bundle's pinned wheels, built once
 # (minutes) under ~/.cache/edgelab; after that, only the binfmt handler (lost at each boot) is
-# checked. Needs root.
+# checked. Needs root; `make clean` asks the same module to remove it (and a half-built one).
 # Asked of edgelab/paths.py (torch-free, any python3): one place computes it, $EDGELAB_PI_ROOTFS included.
 PI_ROOTFS := $(shell $(PYTHON) -m edgelab.paths pi_rootfs)
-PI_ROOTFS_TMP := $(dir $(PI_ROOTFS)).$(notdir $(PI_ROOTFS)).tmp
 .PHONY: pi-rootfs
 pi-rootfs: $(STAMP)
 	$(SUDO) env EDGELAB_PI_ROOTFS="$(PI_ROOTFS)" \
 	  $(if $(wildcard $(WHEELHOUSE)/.complete),EDGELAB_PI_WHEELS="$(abspath $(WHEELHOUSE))/aarch64") \
-	  $(PY) -m edgelab.pi_rootfs
+	  $(PY) -m edgelab.pi.rootfs
 
 # The notebooks' sources are the paired py:percent files (notebooks/*.py): edit those, then copy
 # their cells into the .ipynb files (outputs of unchanged cells are kept).

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from IPython.display import display
 
-from edgelab import check, data, deploy, figures, measure, models, paths, report, runtime
+from edgelab import check, data, deploy, figures, measure, models, paths, pi, report, runtime
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -299,7 +299,7 @@ print(f"batch {BATCHES[0]}, 2 threads, summed over the models: spinning (ORT def
 
 # %% [markdown]
 # A Pi 4 or Pi 5 has 4 cores, which this machine cannot show. The bundle's README lists published
-# Pi latencies measured with 4 threads, each with its source ([its template](../edgelab/pi_bundle/README.md)); run `predict.py --benchmark
+# Pi latencies measured with 4 threads, each with its source ([its template](../edgelab/pi/template/README.md)); run `predict.py --benchmark
 # --threads N` on your Pi to find its best setting.
 #
 # Read the grid with the machine in mind: on a shared or busy machine, threads beyond the free
@@ -332,7 +332,7 @@ print("ships:", why)
 # %% [markdown]
 # ## 5 · The Pi bundle
 #
-# `deploy.build_bundle` writes `build/pi_bundle/`, a folder that runs on its own:
+# `pi.bundle.build` writes `build/pi_bundle/`, a folder that runs on its own:
 #
 # - `model.onnx`, the chosen model;
 # - `labels.json`, the class names and the preprocessing (28×28 grayscale, the training mean and
@@ -346,11 +346,11 @@ print("ships:", why)
 # photo-sized image.
 
 # %%
-bundle = deploy.build_bundle(onnx_files[chosen["name"]], name=chosen["name"],
-                             accuracy=chosen["accuracy"], test_images=chosen["test_images"],
-                             macs=chosen["macs"],
-                             notes=f"Chosen in notebooks/05_deploy_pi.ipynb: {why}.")
-for f, n in deploy.check_bundle(bundle).items():
+bundle = pi.bundle.build(onnx_files[chosen["name"]], name=chosen["name"],
+                         accuracy=chosen["accuracy"], test_images=chosen["test_images"],
+                         macs=chosen["macs"],
+                         notes=f"Chosen in notebooks/05_deploy_pi.ipynb: {why}.")
+for f, n in pi.bundle.check(bundle).items():
     print(f"{f:18s} {n / 1e3:8.1f} kB")
 pins = [line for line in (bundle / "requirements.txt").read_text().splitlines()
         if line and not line.startswith("#")]
@@ -360,16 +360,16 @@ print("requirements.txt:", ", ".join(pins))
 from PIL import Image
 
 demo = WORK / "demo_images"
-paths, labels = deploy.write_test_pngs(demo, 4)
-big = Image.open(paths[0]).resize((112, 112)).convert("RGB")   # a tinted colour "photo"
+pngs, labels = pi.bundle.write_test_pngs(demo, 4)
+big = Image.open(pngs[0]).resize((112, 112)).convert("RGB")   # a tinted colour "photo"
 tinted = [band.point(lambda v, k=k: int(v * k)) for band, k in zip(big.split(), (1.0, 0.8, 0.6))]
 Image.merge("RGB", tinted).save(demo / "photo-112x112-rgb.jpg")
-files = [*map(str, paths), str(demo / "photo-112x112-rgb.jpg")]
-run = deploy.run_predict(bundle, [*files, "--threads", "1"])
+files = [*map(str, pngs), str(demo / "photo-112x112-rgb.jpg")]
+run = pi.bundle.run_predict(bundle, [*files, "--threads", "1"])
 print(run.stdout.replace(str(demo) + "/", ""), run.stderr.replace(str(demo) + "/", ""), sep="")
 print("true classes of the PNGs:", ", ".join(data.CLASSES[int(k)] for k in labels))
-bench = deploy.run_predict(bundle, ["--benchmark", "--batch", "1", "--threads", "1",
-                                    "--runs", "20" if SMOKE else "200"])
+bench = pi.bundle.run_predict(bundle, ["--benchmark", "--batch", "1", "--threads", "1",
+                                       "--runs", "20" if SMOKE else "200"])
 print("this machine (x86), not a Pi:", bench.stdout.strip())
 
 
@@ -392,7 +392,7 @@ def my_preprocess(pixels: np.ndarray, mean: float, std: float) -> np.ndarray:
 # %%
 preprocess = check.preprocess(my_preprocess)
 meta = json.loads((bundle / "labels.json").read_text())["input"]
-mean, std = meta["mean"], meta["std"]
+mean, std = meta["mean"][0], meta["std"][0]   # one per channel; grayscale has one
 test_pixels, test_labels = (t[:PREP_IMAGES] for t in data.load().split("test"))
 test_pixels = test_pixels.numpy()
 shipped = runtime.session(bundle / "model.onnx")
@@ -420,7 +420,7 @@ del shipped
 # A Raspberry Pi 4 runs four Arm Cortex-A72 cores (Armv8.0-A: NEON, no int8 dot-product
 # instructions); a Pi 5 runs Cortex-A76 cores. The bundle's Python packages exist there as
 # different binaries (aarch64 wheels), and ONNX Runtime picks different kernels for Arm than for
-# x86. To check the bundle as it will run, `deploy.verify_arm64`:
+# x86. To check the bundle as it will run, `pi.emulate.verify`:
 #
 # 1. copies the bundle and test images (PNG files) into an arm64 Debian root filesystem
 #    (Debian's own packages, with the bundle's pinned onnxruntime, numpy and Pillow installed from
@@ -441,12 +441,12 @@ del shipped
 # next cell says so and how to enable it.
 
 # %%
-available, how = deploy.arm64_available()
+available, how = pi.emulate.available()
 arm, arm_by_cpu = None, {}
 if available:
-    for board, qemu_cpu in deploy.PI_CPUS.items():
-        res = arm_by_cpu[qemu_cpu] = deploy.verify_arm64(bundle, images=ARM64_IMAGES,
-                                                         qemu_cpu=qemu_cpu)
+    for board, qemu_cpu in pi.emulate.PI_CPUS.items():
+        res = arm_by_cpu[qemu_cpu] = pi.emulate.verify(bundle, images=ARM64_IMAGES,
+                                                       qemu_cpu=qemu_cpu)
         cpu = res["cpu"]
         print(f"{board}: emulated {res['machine']} (QEMU_CPU={qemu_cpu}), Python {res['python']}, "
               f"onnxruntime {res['onnxruntime']}")
@@ -477,8 +477,8 @@ else:
 
 # %%
 if available:
-    for board, qemu_cpu in deploy.PI_CPUS.items():
-        r = deploy.illegal_instruction_check(bundle / "model.onnx", qemu_cpu)
+    for board, qemu_cpu in pi.emulate.PI_CPUS.items():
+        r = pi.emulate.illegal_instruction_check(bundle / "model.onnx", qemu_cpu)
         print(f"{board} ({qemu_cpu}): pinned onnxruntime exit {r['pinned']}, "
               f"onnxruntime {r['old_version']} exit {r['old']}"
               + (" (SIGILL: an instruction this core does not have)" if r["sigill"] else ""))
@@ -518,7 +518,7 @@ for r in records:
 # the exports must match PyTorch, and the notebook must stay within its time budget.
 
 # %%
-chosen["bundle"] = {"files": sorted(deploy.check_bundle(bundle)), "arm64": arm,
+chosen["bundle"] = {"files": sorted(pi.bundle.check(bundle)), "arm64": arm,
                     "arm64_by_cpu": arm_by_cpu}
 limit_s = 60 if SMOKE else 300
 elapsed = time.time() - T_START

@@ -40,7 +40,7 @@ NOTEBOOK = "06_pipeline"
 # %%
 from IPython.display import display
 
-from edgelab import check, data, deploy, figures, measure, models, report, runtime, stats, train
+from edgelab import check, data, deploy, figures, measure, models, pi, report, runtime, stats, train
 from edgelab import paths
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
@@ -319,17 +319,17 @@ else:
 
 # %%
 chosen = report.find(records, pick["name"])
-bundle = deploy.build_bundle(onnx_files[pick["name"]], name=pick["name"],
-                             accuracy=chosen["accuracy"], test_images=chosen["test_images"],
-                             macs=chosen["macs"],
-                             notes=f"Chosen by notebooks/06_pipeline.ipynb: {why}.")
-print("bundle:", ", ".join(f"{f} ({n / 1e3:.0f} kB)" for f, n in deploy.check_bundle(bundle).items()))
-available, how = deploy.arm64_available()
+bundle = pi.bundle.build(onnx_files[pick["name"]], name=pick["name"],
+                         accuracy=chosen["accuracy"], test_images=chosen["test_images"],
+                         macs=chosen["macs"],
+                         notes=f"Chosen by notebooks/06_pipeline.ipynb: {why}.")
+print("bundle:", ", ".join(f"{f} ({n / 1e3:.0f} kB)" for f, n in pi.bundle.check(bundle).items()))
+available, how = pi.emulate.available()
 arm_by_cpu = {}
 if available:
-    arm_by_cpu = deploy.verify_pis(bundle, images=ARM64_IMAGES)
+    arm_by_cpu = pi.emulate.verify_pis(bundle, images=ARM64_IMAGES)
     for res in arm_by_cpu.values():
-        print(deploy.arm64_summary(res))
+        print(pi.emulate.summary(res))
 else:
     print("The arm64 check cannot run here:", how)
 

@@ -54,8 +54,8 @@ import time
 import torch
 from IPython.display import display
 
-from edgelab import (data, deploy, figures, measure, models, prune, quantize, report, runtime,
-                     train, zoo)
+from edgelab import (data, deploy, figures, measure, models, pi, prune, quantize, report,
+                     runtime, train, zoo)
 from edgelab import paths
 
 measure.setup_notebook()
@@ -193,23 +193,24 @@ figures.show(fig)
 # %% [markdown]
 # ## 5 · The Pi bundle, checked on both emulated Pi cores
 #
-# The same `deploy.build_bundle` as 05 and 06, written under `build/cache/07_your_model/` so that
-# 06's bundle in `build/pi_bundle/` stays the workbook's. Emulated time is never a Pi's time.
+# The same `pi.bundle.build` as 05 and 06 (its input read from `example`), written under
+# `build/cache/07_your_model/` so that 06's bundle in `build/pi_bundle/` stays the workbook's.
+# Emulated time is never a Pi's time.
 
 # %%
-bundle = deploy.build_bundle(onnx_int8, WORK / "pi_bundle", name=f"{name}-pruned-int8",
-                             accuracy=records[-1]["accuracy"],
-                             test_images=records[-1]["test_images"], macs=records[-1]["macs"],
-                             notes="Built by notebooks/07_your_model.ipynb.")
-available, how = deploy.arm64_available()
+bundle = pi.bundle.build(onnx_int8, WORK / "pi_bundle", example, name=f"{name}-pruned-int8",
+                         accuracy=records[-1]["accuracy"],
+                         test_images=records[-1]["test_images"], macs=records[-1]["macs"],
+                         notes="Built by notebooks/07_your_model.ipynb.")
+available, how = pi.emulate.available()
 arm_by_cpu = {}
 if available:
-    arm_by_cpu = deploy.verify_pis(bundle, images=ARM64_IMAGES)
+    arm_by_cpu = pi.emulate.verify_pis(bundle, images=ARM64_IMAGES)
     for res in arm_by_cpu.values():
-        print(deploy.arm64_summary(res))
+        print(pi.emulate.summary(res))
 else:
     print("The arm64 check cannot run here:", how)
-records[-1]["bundle"] = {"files": sorted(deploy.check_bundle(bundle)), "arm64_by_cpu": arm_by_cpu}
+records[-1]["bundle"] = {"files": sorted(pi.bundle.check(bundle)), "arm64_by_cpu": arm_by_cpu}
 elapsed = time.time() - T_START
 print(f"notebook body: {elapsed:.0f} s")
 if SMOKE:
@@ -226,13 +227,15 @@ path = report.write_notebook_results(NOTEBOOK, records, smoke=SMOKE)
 # ## Your own data
 #
 # - **Normalisation**: `data.normalize` subtracts Fashion-MNIST's training mean and divides by its
-#   standard deviation; the bundle's `predict.py` repeats exactly that (05 shows what a mismatch
-#   costs). Use your training set's constants in both places.
+#   standard deviation; the bundle's `predict.py` repeats exactly that, with the constants its
+#   `labels.json` carries (05 shows what a mismatch costs). Use your training set's constants in
+#   both places: `pi.bundle.build(..., mean=[...], std=[...])`, one per channel.
 # - **Input size and channels**: every verb reads shapes from the `example` you pass
 #   (`measure.count_macs(model, example)`, `prune.structured(model, rate, example)`,
-#   `quantize.pt2e_static(model, images, example)`, `deploy.export(model, path, example)`), and
-#   `measure.measure(model, name, images=..., labels=...)` evaluates on your test tensors. The Pi
-#   bundle's `predict.py` reads 1×28×28 grayscale images and `build_bundle` refuses any other
-#   input shape rather than ship a bundle that would preprocess wrongly.
-# - **Classes**: the bundle's `labels.json` comes from `build_bundle(..., labels=[...])`.
+#   `quantize.pt2e_static(model, images, example)`, `deploy.export(model, path, example)`,
+#   `pi.bundle.build(model, out_dir, example)`), and `measure.measure(model, name, images=...,
+#   labels=...)` evaluates on your test tensors. The bundle's `labels.json` records the input it
+#   read from the model (grayscale or RGB, height, width), and its `predict.py` makes exactly that
+#   from any image file.
+# - **Classes**: the bundle's `labels.json` comes from `pi.bundle.build(..., labels=[...])`.
 # - The public API, with every verb's signature and docstring: [`docs/api.md`](../docs/api.md).

@@ -1,13 +1,14 @@
-"""Every public verb on classifiers the workbook was never tuned for: depthwise convolutions,
-no batch norm, a Linear-heavy head, torchvision's MobileNetV3 on 3x32x32 colour images. Shapes
-come from the example input; nothing may assume ResNet18, 28x28, one channel or a layer named
-``fc``."""
+"""Every public verb, export and the Pi bundle included, on classifiers the workbook was never
+tuned for: depthwise convolutions, no batch norm, a Linear-heavy head, torchvision's MobileNetV3
+on 3x32x32 colour images. Shapes come from the example input; nothing may assume ResNet18,
+28x28, one channel or a layer named ``fc``."""
 import pytest
 import torch
 import torch.nn as nn
 from torchvision.models import mobilenet_v3_small
 
 from edgelab import deploy, lowrank, measure, prune, quantize, runtime
+from edgelab.pi import bundle as pi_bundle
 
 
 def depthwise_net():
@@ -113,6 +114,29 @@ def test_onnx_export_and_ort_int8_match_the_model(arch, tmp_path):
     int8 = runtime.ort_static(fp32, tmp_path / f"{name}-int8.onnx", x[:32])
     logits = measure.predict_logits(runtime.session(int8), x)
     assert logits.shape == (len(x), 10)
+
+
+def test_the_pi_bundle_reads_its_input_from_the_example_and_predicts_like_the_model(arch,
+                                                                                    tmp_path):
+    import json
+
+    import numpy as np
+
+    name, model, x, y = arch
+    bundle = pi_bundle.build(model, tmp_path / "pi_bundle", x[:2], mean=0.5, std=0.25)
+    spec = pi_bundle.read_meta(bundle)["input"]
+    assert [spec["channels"], spec["height"], spec["width"]] == list(x.shape[1:])
+    pixels = pi_bundle.sample_pixels(spec, 6)
+    files = pi_bundle.write_pngs(tmp_path / "images", pixels)
+    run = pi_bundle.run_predict(bundle, ["--json", "--threads", "1", *map(str, files)])
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    logits = np.array([p["logits"] for p in json.loads(run.stdout)["predictions"]])
+    chw = pixels if pixels.ndim == 4 else pixels[..., None]
+    images = torch.from_numpy(((chw / 255.0 - 0.5) / 0.25).transpose(0, 3, 1, 2).astype(np.float32))
+    with torch.inference_mode():
+        expected = model(images).numpy()
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+    assert (logits.argmax(1) == expected.argmax(1)).all()
 
 
 def test_lowrank_factors_convolutions_and_linear_layers(arch):

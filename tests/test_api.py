@@ -10,7 +10,9 @@ import pytest
 import edgelab
 from edgelab import workbook
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(edgelab.__path__) if not m.ispkg)
+# every module and subpackage, by its name under edgelab: "data", "pi", "pi.bundle", ...
+MODULES = sorted(m.name.removeprefix("edgelab.")
+                 for m in pkgutil.walk_packages(edgelab.__path__, prefix="edgelab."))
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -23,18 +25,33 @@ def test_every_module_declares_all_and_each_name_exists(name):
 
 
 def _edgelab_names_used(code: str) -> set[tuple[str, str]]:
-    """(module, name) for every ``module.name`` and ``from edgelab.module import name``."""
+    """(module, name) for every ``module.name``, ``pi.bundle.name`` and ``from edgelab.module
+    import name``; a name that is itself a module (``from edgelab.pi import bundle``) becomes an
+    alias whose attributes are checked in turn."""
     tree = ast.parse(code)
     aliases, used = {}, set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "edgelab":
-            aliases.update({a.asname or a.name: a.name for a in node.names})
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("edgelab."):
-            used.update((node.module.split(".", 1)[1], a.name) for a in node.names)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "edgelab":
+            parent = node.module.removeprefix("edgelab").lstrip(".")
+            for a in node.names:
+                full = f"{parent}.{a.name}".lstrip(".")
+                if full in MODULES:
+                    aliases[a.asname or a.name] = full
+                if parent:
+                    used.add((parent, a.name))
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id in aliases):
-            used.add((aliases[node.value.id], node.attr))
+        chain, inner = [], node
+        while isinstance(inner, ast.Attribute):
+            chain.insert(0, inner.attr)
+            inner = inner.value
+        if not chain or not isinstance(inner, ast.Name) or inner.id not in aliases:
+            continue
+        module = aliases[inner.id]
+        for attr in chain:   # pi.bundle.build: "bundle" in pi, then "build" in pi.bundle
+            used.add((module, attr))
+            if f"{module}.{attr}" not in MODULES:
+                break
+            module = f"{module}.{attr}"
     return used
 
 

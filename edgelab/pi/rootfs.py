@@ -1,15 +1,15 @@
-"""Set-up of the emulated Raspberry Pi CPU that edgelab.deploy.verify_arm64 runs bundles on:
-an arm64 Debian root filesystem (debootstrap, Debian's own packages) with the bundle's pinned
-onnxruntime, numpy and Pillow from their aarch64 wheels on PyPI, run under qemu user-mode
-emulation of the Pi 4's core (QEMU_CPU=cortex-a72) or the Pi 5's (cortex-a76): one root
-filesystem, only the CPU model changes. Beside the pinned packages it holds, in a site folder of
+"""The arm64 root filesystem the emulated Raspberry Pi runs in: Debian bookworm (what Raspberry
+Pi OS 64-bit builds on, debootstrap from Debian's own packages) with the bundle's pinned
+onnxruntime, numpy and Pillow from their aarch64 wheels on PyPI. Beside them, in a site folder of
 its own, an onnxruntime release built with instructions the Pi 4 lacks: the proof that the
-emulated A72 rejects what a real Pi 4 would.
+emulated A72 (edgelab.pi.emulate) rejects what a real Pi 4 would.
 
-`make pi-rootfs` = ``python -m edgelab.pi_rootfs``: builds it once (minutes) under
+`make pi-rootfs` = ``python -m edgelab.pi.rootfs``: builds it once (minutes) under
 ``~/.cache/edgelab/``, then only re-checks qemu's binfmt handler, which the kernel forgets at
 each boot. This module imports no torch, so that check takes a fraction of a second. It needs
-Linux and root (apt, debootstrap, chroot, mounts, binfmt_misc).
+Linux and root (apt, debootstrap, chroot, mounts, binfmt_misc). Where it lives is
+``edgelab.paths.pi_rootfs()``; ``--remove`` removes it (what `make clean` does), so the Makefile
+spells out neither.
 """
 from __future__ import annotations
 
@@ -24,30 +24,20 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["TEMPLATE", "SUITE", "PI_PYTHON", "QEMU_CPU", "DEFAULT_MIRROR", "ROOTFS", "STAMP",
-           "SITE", "BINFMT", "BINFMT_CONF", "Arm64Unavailable", "rootfs_ready",
-           "binfmt_registered", "ensure_binfmt", "debian_mirror", "build_rootfs", "remove_rootfs",
-           "HOW_TO_ENABLE", "arm64_available", "chroot_run", "PROBE", "HWCAP_NAMES",
-           "emulated_cpuinfo", "PI_CPUS", "MIDR", "SIGILL_PIN", "SIGILL_SITE"]
+from .. import paths
+from . import TEMPLATE
 
-TEMPLATE = Path(__file__).resolve().parent / "pi_bundle"
+__all__ = ["SUITE", "PI_PYTHON", "DEFAULT_MIRROR", "STAMP", "SITE", "SIGILL_PIN",
+           "SIGILL_SITE", "BINFMT", "BINFMT_CONF", "Arm64Unavailable", "rootfs_ready",
+           "binfmt_registered", "ensure_binfmt", "debian_mirror", "build_rootfs", "remove_rootfs"]
 
 SUITE = "bookworm"                 # Debian 12, what Raspberry Pi OS (64-bit) bookworm builds on
 PI_PYTHON = "3.11"                 # its python3
-QEMU_CPU = "cortex-a72"            # the Raspberry Pi 4's core
-PI_CPUS = {"Raspberry Pi 4": "cortex-a72",   # BCM2711: Armv8.0-A, no dot product, no fp16
-           "Raspberry Pi 5": "cortex-a76"}   # BCM2712: Armv8.2-A with dot product and fp16
-# MIDR fields (variant, part, revision) of the two boards' cores, as their /proc/cpuinfo shows:
-# BCM2711's Cortex-A72 r0p3 and BCM2712's Cortex-A76 r4p1.
-MIDR = {"cortex-a72": (0x0, 0xd08, 3), "cortex-a76": (0x4, 0xd0b, 1)}
 # A release reported to die with "Illegal instruction" on Pi 4 boards, and seen to do so here
 # under QEMU_CPU=cortex-a72 (it runs under cortex-a76): installed apart, never on PYTHONPATH.
 SIGILL_PIN = "onnxruntime==1.21.0"
 SIGILL_SITE = "opt/site-sigill"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-ROOTFS = Path(os.environ.get("EDGELAB_PI_ROOTFS") or
-              Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-              / "edgelab" / f"pi-rootfs-{SUITE}-arm64")
 STAMP = "opt/edgelab-rootfs.json"  # inside the root filesystem: written last, renamed with it
 SITE = "opt/site"                  # the bundle's requirements, installed from PyPI's wheels
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
@@ -70,9 +60,11 @@ def _requirements_hash() -> str:
                           + SIGILL_PIN.encode()).hexdigest()
 
 
-def rootfs_ready(root=ROOTFS) -> bool:
-    """The root filesystem is built and holds the bundle's current requirements."""
-    stamp = Path(root) / STAMP
+def rootfs_ready(root=None) -> bool:
+    """The root filesystem (``root``, default edgelab.paths.pi_rootfs()) is built and holds the
+    bundle's current requirements."""
+    root = Path(root or paths.pi_rootfs())
+    stamp = root / STAMP
     try:
         meta = json.loads(stamp.read_text())
     except (OSError, ValueError):
@@ -82,6 +74,7 @@ def rootfs_ready(root=ROOTFS) -> bool:
 
 
 def binfmt_registered() -> bool:
+    """qemu's aarch64 handler is registered with the kernel and enabled."""
     entry = BINFMT / "qemu-aarch64"
     try:
         return entry.read_text().splitlines()[0].strip() == "enabled"
@@ -213,14 +206,15 @@ def _write_stamp(root: Path, seconds: float, mirror: str, what: str = "build") -
     _atomic_write(root / STAMP, json.dumps(meta, indent=2) + "\n")
 
 
-def build_rootfs(root=ROOTFS, mirror: str | None = None, log=print) -> Path:
-    """The arm64 Debian root filesystem for verify_arm64, built once and cached.
+def build_rootfs(root=None, mirror: str | None = None, log=print) -> Path:
+    """The arm64 Debian root filesystem that edgelab.pi.emulate runs in, built once and cached.
 
     When it is there and current this only checks the binfmt handler (seconds). Otherwise:
     install qemu-user-static and debootstrap if missing, register the handler,
     ``debootstrap --arch=arm64 --variant=minbase --include=python3`` into a temporary folder
-    next to ``root``, install the bundle's requirements, write the stamp, rename into place."""
-    root = Path(root)
+    next to ``root`` (default edgelab.paths.pi_rootfs()), install the bundle's requirements,
+    write the stamp, rename into place."""
+    root = Path(root or paths.pi_rootfs())
     _install_host_tools(log)
     ensure_binfmt()
     if rootfs_ready(root):
@@ -278,102 +272,24 @@ def _du_mb(path: Path) -> float:
         return float("nan")
 
 
-def remove_rootfs(root=ROOTFS) -> None:
+def remove_rootfs(root=None) -> None:
     """What `make clean` does to the root filesystem (and a half-built one)."""
-    root = Path(root)
+    root = Path(root or paths.pi_rootfs())
+    if root.exists() or root.with_name(f".{root.name}.tmp").exists():
+        _need_root(f"remove {root}")   # built by root: `make clean` retries with sudo
     _remove_tree(root.with_name(f".{root.name}.tmp"))
     _remove_tree(root)
     root.with_name(f".{root.name}.lock").unlink(missing_ok=True)
 
 
-
-HOW_TO_ENABLE = (
-    "The arm64 check needs Linux, root, and the emulated Pi set up once: `sudo make pi-rootfs` "
-    "(installs qemu-user-static and debootstrap with apt, registers qemu's aarch64 handler, "
-    "builds an arm64 Debian root filesystem under ~/.cache/edgelab/: minutes, once, about "
-    "400 MB). Binder and other containers without root cannot run it; `make test` runs it on "
-    "every CI machine.")
-
-
-def arm64_available(root=ROOTFS) -> tuple[bool, str]:
-    """(True, '') when verify_arm64 can run here, else (False, why and how to enable it)."""
-    if not sys.platform.startswith("linux"):
-        return False, f"not Linux ({sys.platform}). {HOW_TO_ENABLE}"
-    if os.geteuid() != 0:
-        return False, f"not running as root. {HOW_TO_ENABLE}"
-    if not rootfs_ready(root):
-        return False, f"no arm64 root filesystem at {root}. {HOW_TO_ENABLE}"
-    if not (binfmt_registered() or BINFMT_CONF.is_file()):
-        return False, f"qemu-user-static is not installed. {HOW_TO_ENABLE}"
-    return True, ""
-
-
-def chroot_run(root: Path, argv: list[str], timeout: float, cpuinfo: Path | None = None,
-               qemu_cpu: str = QEMU_CPU) -> subprocess.CompletedProcess:
-    """Run an arm64 command in ``root`` under qemu (``QEMU_CPU=qemu_cpu``), with the host's /proc
-    and /sys bind-mounted (and ``cpuinfo`` over /proc/cpuinfo) in a private mount namespace:
-    the mounts vanish with the process, so nothing is left mounted inside the cached tree."""
-    script = ('mount --bind /proc "$1/proc" && mount --bind /sys "$1/sys" && '
-              '{ [ -z "$2" ] || mount --bind "$2" "$1/proc/cpuinfo"; } && '
-              'r="$1" && shift 2 && exec chroot "$r" "$@"')
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "QEMU_CPU": _check_cpu(qemu_cpu), "PYTHONPATH": "/" + SITE, "LANG": "C.UTF-8", "HOME": "/root",
-           "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
-                           "sh", str(root), str(cpuinfo or ""), *argv], capture_output=True,
-                          text=True, timeout=timeout, env=env)
-
-
-PROBE = ("import ctypes, platform, sys; hw = ctypes.CDLL(None).getauxval(16); "
-         "print(platform.machine(), sys.version.split()[0], hw)")
-
-# AT_HWCAP bits on arm64 (linux/arch/arm64/include/uapi/asm/hwcap.h), as /proc/cpuinfo names them
-HWCAP_NAMES = ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "
-               "jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc "
-               "flagm ssbs sb paca pacg").split()
-
-
-def _possible_cpus() -> list[int]:
-    try:
-        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
-    except OSError:
-        return list(range(os.cpu_count() or 1))
-    cpus = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        cpus += range(int(lo), int(hi or lo) + 1)
-    return cpus
-
-
-def _check_cpu(qemu_cpu: str) -> str:
-    if qemu_cpu not in MIDR:
-        raise ValueError(f"qemu_cpu must be one of {sorted(MIDR)} (the Raspberry Pi 4's and 5's "
-                         f"cores), got {qemu_cpu!r}")
-    return qemu_cpu
-
-
-def emulated_cpuinfo(hwcap: int, qemu_cpu: str = QEMU_CPU) -> str:
-    """/proc/cpuinfo as an arm64 kernel would write it for the emulated core (its MIDR, the
-    features qemu reports in AT_HWCAP), one entry per host CPU.
-
-    qemu 7.2 (Debian 12) passes the host's x86 /proc/cpuinfo through, on which onnxruntime's
-    cpuinfo library crashes (SIGSEGV) once /sys is mounted too; newer qemu writes an entry like
-    this itself."""
-    features = " ".join(n for i, n in enumerate(HWCAP_NAMES) if hwcap >> i & 1)
-    variant, part, revision = MIDR[_check_cpu(qemu_cpu)]
-    entry = ("processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: {f}\nCPU implementer\t: 0x41\n"
-             f"CPU architecture: 8\nCPU variant\t: {variant:#x}\nCPU part\t: {part:#05x}\n"
-             f"CPU revision\t: {revision}\n\n")
-    return "".join(entry.format(i=i, f=features) for i in _possible_cpus())
-
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgelab.pi_rootfs",
+    p = argparse.ArgumentParser(prog="python -m edgelab.pi.rootfs",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", type=Path, default=ROOTFS)
+    p.add_argument("--root", type=Path, default=None, help="default: edgelab.paths.pi_rootfs()")
     p.add_argument("--mirror", default=None, help="Debian mirror (default: this machine's apt's)")
     p.add_argument("--remove", action="store_true", help="remove it instead (what make clean does)")
     args = p.parse_args(argv)
+    args.root = args.root or paths.pi_rootfs()
     t0 = time.perf_counter()
     try:
         if args.remove:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Classify clothing images with the bundled ONNX model (Fashion-MNIST classes).
+"""Classify images with the bundled ONNX model (the classes listed in labels.json).
 
 Needs only onnxruntime, numpy and Pillow, so it runs on a Raspberry Pi (or any machine) from
 this folder alone. Examples:
@@ -9,9 +9,10 @@ this folder alone. Examples:
     python predict.py --json photos/          # machine-readable, with the logits
     python predict.py --benchmark             # latency of the model on this machine
 
-The model was trained on 28x28 grayscale images of a single garment, light on a dark
-background (Fashion-MNIST). Other images are converted to grayscale and resized to 28x28, with
-a note; a dark garment photographed on a white background should be inverted (``--invert``).
+labels.json says what the model takes: the image size, grayscale (1 channel) or RGB (3), and the
+per-channel mean and standard deviation of its training images. Every image becomes exactly
+that: other sizes are resized and other colour modes converted, with a note; ``--invert`` for a
+dark object photographed on a light background when the training images were the other way round.
 """
 from __future__ import annotations
 
@@ -28,12 +29,16 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
                   ".ppm"}
 
 
+# channels -> (Pillow mode, in words)
+MODES = {1: ("L", "grayscale"), 3: ("RGB", "RGB")}
+
+
 class InputError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
 
 
 def load_labels(path: Path) -> dict:
-    """labels.json: class names and how an image becomes the model's input."""
+    """labels.json: the class names and the input spec (channels, height, width, mean, std)."""
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
@@ -42,11 +47,23 @@ def load_labels(path: Path) -> dict:
         raise InputError(f"{path} is not valid JSON ({e})")
     if not isinstance(meta, dict) or not isinstance(meta.get("labels"), list):
         raise InputError(f"{path} must hold an object with a 'labels' list")
-    meta.setdefault("input", {})
-    meta["input"].setdefault("size", [28, 28])
-    meta["input"].setdefault("mean", 0.0)
-    meta["input"].setdefault("std", 1.0)
+    spec = meta.get("input")
+    keys = ("channels", "height", "width", "mean", "std")
+    if not isinstance(spec, dict) or any(k not in spec for k in keys):
+        raise InputError(f"{path} must hold an 'input' object with {', '.join(keys)}")
+    if spec["channels"] not in MODES:
+        raise InputError(f"{path}: channels must be 1 (grayscale) or 3 (RGB), not "
+                         f"{spec['channels']!r}")
+    for k in ("mean", "std"):
+        if not isinstance(spec[k], list) or len(spec[k]) != spec["channels"]:
+            raise InputError(f"{path}: '{k}' must list one number per channel "
+                             f"({spec['channels']})")
     return meta
+
+
+def describe(spec: dict) -> str:
+    """'28x28 grayscale' or '32x32 RGB': what the model takes, in words."""
+    return f"{spec['width']}x{spec['height']} {MODES[spec['channels']][1]}"
 
 
 def open_session(model: Path, threads: int):
@@ -81,39 +98,42 @@ def image_files(paths: list[str]) -> list[Path]:
 
 
 def preprocess(path: Path, meta: dict, invert: bool = False, notes=None):
-    """One image file -> float32 array (1, H, W), normalised like the training images.
+    """One image file -> float32 array (C, H, W), normalised like the training images.
 
-    Colour becomes grayscale (Pillow's 'L': luminance) and other sizes are resized to the model's
-    (bilinear); each conversion is reported through ``notes``."""
+    The image is converted to the model's colour mode (Pillow's 'L' luminance or 'RGB') and
+    resized to its size (bilinear); each conversion is reported through ``notes``."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
-    width, height = meta["input"]["size"]
+    spec = meta["input"]
+    channels, height, width = spec["channels"], spec["height"], spec["width"]
+    mode = MODES[channels][0]
     try:
         with Image.open(path) as img:
             img.load()
             original = f"{img.width}x{img.height} {img.mode}"
             changed = []
-            if img.mode != "L":
-                img = img.convert("L")
-                changed.append("converted to grayscale")
+            if img.mode != mode:
+                img = img.convert(mode)
+                changed.append(f"converted to {MODES[channels][1]}")
             if img.size != (width, height):
                 img = img.resize((width, height), Image.Resampling.BILINEAR)
                 changed.append(f"resized to {width}x{height}")
-            pixels = np.asarray(img, dtype=np.float32)
+            pixels = np.asarray(img, dtype=np.float32).reshape(height, width, channels)
     except UnidentifiedImageError:
         raise InputError(f"{path} is not an image Pillow can read "
-                         f"(use PNG, JPEG, BMP, ...; the model wants {width}x{height} grayscale)")
+                         f"(use PNG, JPEG, BMP, ...; the model wants {describe(spec)})")
     except OSError as e:
         raise InputError(f"cannot read {path}: {e}")
     if changed and notes is not None:
         notes.append(f"note: {path} is {original}; {' and '.join(changed)} "
-                     f"(the model was trained on {width}x{height} grayscale)")
+                     f"(the model was trained on {describe(spec)})")
     if invert:
         pixels = 255.0 - pixels
-    x = (pixels / np.float32(255.0) - np.float32(meta["input"]["mean"])) / np.float32(
-        meta["input"]["std"])
-    return x[None].astype(np.float32)
+    mean = np.asarray(spec["mean"], dtype=np.float32)
+    std = np.asarray(spec["std"], dtype=np.float32)
+    x = (pixels / np.float32(255.0) - mean) / std          # (H, W, C), per channel
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
 
 def softmax(z):
@@ -141,13 +161,14 @@ def benchmark(session, meta: dict, files: list[Path], batch: int, runs: int, inv
     """Median and 90th-percentile latency (ms) of one call on a batch, after warm-up runs."""
     import numpy as np
 
-    width, height = meta["input"]["size"]
+    spec = meta["input"]
     if files:
         notes: list = []
         images = [preprocess(f, meta, invert, notes) for f in files[:batch]]
         x = np.stack([images[i % len(images)] for i in range(batch)])
     else:   # no image given: a fixed pseudo-random one (timing does not depend on the pixels)
-        x = np.random.default_rng(0).standard_normal((batch, 1, height, width)).astype(np.float32)
+        shape = (batch, spec["channels"], spec["height"], spec["width"])
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     feed = {session.get_inputs()[0].name: x}
     for _ in range(max(3, runs // 10)):
         session.run(None, feed)
@@ -169,7 +190,7 @@ def main(argv=None) -> int:
                    help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--batch", type=int, default=64, help="images per model call")
     p.add_argument("--invert", action="store_true",
-                   help="invert the images first (dark garment on a light background)")
+                   help="invert the images first (a dark object on a light background)")
     p.add_argument("--json", action="store_true", help="print one JSON object, with logits")
     p.add_argument("--benchmark", action="store_true",
                    help="time the model (on the images given, or on a random batch)")
