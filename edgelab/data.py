@@ -58,16 +58,6 @@ def search_dirs() -> list[Path]:
     return paths.data_search_dirs()
 
 
-def __getattr__(name):
-    # The old import-time constants, kept for callers outside this module; resolved when read
-    # so a patched ``paths.ROOT`` reaches them. New code asks ``edgelab.paths``.
-    if name == "REPO_ROOT":
-        return paths.repo_root()
-    if name == "DEBIAN_DIR":
-        return paths.DEBIAN_DIR
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _file_in(d: Path, name: str) -> Path | None:
     for candidate in (d / f"{name}.gz", d / name):
         if candidate.is_file():

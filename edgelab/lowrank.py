@@ -26,7 +26,7 @@ from torch.nn.utils import skip_init
 
 __all__ = ["FACTORABLE", "check_energy", "check_rank", "matrix", "full_rank", "break_even_rank",
            "factored_params", "svd", "energy_rank", "Factored", "factor", "factorable_layers",
-           "decompose", "plan", "factorize", "ranks_of"]
+           "decompose", "plan", "swap_layer", "factorize", "ranks_of", "EnergySweep"]
 
 FACTORABLE = (nn.Conv2d, nn.Linear)
 
@@ -172,6 +172,12 @@ def plan(model: nn.Module, energy: float, svds: dict | None = None) -> dict[str,
     return ranks
 
 
+def swap_layer(model: nn.Module, name: str, layer: nn.Module) -> None:
+    """Put ``layer`` where ``model``'s submodule ``name`` ("layer1.0.conv1") is, in place."""
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, layer)
+
+
 def factorize(model: nn.Module, ranks: dict[str, int] | None = None, energy: float | None = None,
               svds: dict | None = None, init: bool = True, kinds=(nn.Conv2d,),
               factor_fn=None) -> nn.Module:
@@ -201,13 +207,57 @@ def factorize(model: nn.Module, ranks: dict[str, int] | None = None, energy: flo
     out = copy.deepcopy(model, memo={id(layers[name]): layers[name] for name in ranks})
     for name, rank in ranks.items():
         usv = svds.get(name) if svds else None
-        parent, _, attr = name.rpartition(".")
-        setattr(out.get_submodule(parent) if parent else out, attr,
-                factor(layers[name], rank, usv, init) if factor_fn is None
-                else factor_fn(layers[name], rank))
+        swap_layer(out, name, factor(layers[name], rank, usv, init) if factor_fn is None
+                   else factor_fn(layers[name], rank))
     return out
 
 
 def ranks_of(model: nn.Module) -> dict[str, int]:
     """The ranks of a factorized model's layers (to rebuild its shape from a checkpoint card)."""
     return {name: m.rank for name, m in model.named_modules() if isinstance(m, Factored)}
+
+
+class EnergySweep:
+    """``model`` factored at one energy after another; ``at(energy)`` gives the numbers 04's
+    slider shows: ranks, parameters, MACs, accuracy on ``images``, batch-1 latency.
+
+    The SVDs are taken once (or pass ``svds``), so an energy only slices them into factors
+    swapped into one working copy (it shares the original layers with ``model``, which is only
+    read); each energy's numbers are kept. ``original`` holds the unfactored model's."""
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 svds: dict | None = None, latency_runs: int = 10):
+        from . import measure
+
+        self.base, self.images, self.labels = model.cpu().eval(), images, labels
+        self.latency_runs = latency_runs
+        self.svds = decompose(self.base) if svds is None else svds
+        self.layers = {name: self.base.get_submodule(name) for name in self.svds}
+        self.work = copy.deepcopy(self.base, memo={id(m): m for m in self.layers.values()}).eval()
+        self.original = {"params": measure.count_params(self.base),
+                         "macs": measure.count_macs(self.base),
+                         "accuracy": measure.accuracy_on(self.base, images, labels)}
+        self.seen: dict[float, dict] = {}
+
+    def model(self, ranks: dict[str, int]) -> nn.Module:
+        """The working copy with the layers in ``ranks`` factored, the others whole (rewritten
+        by the next call)."""
+        for name, layer in self.layers.items():
+            swap_layer(self.work, name, factor(layer, ranks[name], self.svds[name])
+                       if name in ranks else layer)
+        return self.work
+
+    def at(self, energy: float) -> dict:
+        from . import measure
+
+        energy = round(energy, 4)
+        if energy not in self.seen:
+            ranks = plan(self.base, energy, self.svds)
+            m = self.model(ranks)
+            self.seen[energy] = {
+                "ranks": ranks, "factored": len(ranks), "layers": len(self.svds),
+                "params": measure.count_params(m), "macs": measure.count_macs(m),
+                "accuracy": measure.accuracy_on(m, self.images, self.labels),
+                "latency_b1_ms": measure.quick_latency(m, self.latency_runs),
+                "images": len(self.labels)}
+        return self.seen[energy]

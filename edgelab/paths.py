@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 __all__ = ["ROOT", "DEBIAN_DIR", "DataNotFoundError", "repo_root", "data_search_dirs",
-           "checkpoints_dir", "build_dir", "cache_dir", "results_dir", "resume_dir",
+           "checkpoints_dir", "build_dir", "cache_dir", "results_dir", "results_file", "resume_dir",
            "executed_dir", "bundle_dir", "notebooks_dir", "user_cache_dir", "pi_rootfs",
            "wheelhouse", "atomic_write_bytes", "main"]
 
@@ -65,6 +65,11 @@ def cache_dir(*parts: str) -> Path:
 def results_dir() -> Path:
     """Where each notebook writes ``<notebook>.json``; ``$EDGELAB_RESULTS`` redirects it."""
     return Path(os.environ.get("EDGELAB_RESULTS") or build_dir() / "results")
+
+
+def results_file() -> Path:
+    """``build/results.json``: every notebook's results, assembled by ``make run``."""
+    return build_dir() / "results.json"
 
 
 def resume_dir() -> Path:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
-from .data import REPO_ROOT
+from . import paths
 from .latency import SAME_ARCH_TOLERANCE, check_same_architecture, same_architecture_problems
-from .models import atomic_write_bytes
+from .paths import atomic_write_bytes
 from .plots import cost_figure, pareto_front, pareto_plot, plot, plot_points
 from .records import Record, as_dict, find
 from .tables import Table, paired_delta, table
@@ -21,17 +20,13 @@ from .targets import (BARS, INT8_FASTER_B64, INT8_MAX_DROP_PT, INT8_SMALLER, SEE
                       against, bar_text, check_targets, choose, int8_static_bars, meets,
                       targets_table)
 
-__all__ = ["BUILD", "RESULTS_DIR", "seed_claim", "write_notebook_results", "assemble",
+__all__ = ["seed_claim", "write_notebook_results", "assemble",
            # re-exported from the modules they live in, for notebooks and older code
            "Record", "find", "Table", "table", "paired_delta", "SAME_ARCH_TOLERANCE",
            "same_architecture_problems", "check_same_architecture", "plot_points", "plot",
            "cost_figure", "pareto_front", "pareto_plot", "SEED_CLAIMS", "BARS", "bar_text",
            "against", "meets", "choose", "INT8_SMALLER", "INT8_FASTER_B64", "INT8_MAX_DROP_PT",
            "int8_static_bars", "TARGETS", "check_targets", "targets_table"]
-
-BUILD = REPO_ROOT / "build"
-RESULTS_DIR = BUILD / "results"
-
 
 def seed_claim(ran: str, happened) -> dict:
     """One of the blog's claims as a notebook showed it: what ran, and what happened (an error's
@@ -49,7 +44,8 @@ def write_notebook_results(notebook: str, records: list, widgets: dict | None = 
 
     ``seed_claims`` maps a claim's key ("1"-"7") to ``seed_claim(...)``; ``verdicts`` holds a
     notebook's statistical verdicts (a test, its p-values and interval) by name.
-    ``$EDGELAB_RESULTS`` redirects the folder (the tests use it to keep build/ untouched)."""
+    ``$EDGELAB_RESULTS`` redirects the folder (``paths.results_dir()``; the tests use it to keep
+    build/ untouched)."""
     if not notebook:
         raise ValueError("write_notebook_results needs the notebook's name, e.g. '00_baseline'")
     unknown = set(seed_claims or ()) - set(SEED_CLAIMS)
@@ -57,7 +53,7 @@ def write_notebook_results(notebook: str, records: list, widgets: dict | None = 
         raise ValueError(f"seed claims are keyed {', '.join(SEED_CLAIMS)}; got {sorted(unknown)}")
     check_same_architecture(records, smoke)
     records = [dict(as_dict(r), notebook=notebook) for r in records]
-    results_dir = results_dir or os.environ.get("EDGELAB_RESULTS") or RESULTS_DIR
+    results_dir = results_dir or paths.results_dir()
     path = Path(results_dir) / f"{notebook}.json"
     payload = {"smoke": bool(smoke), "records": records, "widgets": widgets or {},
                "seed_claims": {k: dict(v, notebook=notebook) for k, v in (seed_claims or {}).items()},
@@ -68,8 +64,9 @@ def write_notebook_results(notebook: str, records: list, widgets: dict | None = 
 
 def assemble(run: dict, notebooks: dict, results_dir: Path | None = None,
              out: Path | None = None) -> dict:
-    """Merge every ``build/results/<notebook>.json`` into one ``build/results.json``."""
-    results_dir = Path(results_dir or RESULTS_DIR)
+    """Merge every ``build/results/<notebook>.json`` into one ``build/results.json`` (folders
+    from ``edgelab.paths`` unless given)."""
+    results_dir = Path(results_dir or paths.results_dir())
     res = {"run": run, "notebooks": notebooks, "widgets": {}, "records": [], "seed_claims": {},
            "verdicts": {}}
     for path in sorted(results_dir.glob("*.json")):
@@ -81,7 +78,7 @@ def assemble(run: dict, notebooks: dict, results_dir: Path | None = None,
         for k, v in part.get("widgets", {}).items():
             res["widgets"][f"{path.stem}.{k}"] = v
     res["seed_claims"] = dict(sorted(res["seed_claims"].items()))
-    atomic_write_bytes(Path(out or BUILD / "results.json"),
+    atomic_write_bytes(Path(out or paths.results_file()),
                        (json.dumps(res, indent=2, default=_json_default) + "\n").encode())
     return res
 

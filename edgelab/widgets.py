@@ -2,7 +2,9 @@
 
 The logic runs without a browser: ``panel.set(rate=0.5)`` moves a control exactly as a learner
 would (the same observer fires) and returns the freshly computed result, so tests and papermill
-runs can drive a panel and time its responses.
+runs can drive a panel and time its responses. A panel is controls plus rendering: what a move
+computes lives next to its technique (``prune.RateSweep``, ``lowrank.EnergySweep``, ``qmath``,
+``distill``), where it is tested without widgets.
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import time
 from typing import Callable
 
 import ipywidgets as W
-import torch
 from IPython.display import display
 
 from . import figures
@@ -67,17 +68,19 @@ class Panel:
             self.controls[name].value = value
         return self.result
 
-    def sweep(self, name: str, values) -> dict:
-        """Move one control through ``values``; the median response time per move."""
-        start = len(self.response_times)
+    def sweep(self, name: str, values) -> list[dict]:
+        """Move one control through ``values``; the result of each move, in order (a value
+        already shown is no move, and adds none). ``timing(last=len(...))`` times them."""
+        start = len(self.history)
         for v in values:
             self.set(**{name: v})
-        return self.timing(since=start)
+        return self.history[start:]
 
-    def timing(self, since: int = 1) -> dict:
-        """Response times of the moves after the first ``since`` updates (1: skip the initial)."""
-        times = self.response_times[since:]
-        if not times:
+    def timing(self, since: int = 1, last: int | None = None) -> dict:
+        """Response times of the moves after the first ``since`` updates (1: skip the initial),
+        or of the ``last`` ones (a sweep's: ``last=len(panel.sweep(...))``)."""
+        times = self.response_times[since:] if last is None else self.response_times[-last:]
+        if not times or last == 0:
             raise ValueError("no moves to time: every value set was the one already shown")
         return {"median_s": statistics.median(times), "max_s": max(times), "moves": len(times)}
 
@@ -88,88 +91,23 @@ class Panel:
 # -- 01_pruning: prune rate × method ----------------------------------------------------------
 
 def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: int = 10,
-                subset_name: str = "validation"):
-    """A prune-rate slider (0 to 0.95) and a method toggle, answering on a fixed subset.
-
-    Unstructured: one global magnitude threshold from weights sorted once; the model stays
-    dense, so its raw bytes and latency should not move while gzip and non-zeros do.
-    Structured: torch-pruning removes channels; the last three rates' models are cached."""
-    import copy
-    from collections import OrderedDict
-
-    import ipywidgets as W
+                subset_name: str = "validation") -> Panel:
+    """A prune-rate slider (0 to 0.95) and a method toggle over ``prune.RateSweep``, answering on
+    a fixed subset; the chart shows accuracy at every rate visited so far."""
     import matplotlib.pyplot as plt
 
-    from . import measure, prune
+    from . import prune
 
-    base = model.eval()
-    work = copy.deepcopy(base).eval()
-    layers = prune.prunable_layers(work)
-    originals = {n: m.weight.detach() for n, m in prune.prunable_layers(base).items()}
-    n_weights = sum(w.numel() for w in originals.values())
-
-    def magnitudes():
-        return torch.cat([w.abs().flatten() for w in originals.values()])
-
-    # The threshold of every slider position from one sort, then the sorted copy (as large as
-    # the model) is dropped; a rate off the slider's steps costs one kthvalue.
-    ranked = magnitudes().sort().values
-    thresholds = {}
-    for i in range(int(0.95 / rates_step + 1e-9) + 1):
-        r = round(i * rates_step, 4)
-        k = round(r * n_weights)
-        thresholds[r] = ranked[k - 1].item() if k else -1.0
-    del ranked
-    dense_bytes = measure.saved_size(base)
-    others = [t for k, t in base.state_dict().items()
-              if not any(k == f"{n}.weight" for n in layers) and t.dtype.is_floating_point]
-    structured_cache: OrderedDict[float, torch.nn.Module] = OrderedDict()  # the last few rates
-    seen: dict[str, dict[float, float]] = {"unstructured": {}, "structured": {}}
-
-    def compute(rate, method):
-        rate = round(rate, 4)
-        if method == "unstructured":
-            if rate not in thresholds:
-                k = round(rate * n_weights)
-                thresholds[rate] = magnitudes().kthvalue(k).values.item() if k else -1.0
-            threshold = thresholds[rate]
-            # The taught rule: keep exactly n - round(rate * n) weights. Those above the threshold
-            # are kept; weights tied at it are kept in order until the count is reached, so that
-            # ties never make the rate overshoot (a plain `> threshold` drops them all).
-            spare = (n_weights - round(rate * n_weights)) - sum(
-                int((w.abs() > threshold).sum()) for w in originals.values())
-            with torch.no_grad():
-                for n, m in layers.items():
-                    keep = originals[n].abs() > threshold
-                    if spare > 0:
-                        tied = (originals[n].abs() == threshold).flatten().nonzero().flatten()[:spare]
-                        keep.view(-1)[tied] = True
-                        spare -= len(tied)
-                    m.weight.copy_(originals[n] * keep)
-            m = work
-            gz = measure.gzip_size([l.weight for l in layers.values()] + others)
-            raw = dense_bytes  # the tensors are as large as ever: zeros take 4 bytes too
-        else:
-            if rate not in structured_cache:
-                structured_cache[rate] = prune.structured(base, rate, images[:1])
-                while len(structured_cache) > 3:  # bounded: Binder has 2 GB for everything
-                    structured_cache.popitem(last=False)
-            structured_cache.move_to_end(rate)
-            m = structured_cache[rate]
-            raw = measure.saved_size(m)
-            gz = measure.gzip_size(list(m.state_dict().values()))
-        acc = measure.accuracy_on(m, images, labels)
-        med = measure.quick_latency(m, latency_runs)
-        seen[method][rate] = acc
-        return {"accuracy": acc, "nonzero": measure.count_nonzero(m),
-                "params": measure.count_params(m), "bytes": raw, "gzip_bytes": gz,
-                "latency_b1_ms": med}
+    pruned = prune.RateSweep(model, images, labels, rates_step, latency_runs)
 
     def render(r, panel):
         print(f"{r['method']} pruning at rate {r['rate']:.2f}: accuracy {100 * r['accuracy']:.1f} % "
               f"on {len(labels)} {subset_name} images\n"
               f"non-zero weights {r['nonzero']:,} of {r['params']:,} · bytes {r['bytes'] / 1e6:.1f} MB "
               f"· gzip {r['gzip_bytes'] / 1e6:.1f} MB · batch-1 latency {r['latency_b1_ms']:.1f} ms")
+        seen: dict[str, dict[float, float]] = {"unstructured": {}, "structured": {}}
+        for h in panel.history:
+            seen[h["method"]][round(h["rate"], 4)] = h["accuracy"]
         fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.4))
         for method, pts in seen.items():
             if pts:
@@ -190,7 +128,7 @@ def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: i
                               description="prune rate", continuous_update=False),
         "method": W.ToggleButtons(options=["unstructured", "structured"], value="unstructured"),
     }
-    return Panel(controls, compute, render, title="Prune the teacher")
+    return Panel(controls, pruned.at, render, title="Prune the teacher")
 
 
 def bits_panel(model, images, labels, bits: int = 8, per_channel: bool = True,
@@ -201,7 +139,7 @@ def bits_panel(model, images, labels, bits: int = 8, per_channel: bool = True,
     would take. Activations stay fp32.
 
     ``panel.set(bits=4, granularity="per-tensor")`` moves the controls; ``panel.sweep("bits",
-    range(8, 1, -1))`` times each move."""
+    range(7, 1, -1))`` returns each move's result, and ``panel.timing()`` how long they took."""
     from . import measure, qmath
 
     fp32_bytes = qmath.float_bytes(model)
@@ -279,48 +217,20 @@ def distill_panel(teacher_logits, student_logits, labels, class_names, T: float 
 
 def lowrank_panel(model, images, labels, energy: float = 0.9, step: float = 0.05,
                   latency_runs: int = 10, subset_name: str = "validation", svds=None) -> Panel:
-    """An energy slider (0.3 to 1): every factorable conv of ``model`` keeps the smallest rank
-    holding that fraction of its squared singular values (``lowrank.plan``; layers where that
-    saves no parameters stay whole). Shows parameters, MACs, accuracy on ``images`` (a fixed
-    subset: ``subset_name`` says which), batch-1 latency, and accuracy against parameters for
-    every energy visited so far.
-
-    The SVDs are taken once (``lowrank.decompose``, or pass ``svds``), so a move only slices them
-    into factors swapped into one working copy; each energy's numbers are cached."""
-    import copy
-
+    """An energy slider (0.3 to 1) over ``lowrank.EnergySweep``: every factorable conv of
+    ``model`` keeps the smallest rank holding that fraction of its squared singular values
+    (``lowrank.plan``; layers where that saves no parameters stay whole). Shows parameters,
+    MACs, accuracy on ``images`` (a fixed subset: ``subset_name`` says which), batch-1 latency,
+    and accuracy against parameters for every energy visited so far. Pass ``svds``
+    (``lowrank.decompose``) when they are at hand: the SVDs are the slow part."""
     import matplotlib.pyplot as plt
 
-    from . import lowrank, measure
+    from . import lowrank
 
-    base = model.cpu().eval()
-    svds = lowrank.decompose(base) if svds is None else svds
-    originals = {name: base.get_submodule(name) for name in svds}
-    # a copy that shares the factorable layers with ``base`` (only read): half the memory
-    work = copy.deepcopy(base, memo={id(m): m for m in originals.values()}).eval()
-    original = {"params": measure.count_params(base), "macs": measure.count_macs(base),
-                "accuracy": measure.accuracy_on(base, images, labels)}
-    seen: dict[float, dict] = {}
+    factored = lowrank.EnergySweep(model, images, labels, svds, latency_runs)
+    original = factored.original
 
-    def swap_in(ranks):
-        for name, layer in originals.items():
-            parent, _, attr = name.rpartition(".")
-            new = lowrank.factor(layer, ranks[name], svds[name]) if name in ranks else layer
-            setattr(work.get_submodule(parent) if parent else work, attr, new)
-
-    def compute(energy):
-        energy = round(energy, 4)
-        if energy not in seen:
-            ranks = lowrank.plan(base, energy, svds)
-            swap_in(ranks)
-            seen[energy] = {"ranks": ranks, "factored": len(ranks), "layers": len(svds),
-                            "params": measure.count_params(work), "macs": measure.count_macs(work),
-                            "accuracy": measure.accuracy_on(work, images, labels),
-                            "latency_b1_ms": measure.quick_latency(work, latency_runs),
-                            "images": len(labels)}
-        return seen[energy]
-
-    def render(r, _panel):
+    def render(r, panel):
         ranks = sorted(r["ranks"].values())
         span = f" (ranks {ranks[0]}–{ranks[-1]})" if ranks else ""
         print(f"energy kept {r['energy']:.2f}: {r['factored']} of {r['layers']} convolutions "
@@ -330,9 +240,10 @@ def lowrank_panel(model, images, labels, energy: float = 0.9, step: float = 0.05
               f"on {r['images']} {subset_name} images (original {100 * original['accuracy']:.1f} %)"
               f" · batch-1 latency {r['latency_b1_ms']:.1f} ms")
         fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.4))
-        pts = sorted(seen.items(), key=lambda kv: kv[1]["params"])
-        figures.accuracy_errorbar(ax, [p["params"] / 1e6 for _, p in pts],
-                                  [p["accuracy"] for _, p in pts], r["images"], ls="-",
+        seen = {round(h["energy"], 4): h for h in panel.history}
+        pts = sorted(seen.values(), key=lambda p: p["params"])
+        figures.accuracy_errorbar(ax, [p["params"] / 1e6 for p in pts],
+                                  [p["accuracy"] for p in pts], r["images"], ls="-",
                                   label="factored, one point per energy tried")
         ax.plot(r["params"] / 1e6, 100 * r["accuracy"], "o", ms=13, mfc="none",
                 mec=figures.PALETTE[3], mew=2, label=f"energy {r['energy']:.2f} (now)")
@@ -350,4 +261,4 @@ def lowrank_panel(model, images, labels, energy: float = 0.9, step: float = 0.05
     controls = {"energy": W.FloatSlider(value=energy, min=0.3, max=1.0, step=step,
                                         description="energy kept", readout_format=".2f",
                                         continuous_update=False)}
-    return Panel(controls, compute, render, title="Factor the convolutions by energy kept")
+    return Panel(controls, factored.at, render, title="Factor the convolutions by energy kept")

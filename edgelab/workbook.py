@@ -160,13 +160,13 @@ def _previous_metas(smoke: bool, keep: set[str]) -> dict:
     """The per-notebook metadata of the last run, for the notebooks in ``keep`` whose results are
     still on disk, if that run was in the same mode (smoke results never mix with full ones)."""
     try:
-        prev = json.loads((report.BUILD / "results.json").read_text())
+        prev = json.loads(paths.results_file().read_text())
     except (OSError, ValueError):
         return {}
     if prev.get("run", {}).get("smoke") != smoke:
         return {}
     return {k: v for k, v in prev.get("notebooks", {}).items()
-            if k in keep and (report.RESULTS_DIR / f"{k}.json").exists()}
+            if k in keep and (paths.results_dir() / f"{k}.json").exists()}
 
 
 def run(smoke: bool = False, only: list[str] | None = None) -> int:
@@ -179,18 +179,18 @@ def run(smoke: bool = False, only: list[str] | None = None) -> int:
     selected = [nb for nb in notebooks() if not only or nb.stem in only]
     metas = _previous_metas(smoke, set(names) - set(only)) if only else {}
     if metas:   # keep only the results that go with them: the rest is stale or re-run now
-        for path in report.RESULTS_DIR.glob("*.json"):
+        for path in paths.results_dir().glob("*.json"):
             if path.stem not in metas:
                 path.unlink()
     else:
-        shutil.rmtree(report.RESULTS_DIR, ignore_errors=True)
+        shutil.rmtree(paths.results_dir(), ignore_errors=True)
     info = run_info(smoke)
     if only:
         info["only"], info["kept"] = sorted(only), sorted(metas)
     failed = []
     for nb in selected:
         print(f"\n=== {nb.stem} (SMOKE={smoke}) ===", flush=True)
-        meta = execute(nb, report.BUILD / "executed", smoke)
+        meta = execute(nb, paths.executed_dir(), smoke)
         print(f"    {meta['seconds']:.0f} s, peak {meta['peak_rss_mb']} MB", flush=True)
         if not meta.pop("ok"):
             failed.append(nb.stem)

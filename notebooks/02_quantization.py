@@ -414,12 +414,10 @@ panel
 
 # %%
 per_channel_curve = {8: panel.result["accuracy"]}
-panel.sweep("bits", range(7, 1, -1))
-per_channel_curve.update({h["bits"]: h["accuracy"] for h in panel.history[-6:]})
+per_channel_curve.update({h["bits"]: h["accuracy"] for h in panel.sweep("bits", range(7, 1, -1))})
 panel.set(granularity="per-tensor")
 per_tensor_curve = {2: panel.result["accuracy"]}
-panel.sweep("bits", range(3, 9))
-per_tensor_curve.update({h["bits"]: h["accuracy"] for h in panel.history[-6:]})
+per_tensor_curve.update({h["bits"]: h["accuracy"] for h in panel.sweep("bits", range(3, 9))})
 times = sorted(panel.response_times)
 bits_sweep = {"median_s": times[len(times) // 2], "max_s": times[-1], "moves": len(times)}
 sweep_bits = list(range(8, 1, -1))

@@ -43,7 +43,7 @@ from IPython.display import display
 
 from edgelab import (check, data, distill, figures, loop, measure, models, prune, quantize, report,
                      runtime, stats, train, widgets)
-from edgelab import paths
+from edgelab import cache
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -53,7 +53,6 @@ VAL_IMAGES = 500 if SMOKE else 2000      # validation images that compare the li
 LATENCY_S = 0.2 if SMOKE else 1.0        # seconds of timing per latency figure
 SEEDS = [s for s in range(5)                    # the seeds shipped for both recipes (five)
          if {f"student-kd-s{s}", f"student-scratch-s{s}"} <= set(models.SHIPPED_SHA256)]
-WORK = paths.cache_dir(NOTEBOOK)
 
 teacher = models.load_checkpoint("teacher")
 records = [measure.measure(teacher, "teacher", tags=["fp32", "baseline"], limit=EVAL_IMAGES,
@@ -201,8 +200,8 @@ panel
 # learner would and records how long each move took to answer:
 
 # %%
-slider = panel.sweep("T", [1.0, 2.0, 4.0, 8.0, 16.0])
-alpha_timing = panel.sweep("alpha", [0.0, 0.5, 1.0])
+slider = panel.timing(last=len(panel.sweep("T", [1.0, 2.0, 4.0, 8.0, 16.0])))
+alpha_timing = panel.timing(last=len(panel.sweep("alpha", [0.0, 0.5, 1.0])))
 panel.set(T=4.0, alpha=0.9)
 print(f"median response per move: T {slider['median_s'] * 1000:.0f} ms, "
       f"alpha {alpha_timing['median_s'] * 1000:.0f} ms")
@@ -417,10 +416,13 @@ t = records[0]
 int8_sessions = {}
 for recipe in ("kd", "scratch"):
     name = best_on_val(recipe)
-    key = models.read_card(name)["sha256"][:12]   # files keyed by the checkpoint's hash
-    fp32_onnx = runtime.export_onnx(students[name], WORK / f"{name}-{key}.onnx", val_x[:2])
-    int8_onnx = runtime.ort_static(fp32_onnx, WORK / f"{name}-{key}-int8.onnx",
-                                    data.calibration_set(256 if SMOKE else 512))
+    # files keyed by what made them: the checkpoint's hash, the input shape, the calibration
+    sha, calib_n = models.read_card(name)["sha256"], 256 if SMOKE else 512
+    fp32_onnx = runtime.export_onnx(students[name], cache.path(
+        f"{NOTEBOOK}/{name}", [sha, val_x.shape[1:]], ".onnx"), val_x[:2])
+    int8_onnx = runtime.ort_static(fp32_onnx, cache.path(
+        f"{NOTEBOOK}/{name}-int8", [fp32_onnx.name, "minmax", calib_n], ".onnx"),
+        data.calibration_set(calib_n))
     int8_sessions[f"{name}-int8"] = runtime.session(int8_onnx)   # timed again below
     s8 = measure.measure_onnx(int8_onnx, f"{name}-int8", students[name],
                               session=int8_sessions[f"{name}-int8"],

@@ -47,7 +47,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from edgelab import (check, data, figures, lowrank, measure, models, paths, report, runtime,
+from edgelab import (cache, check, data, figures, lowrank, measure, models, report, runtime,
                      train, widgets)
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
@@ -62,7 +62,6 @@ FINETUNE_LR = 0.01
 CALIB_IMAGES = 32 if SMOKE else 256     # calibration images for ONNX Runtime int8
 SHIPPED = "lowrank55"                   # `python -m edgelab.train lowrank55`, shipped with its card
 ENERGY = models.read_card(SHIPPED)["arch"]["energy"]  # the threshold the shipped model used
-BUILD = paths.cache_dir(NOTEBOOK)
 
 torch.manual_seed(0)
 val_x, val_y = data.tensors("val", limit=SUBSET)
@@ -343,7 +342,7 @@ panel
 
 # %%
 sweep = [0.8, 0.6] if SMOKE else [0.8, 0.7, 0.6, 0.55, 0.5, 0.4, 0.3]
-slider = panel.sweep("energy", sweep)
+slider = panel.timing(last=len(panel.sweep("energy", sweep)))
 print(f"median response {slider['median_s']:.2f} s over {slider['moves']} moves "
       f"(slowest {slider['max_s']:.2f} s; bar: median <= 1 s)\n")
 print(f"{'energy':>6}  {'params':>8}  {'MACs':>8}  {'accuracy':>8}  {'b1 ms':>6}")
@@ -404,14 +403,19 @@ measure.release_memory()
 # channel-pruned teacher from notebook 01 is measured beside them.
 
 # %%
-BUILD.mkdir(parents=True, exist_ok=True)
 calib = data.calibration_set(CALIB_IMAGES)
-teacher_onnx = runtime.export_onnx(teacher, BUILD / "teacher.onnx", calib[:2])
+# files keyed by what made them: the checkpoint's hash, the input shape, the calibration
+teacher_onnx = runtime.export_onnx(teacher, cache.path(
+    f"{NOTEBOOK}/teacher", [models.read_card("teacher")["sha256"], calib.shape[1:]], ".onnx"),
+    calib[:2])
 measure.release_memory()  # the exporter's garbage, before ONNX Runtime allocates its own
 records.append(measure.measure_onnx(teacher_onnx, "teacher", teacher, tags=["baseline", "fp32", "onnx"],
                                     limit=EVAL_IMAGES, min_run_time=LATENCY_S))
-low_onnx = runtime.export_onnx(lowrank55, BUILD / "lowrank55.onnx", calib[:2])
-low_int8 = runtime.ort_static(low_onnx, BUILD / "lowrank55-int8.onnx", calib, per_channel=True)
+low_onnx = runtime.export_onnx(lowrank55, cache.path(
+    f"{NOTEBOOK}/{SHIPPED}", [card["sha256"], calib.shape[1:]], ".onnx"), calib[:2])
+low_int8 = runtime.ort_static(low_onnx, cache.path(
+    f"{NOTEBOOK}/{SHIPPED}-int8", [low_onnx.name, "minmax", CALIB_IMAGES, "per-channel"], ".onnx"),
+    calib, per_channel=True)
 measure.release_memory()
 records.append(measure.measure_onnx(low_int8, "lowrank-55-int8", lowrank55,
                                     tags=["lowrank", "finetune", "int8", "static", "per-channel", "onnx"],

@@ -213,10 +213,8 @@ TAGS = {"teacher": ["baseline", "fp32", "onnx"],
 records = []
 for name, path in onnx_files.items():
     source = torch_models[name.removesuffix("-int8")]
-    records.append(measure.measure(
-        runtime.session(path), name, tags=TAGS[name], limit=EVAL_IMAGES, min_run_time=LATENCY_S,
-        val=VAL_IMAGES, artifact=path, params=measure.count_params(source), nonzero=measure.count_nonzero(source),
-        macs=measure.count_macs(source)))
+    records.append(measure.measure_onnx(path, name, source, tags=TAGS[name], limit=EVAL_IMAGES,
+                                        min_run_time=LATENCY_S, val=VAL_IMAGES))
     measure.release_memory()
 del torch_models
 display(report.table(records))

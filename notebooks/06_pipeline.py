@@ -41,7 +41,7 @@ NOTEBOOK = "06_pipeline"
 from IPython.display import display
 
 from edgelab import check, data, deploy, figures, measure, models, pi, report, runtime, stats, train
-from edgelab import paths
+from edgelab import cache, paths
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -53,7 +53,6 @@ STUDENT_CALIBRATION = 128                # for the students: the histogram calib
 LATENCY_S = 0.2 if SMOKE else 1.0        # seconds of timing per latency figure
 THREADS = 1                              # one thread for every model: the Pi's runtime budget
 ARM64_IMAGES = 20 if SMOKE else 300      # test images the emulated Pi CPU classifies
-WORK = paths.cache_dir(NOTEBOOK)
 
 # %% [markdown]
 # ## The stages
@@ -123,8 +122,8 @@ onnx_files = {}
 def fp32_onnx(name):
     """The stage exported once, keyed by its checkpoint's hash: a rerun reuses the file."""
     if name not in onnx_files:
-        key = models.read_card(name)["sha256"][:12]
-        onnx_files[name] = WORK / f"{name}-{key}.onnx"
+        onnx_files[name] = cache.path(f"{NOTEBOOK}/{name}", [models.read_card(name)["sha256"],
+                                                             example.shape[1:]], ".onnx")
         if not onnx_files[name].is_file():
             deploy.export(torch_models[name], onnx_files[name], example)
         deploy.check_export(torch_models[name], onnx_files[name], data.tensors("test", limit=64)[0])
@@ -133,8 +132,8 @@ def fp32_onnx(name):
 
 def int8_onnx(name, method="minmax", images=None):
     path, images = fp32_onnx(name), calibration if images is None else images
-    return runtime.ort_static(path, path.with_name(f"{path.stem}-int8-{method}-{len(images)}.onnx"),
-                              images, calibration=method)
+    out = cache.path(f"{NOTEBOOK}/{name}-int8", [path.name, method, len(images)], ".onnx")
+    return runtime.ort_static(path, out, images, calibration=method)
 
 
 student_calibration = calibration[:STUDENT_CALIBRATION]

@@ -151,3 +151,27 @@ def test_the_lowrank_target_needs_both_halving_the_parameters_and_staying_within
     res["records"][1].update(accuracy=0.937, params=6_000_000)
     assert target(res)[1] is False
     assert target({"records": res["records"][:1]}) is None
+
+
+def test_energy_sweep_matches_factorize_and_swaps_the_original_layers_back():
+    torch.manual_seed(0)
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    sweep = lowrank.EnergySweep(model, x, y, latency_runs=1)
+    low = sweep.at(0.5)
+    ranks = lowrank.plan(model, 0.5)
+    assert low["ranks"] == ranks and low["factored"] == len(ranks) > 0
+    ref = lowrank.factorize(model, energy=0.5)
+    assert low["params"] == count_params(ref) < sweep.original["params"]
+    assert torch.allclose(sweep.model(ranks)(x), ref(x), atol=1e-5)
+    assert sweep.at(1.0)["params"] == sweep.original["params"]
+    assert sweep.at(0.5) is low   # each energy's numbers are kept
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_swap_layer_replaces_a_nested_or_a_top_level_submodule():
+    model = nn.Sequential(nn.Sequential(nn.Linear(2, 2)), nn.ReLU())
+    lowrank.swap_layer(model, "0.0", nn.Identity())
+    lowrank.swap_layer(model, "1", nn.Tanh())
+    assert isinstance(model[0][0], nn.Identity) and isinstance(model[1], nn.Tanh)

@@ -170,3 +170,30 @@ def test_the_sensitivity_scan_prunes_exactly_round_rate_n_weights_even_with_ties
                            progress=False)
     assert seen == [2, 4]   # the threshold rule '>' would have zeroed 1 and then 5
     assert layer.weight.min().item() == pytest.approx(0.1)   # restored afterwards
+
+
+def test_rate_sweep_prunes_the_exact_count_on_and_off_the_slider_steps_and_leaves_the_model():
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    sweep = prune.RateSweep(model, x, y, latency_runs=1)
+    n = sum(m.weight.numel() for m in prune.prunable_layers(model).values())
+    for rate in (0.5, 0.33, 0.0):   # 0.33 is off the 0.05 steps: a kthvalue instead
+        at = sweep.at(rate, "unstructured")
+        zeros = sum(int((m.weight == 0).sum()) for m in prune.prunable_layers(sweep.work).values())
+        assert zeros == round(rate * n) and at["bytes"] == measure.saved_size(model)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="'unstructured' or 'structured'"):
+        sweep.at(0.5, "channels")
+
+
+def test_rate_sweep_keeps_the_last_three_structured_models():
+    sweep = prune.RateSweep(tiny(), torch.randn(4, 1, 28, 28), torch.zeros(4, dtype=torch.long),
+                            latency_runs=1)
+    half = sweep.structured(0.5)
+    for rate in (0.25, 0.1, 0.5):
+        sweep.structured(rate)
+    assert list(sweep.pruned) == [0.25, 0.1, 0.5] and sweep.structured(0.5) is half
+    sweep.structured(0.3)
+    assert list(sweep.pruned) == [0.1, 0.5, 0.3]
+    assert sweep.at(0.5, "structured")["params"] == measure.count_params(half)

@@ -11,8 +11,11 @@ def test_panel_recomputes_when_a_control_moves_and_times_each_move():
                           lambda x: calls.append(x) or {"double": 2 * x})
     assert panel.result == {"double": 2, "x": 1}
     assert panel.set(x=4) == {"double": 8, "x": 4}
-    timing = panel.sweep("x", [5, 6, 7])
+    moves = panel.sweep("x", [5, 6, 7])
+    assert [m["double"] for m in moves] == [10, 12, 14] and moves == panel.history[-3:]
+    timing = panel.timing(last=len(moves))
     assert calls == [1, 4, 5, 6, 7] and timing["moves"] == 3 and timing["median_s"] >= 0
+    assert panel.timing()["moves"] == 4  # every move after the initial update
 
 
 def test_panel_names_its_controls_when_asked_for_an_unknown_one():
@@ -37,8 +40,11 @@ def test_panel_closes_the_figure_each_move_draws_and_no_other():
 
 def test_timing_without_moves_says_why():
     panel = widgets.Panel({"x": W.IntSlider(value=3)}, lambda x: {})
+    assert panel.sweep("x", [3]) == []  # the value already shown: no move
     with pytest.raises(ValueError, match="no moves"):
-        panel.sweep("x", [3])
+        panel.timing()
+    with pytest.raises(ValueError, match="no moves"):
+        panel.timing(last=0)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +84,7 @@ def test_distill_panel_flattens_both_distributions_as_t_rises():
     assert panel.set(alpha=0.0)["total"] == pytest.approx(hot["hard"])
     second = panel.set(image=panel.controls["image"].options[1])
     assert max(second["teacher_p"]) != max(hot["teacher_p"])
-    assert panel.sweep("T", [2.0, 4.0])["moves"] == 2
+    assert [m["T"] for m in panel.sweep("T", [2.0, 4.0])] == [2.0, 4.0]
 
 
 def test_lowrank_panel_trades_parameters_for_accuracy_and_caches_each_energy():
@@ -97,7 +103,7 @@ def test_lowrank_panel_trades_parameters_for_accuracy_and_caches_each_energy():
     assert low["params"] < whole["params"] and low["macs"] < whole["macs"]
     assert 0 <= low["accuracy"] <= 1 and low["latency_b1_ms"] > 0 and low["images"] == 32
     assert panel.set(energy=1.0)["params"] == whole["params"]  # the original layers swap back
-    assert panel.sweep("energy", [0.5, 0.3])["moves"] == 2
+    assert [m["energy"] for m in panel.sweep("energy", [0.5, 0.3])] == [0.5, 0.3]
     assert panel.history[-1] == low  # a visited energy comes from the cache
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from edgelab import report, workbook
+from edgelab import paths, report, workbook
 
 
 def test_the_tree_peak_counts_a_forked_childs_shared_pages_once():
@@ -34,8 +34,8 @@ def test_the_tree_peak_counts_a_forked_childs_shared_pages_once():
 def fake_workbook(tmp_path, monkeypatch):
     """Three notebooks that 'run' by writing one record each; the build folder in tmp_path."""
     nbs = [tmp_path / f"{i:02d}_nb{i}.ipynb" for i in range(3)]
-    monkeypatch.setattr(report, "BUILD", tmp_path / "build")
-    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path / "build" / "results")
+    monkeypatch.setattr(paths, "ROOT", tmp_path)   # build/ and build/results/ follow it
+    monkeypatch.delenv("EDGELAB_RESULTS", raising=False)
     monkeypatch.setattr(workbook, "notebooks", lambda: nbs)
     monkeypatch.setattr(workbook, "run_info", lambda smoke: {"smoke": smoke})
     monkeypatch.setattr(report, "targets_table", lambda res: "")
@@ -43,8 +43,8 @@ def fake_workbook(tmp_path, monkeypatch):
 
     def execute(nb: Path, out_dir, smoke):
         ran.append(nb.stem)
-        report.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        (report.RESULTS_DIR / f"{nb.stem}.json").write_text(json.dumps(
+        paths.results_dir().mkdir(parents=True, exist_ok=True)
+        (paths.results_dir() / f"{nb.stem}.json").write_text(json.dumps(
             {"records": [{"notebook": nb.stem, "name": f"run{len(ran)}"}]}))
         return {"seconds": float(len(ran)), "peak_rss_mb": 1, "peak_tree_mb": 1, "ok": True}
 
@@ -53,7 +53,7 @@ def fake_workbook(tmp_path, monkeypatch):
 
 
 def _results():
-    return json.loads((report.BUILD / "results.json").read_text())
+    return json.loads(paths.results_file().read_text())
 
 
 def test_only_reruns_one_notebook_and_keeps_the_others_results(fake_workbook):
