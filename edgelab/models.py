@@ -52,6 +52,8 @@ SHIPPED_SHA256: dict[str, str] = {
     "student-pruned25-kd-s0": "2b44589d030bd56c6b8cb583df9ea4645518a3ab4e720fa6afc00d3ac8d85bfb",
     "student-pruned25-kd-s1": "70d81e05f3e9e08fde66955d14248b9a4cb5de62009b495010229da11993a782",
     "student-pruned25-kd-s2": "4808bc1e701d3c28d1e63c58e52dfd59e67b1105b30751b277a4cb9c050490b0",
+    "student-kd-long-s3": "41217c2da2b8bc4cb2d186c7a5df4668d2c6455fbdfca37f01743c972c60c419",
+    "student-pruned25-kd-s3": "0cf2b14a9c8d1dc02befb3e478ae49084e81c2a48f0675c8a496287071340273",
     "student-qad-s0": "c4895cdc813b23fa3eeb475a635c703b87d62e9892e0d3a7dd4c2832d63a6e54",
 }
 
