@@ -54,6 +54,8 @@ SHIPPED_SHA256: dict[str, str] = {
     "student-pruned25-kd-s2": "4808bc1e701d3c28d1e63c58e52dfd59e67b1105b30751b277a4cb9c050490b0",
     "student-kd-long-s3": "41217c2da2b8bc4cb2d186c7a5df4668d2c6455fbdfca37f01743c972c60c419",
     "student-pruned25-kd-s3": "0cf2b14a9c8d1dc02befb3e478ae49084e81c2a48f0675c8a496287071340273",
+    "student-kd-long-s4": "1512d9520f4f547a9af953074adf061cf7f6450b63f31dd4e60cd10a1fb3d50e",
+    "student-pruned25-kd-s4": "caaf1b5d2639d231631b2b6c6cfac2c65fbd01b68ca554021cb7a33e6076d9d4",
     "student-qad-s0": "c4895cdc813b23fa3eeb475a635c703b87d62e9892e0d3a7dd4c2832d63a6e54",
 }
 
