@@ -94,7 +94,7 @@ for name, m in torch_models.items():
 # %% [markdown]
 # What each recipe cost to train, from its card (wall time on the machine that trained it; the
 # students' distillation re-reads cached teacher logits, so the teacher's forward passes are
-# not in these times):
+# not in these times, except for `student-kd-shift`, whose shifted images the teacher sees live):
 
 # %%
 for name in STAGES:

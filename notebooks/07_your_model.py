@@ -54,9 +54,10 @@ import time
 import torch
 from IPython.display import display
 
-from edgelab import (data, deploy, figures, measure, models, pi, prune, quantize, report,
-                     runtime, train, zoo)
-from edgelab import paths
+from edgelab import (data, deploy, figures, measure, models, paths, pi, prune, report, runtime,
+                     train, zoo)
+from edgelab.qconfig import QuantConfig, quantize
+from edgelab.quantize import module_types
 
 measure.setup_notebook()
 T_START = time.time()
@@ -90,8 +91,8 @@ if out.shape != (len(example), len(data.CLASSES)):
                      f"give {len(data.CLASSES)} logits per image for Fashion-MNIST")
 print(f"{name}: {measure.count_params(model):,} parameters, {measure.count_macs(model):,} MACs "
       "per 1×28×28 image")
-kinds = quantize.module_types(model, kinds=("Conv", "Linear", "BatchNorm", "Hardswish",
-                                            "SqueezeExcitation", "ReLU"))
+kinds = module_types(model, kinds=("Conv", "Linear", "BatchNorm", "Hardswish", "SqueezeExcitation",
+                                   "ReLU"))
 print("layers:", ", ".join(f"{k.rsplit('.', 1)[-1]} ×{n}" for k, n in kinds.items()))
 
 # %% [markdown]
@@ -130,19 +131,26 @@ else:
 #   classifier's), ranked by the L2 norm of their weights, through torch-pruning's dependency
 #   graph, which keeps residual sums, depthwise groups and squeeze-and-excitation scales
 #   consistent; then `train.finetune_steps`.
-# - **pruned-pt2e**: int8 in PyTorch with `quantize.pt2e_static` (torchao's PT2E flow, x86
-#   quantizer). Its speed needs `torch.compile`, as 02's flows show; here it stands for the
-#   accuracy of the PyTorch path and is not timed.
-# - **pruned-int8 (onnxruntime)**: the exported `.onnx`, quantized statically by ONNX Runtime
-#   (per-channel int8 weights, uint8 activations): the file the bundle ships.
+# - **pruned-pt2e**: int8 in PyTorch with `quantize(pruned, QuantConfig("pt2e"), images)`
+#   (torchao's PT2E flow, x86 quantizer). Its speed needs `torch.compile`, as 02's flows show;
+#   here it stands for the accuracy of the PyTorch path and is not timed.
+# - **pruned-int8 (onnxruntime)**: `quantize(pruned, QuantConfig("onnxruntime"), images,
+#   out=path)` exports the `.onnx` and quantizes it statically in ONNX Runtime (per-channel int8
+#   weights, uint8 activations): the file the bundle ships.
+#
+# Both are the one verb of `edgelab.qconfig`, the top of a layering: the integer arithmetic
+# (`qmath`) → a granularity (one scale per tensor or per output channel) → a `QuantConfig` (flow,
+# granularity, bits) → `quantize`, which runs the flow it names.
 
 # %%
 records = []
 
 
-def add(m, label, tags, **kw):
-    records.append(measure.measure(m, label, tags=tags, limit=EVAL_IMAGES, val=VAL_IMAGES,
-                                   min_run_time=LATENCY_S, threads=THREADS, **kw))
+def add(m, label, tags, onnx_from=None, **kw):
+    """One record; ``onnx_from``: ``m`` is an ``.onnx`` file exported from that torch module."""
+    kw.update(tags=tags, limit=EVAL_IMAGES, val=VAL_IMAGES, min_run_time=LATENCY_S, threads=THREADS)
+    records.append(measure.measure(m, label, **kw) if onnx_from is None
+                   else measure.measure_onnx(m, label, onnx_from, **kw))
     measure.release_memory()
 
 
@@ -151,7 +159,7 @@ pruned = prune.structured(model, PRUNE_RATE, example)
 train.finetune_steps(pruned, FINETUNE_STEPS, lr=0.01)
 train.recalibrate_batchnorm(pruned, data.loader("train", 64, flip=True, limit=TRAIN_IMAGES, seed=1))
 add(pruned, f"{name}-pruned", ["pruned", "fp32"], batch_sizes=(1,))
-graph = quantize.pt2e_static(pruned, calibration, example)
+graph = quantize(pruned, QuantConfig("pt2e"), calibration, example=example)
 add(graph, f"{name}-pruned-pt2e", ["pruned", "int8", "pt2e"], batch_sizes=(),
     artifact=runtime.graph_bytes(graph), params=measure.count_params(pruned),
     macs=measure.count_macs(pruned))
@@ -161,11 +169,11 @@ onnx_pruned = deploy.export(pruned, WORK / f"{name}-pruned.onnx", example)
 for m, path in ((model, onnx_fp32), (pruned, onnx_pruned)):
     check = deploy.check_export(m, path, data.tensors("test", limit=64)[0])
     print(f"{path.name}: export matches PyTorch, largest logit difference {check['max_abs_diff']:.1e}")
-onnx_int8 = runtime.ort_static(onnx_pruned, WORK / f"{name}-pruned-int8.onnx", calibration)
+onnx_int8 = quantize(pruned, QuantConfig("onnxruntime"), calibration, example=example,
+                     out=WORK / f"{name}-pruned-int8.onnx")
 for path, label, source, tags in ((onnx_fp32, name, model, ["baseline", "fp32"]),
                                   (onnx_int8, f"{name}-pruned-int8", pruned, ["pruned", "int8"])):
-    add(runtime.session(path, threads=THREADS), label, tags + ["onnx"], batch_sizes=(1,),
-        artifact=path, params=measure.count_params(source), macs=measure.count_macs(source))
+    add(path, label, tags + ["onnx"], onnx_from=source, batch_sizes=(1,))
 display(report.table(records, baseline=name))
 
 # %% [markdown]
@@ -232,7 +240,8 @@ path = report.write_notebook_results(NOTEBOOK, records, smoke=SMOKE)
 #   both places: `pi.bundle.build(..., mean=[...], std=[...])`, one per channel.
 # - **Input size and channels**: every verb reads shapes from the `example` you pass
 #   (`measure.count_macs(model, example)`, `prune.structured(model, rate, example)`,
-#   `quantize.pt2e_static(model, images, example)`, `deploy.export(model, path, example)`,
+#   `quantize(model, QuantConfig("pt2e"), images, example=example)`,
+#   `deploy.export(model, path, example)`,
 #   `pi.bundle.build(model, out_dir, example)`), and `measure.measure(model, name, images=...,
 #   labels=...)` evaluates on your test tensors. The bundle's `labels.json` records the input it
 #   read from the model (grayscale or RGB, height, width), and its `predict.py` makes exactly that

@@ -164,3 +164,23 @@ def test_weight_sharing_is_refused_by_pt2e_with_the_layer_named():
 
     with pytest.raises(ValueError, match=r"layer 'fc' \(Linear\) holds weights and is called 2"):
         quantize.unshare_modules(Shared(), torch.zeros(1, 8))
+
+
+def test_weight_only_qat_trains_any_model_through_the_one_loop_onto_the_int8_grid(arch):
+    import copy
+
+    from edgelab import loop
+
+    name, model, x, y = arch
+    model = copy.deepcopy(model)
+    quantize.weight_fake_quant(model, bits=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    state = loop.run(model.train(), [(x, y)], opt, steps=2)
+    assert len(state.losses) == 2 and all(torch.isfinite(torch.tensor(state.losses)))
+    quantize.bake_weights(model.eval())
+    for layer, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            w = m.weight.detach().flatten(1)
+            scale = w.abs().amax(1, keepdim=True) / 127
+            codes = w / torch.where(scale > 0, scale, 1)
+            assert torch.allclose(codes, codes.round(), atol=1e-3), f"{name}: {layer} is off the grid"
