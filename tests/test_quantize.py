@@ -110,7 +110,9 @@ def test_bits_panel_moves_and_times_its_responses():
     r2 = panel.set(bits=2, granularity="per-tensor")
     assert r2["bits"] == 2 and r2["granularity"] == "per-tensor"
     assert r2["bytes"] < r8["bytes"] and 0 <= r2["accuracy"] <= 1
-    stats = panel.sweep("bits", [8, 6, 4, 3])
+    moves = panel.sweep("bits", [8, 6, 4, 3])
+    stats = panel.timing(last=len(moves))
+    assert [r["bits"] for r in moves] == [8, 6, 4, 3]
     assert stats["moves"] == 4 and stats["median_s"] >= 0
     assert panel.history[-1]["bits"] == 3
     # the model handed in is untouched
