@@ -56,6 +56,10 @@ SHIPPED_SHA256: dict[str, str] = {
     "student-pruned25-kd-s3": "0cf2b14a9c8d1dc02befb3e478ae49084e81c2a48f0675c8a496287071340273",
     "student-kd-long-s4": "1512d9520f4f547a9af953074adf061cf7f6450b63f31dd4e60cd10a1fb3d50e",
     "student-pruned25-kd-s4": "caaf1b5d2639d231631b2b6c6cfac2c65fbd01b68ca554021cb7a33e6076d9d4",
+    "student-kd-T2": "7bcce59f3c27136cc68d873352b4a5d6340c173e02cb416b9d32df326495457e",
+    "student-kd-T8": "e8cc28eb404c3c35d4a1653bde9bfd13b1a71f8df305f2a2854b3da33631ef6e",
+    "student-kd-a05": "b2c92cc0cf4ae3a9429773f69e487dbd86de0a71aadeebc5508aea4e267be604",
+    "student-ls": "9bde79d77ec03533d7c0d6e4ac7a4eb65fb6296a1350ef83e0391b10cb20e1a4",
     "student-qad-s0": "c4895cdc813b23fa3eeb475a635c703b87d62e9892e0d3a7dd4c2832d63a6e54",
 }
 
