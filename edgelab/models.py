@@ -60,6 +60,7 @@ SHIPPED_SHA256: dict[str, str] = {
     "student-kd-T8": "e8cc28eb404c3c35d4a1653bde9bfd13b1a71f8df305f2a2854b3da33631ef6e",
     "student-kd-a05": "b2c92cc0cf4ae3a9429773f69e487dbd86de0a71aadeebc5508aea4e267be604",
     "student-ls": "9bde79d77ec03533d7c0d6e4ac7a4eb65fb6296a1350ef83e0391b10cb20e1a4",
+    "student-kd-shift": "409302e22cb97cecb50b7b1e84ec4ac1ca6741d2f84ad187df698d6a4e20f112",
     "student-qad-s0": "c4895cdc813b23fa3eeb475a635c703b87d62e9892e0d3a7dd4c2832d63a6e54",
 }
 
