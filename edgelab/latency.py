@@ -113,8 +113,8 @@ def remeasure_latency(records: list, models: dict, batch_sizes=(1, 64), rounds: 
 
 
 def architecture_key(model, onnx_bytes: bytes | None = None) -> str:
-    """A short fingerprint of what a forward pass computes with: module types and tensor shapes
-    and dtypes (torch), or operator types and initializer shapes and dtypes (an ONNX session,
+    """A short fingerprint of what a forward pass computes with: module types and tensor shapes,
+    dtypes and quantization schemes (torch), or operator types and initializer shapes and dtypes (an ONNX session,
     given its file's bytes). Weights' values do not enter, so a copy pruned to zeros keys like
     its dense original; "" where it cannot be read."""
     import hashlib
@@ -136,7 +136,9 @@ def architecture_key(model, onnx_bytes: bytes | None = None) -> str:
                 h.update(f"{name}:{type(m).__name__}".encode())
             for k, v in model.state_dict().items():
                 shape = tuple(v.shape) if hasattr(v, "shape") else type(v).__name__
-                h.update(f"{k}{shape}{getattr(v, 'dtype', '')}".encode())
+                # per-tensor and per-channel int8 run different requantization kernels
+                scheme = v.qscheme() if getattr(v, "is_quantized", False) else ""
+                h.update(f"{k}{shape}{getattr(v, 'dtype', '')}{scheme}".encode())
     except Exception:   # an exotic module or graph: no key, so no same-architecture check
         return ""
     return h.hexdigest()[:12]

@@ -54,3 +54,27 @@ def test_same_architecture_latencies_must_agree_within_ten_percent():
     # another runtime or no key: not the same architecture
     assert latency.same_architecture_problems(ok + [_timed("x", "k1", 5.0, runtime="onnxruntime"),
                                                    _timed("y", "", 5.0)]) == []
+
+
+def test_per_tensor_and_per_channel_int8_copies_key_as_different_architectures():
+    # They run different requantization kernels, so they need not time alike.
+    import warnings
+
+    import torch.ao.quantization as tq
+
+    def int8(qconfig):
+        m = torch.nn.Sequential(tq.QuantStub(), torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(64, 2), tq.DeQuantStub()).eval()
+        m.qconfig = qconfig
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tq.prepare(m, inplace=True)
+            m(torch.randn(2, 1, 6, 6))
+            tq.convert(m, inplace=True)
+        return m
+
+    per_channel = latency.architecture_key(int8(tq.get_default_qconfig("fbgemm")))
+    per_tensor = latency.architecture_key(int8(tq.default_qconfig))
+    assert per_channel and per_tensor
+    assert per_channel != per_tensor
+    assert per_channel == latency.architecture_key(int8(tq.get_default_qconfig("fbgemm")))
