@@ -11,12 +11,17 @@ gradients the same size as T changes. The teacher is frozen: eval mode, no gradi
 Training a student re-reads the same 55k images every epoch, so the teacher's logits are computed
 once for every training image, plain and mirrored (the only augmentation), and cached on disk keyed
 by the teacher checkpoint's sha256.
+
+A second signal (FitNets, Romero et al. 2015, https://arxiv.org/abs/1412.6550): one intermediate
+feature map of the student, through a trainable 1x1 conv adapter, regresses the teacher's feature
+map of the same spatial size (``FeatureHint``, ``HintBatches``, ``hint_loss_fn``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
@@ -24,7 +29,8 @@ from . import cache, data
 
 __all__ = ["check_temperature", "check_alpha", "soften", "loss_terms", "kd_loss",
            "seed_loss", "loss_fn", "teacher_logits", "DistillBatches",
-           "OnlineDistillBatches"]
+           "OnlineDistillBatches", "HINT_LAYERS", "FeatureTap", "FeatureHint", "HintBatches",
+           "hint_loss_fn"]
 
 
 def check_temperature(T: float) -> float:
@@ -163,3 +169,138 @@ class OnlineDistillBatches(data.Batches):
     @torch.no_grad()
     def transform(self, x, y):
         return x, (y, self.teacher(x))
+
+
+# Where the hint goes for the Student (widths 16/32/64 at 28, 14, 7 px) and the 28x28 ResNet18
+# teacher (layer1..4 at 14, 7, 4, 2 px). FitNets guides the student's middle layer; the student's
+# middle stage, ``stages.1``, is 14x14, and the only teacher stage of that size is ``layer1``: no
+# pooling is needed, and the teacher's forward can stop after its first stage, about a quarter of
+# its MACs, which is what each training step pays for the teacher.
+HINT_LAYERS = {"student": "stages.1", "teacher": "layer1"}
+
+
+class _Stop(Exception):
+    """Raised by a stopping tap: the rest of the forward pass is not needed."""
+
+
+def _module(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n and n.count(".") <= 1]
+        raise ValueError(f"{type(model).__name__} has no module {name!r}; some of its modules: "
+                         f"{names[:12]}") from None
+
+
+class FeatureTap:
+    """A forward hook on the module ``name`` of ``model`` that keeps its latest output. With
+    ``stop=True`` the forward pass ends there (``__call__`` returns the feature map): a teacher
+    asked for an early feature does not run its later layers."""
+
+    def __init__(self, model: nn.Module, name: str, stop: bool = False):
+        self.model, self.name, self.stop, self.output = model, name, stop, None
+        self.handle = _module(model, name).register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self.output = output
+        if self.stop:
+            raise _Stop
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.output = None
+        try:
+            self.model(x)
+        except _Stop:
+            pass
+        if self.output is None:
+            raise RuntimeError(f"{self.name!r} was not run by {type(self.model).__name__}'s "
+                               "forward pass")
+        return self.output
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, name: str, shape) -> torch.Size:
+    """The shape of ``name``'s output for one input of ``shape``, batch norms left untouched."""
+    was_training = model.training
+    tap = FeatureTap(model.eval(), name, stop=True)
+    try:
+        return tap(torch.zeros(1, *shape, device=next(model.parameters()).device)).shape
+    finally:
+        tap.remove()
+        model.train(was_training)
+
+
+class FeatureHint(nn.Module):
+    """Training-only wrapper: the student, a hook on its ``student_layer`` and a 1x1 conv adapter
+    from its channels to those of the teacher's ``teacher_layer``. ``forward`` returns the
+    student's logits and keeps the adapted map in ``feature``; ``detach()`` removes the hook and
+    returns the plain student, the only part that ships (the adapter exists to let a narrower
+    student match a wider teacher, not to run at inference)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module,
+                 student_layer: str = HINT_LAYERS["student"],
+                 teacher_layer: str = HINT_LAYERS["teacher"], input_shape=(1, 28, 28)):
+        super().__init__()
+        s, t = _probe(student, student_layer, input_shape), _probe(teacher, teacher_layer,
+                                                                   input_shape)
+        if len(s) != 4 or len(t) != 4:
+            raise ValueError(f"hints need (N, C, H, W) feature maps; {student_layer!r} gives "
+                             f"{tuple(s)}, {teacher_layer!r} gives {tuple(t)}")
+        if s[2:] != t[2:]:
+            raise ValueError(f"{student_layer!r} is {s[2]}x{s[3]} but the teacher's "
+                             f"{teacher_layer!r} is {t[2]}x{t[3]}: pick layers of the same "
+                             "spatial size (a 1x1 adapter maps channels only)")
+        self.student = student
+        self.adapter = nn.Conv2d(s[1], t[1], kernel_size=1, bias=False)
+        self.student_layer, self.teacher_layer = student_layer, teacher_layer
+        self.tap = FeatureTap(student, student_layer)
+
+    def forward(self, x):
+        logits = self.student(x)
+        self.feature = self.adapter(self.tap.output)
+        return logits
+
+    def detach(self) -> nn.Module:
+        """Remove the hook; the plain student, without the adapter."""
+        self.tap.remove()
+        return self.student
+
+
+class HintBatches(DistillBatches):
+    """``DistillBatches`` whose targets also hold the teacher's ``layer`` feature map for exactly
+    these images (mirrored where they were), the teacher run on each batch up to that layer only:
+    the cached logits cannot give an intermediate map."""
+
+    def __init__(self, batches: data.Batches, logits: torch.Tensor, teacher: nn.Module,
+                 layer: str = HINT_LAYERS["teacher"]):
+        super().__init__(batches, logits)
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.tap = FeatureTap(self.teacher, layer, stop=True)
+
+    @torch.no_grad()
+    def transform(self, x, y):
+        labels, logits = y
+        return x, (labels, logits, self.tap(x))
+
+    def remove(self) -> None:
+        self.tap.remove()
+
+
+def hint_loss_fn(hint: FeatureHint, T: float = 4.0, alpha: float = 0.9, beta: float = 1.0):
+    """``kd_loss`` (T, alpha) plus ``beta`` times the mean squared error between the student's
+    adapted map (``hint.feature``, set by the forward pass just run) and the teacher's; a
+    ``loss_fn(student_logits, (labels, teacher_logits, teacher_feature))`` for ``train.fit``."""
+    T, alpha = check_temperature(T), check_alpha(alpha)
+    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not beta >= 0:
+        raise ValueError(f"beta weighs the feature hint and must be a number >= 0, got {beta!r}")
+
+    def loss(student_logits, target):
+        labels, teacher_logits, teacher_feature = target
+        return (kd_loss(student_logits, teacher_logits, labels, T, alpha)
+                + beta * F.mse_loss(hint.feature, teacher_feature.detach()))
+    return loss

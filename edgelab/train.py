@@ -186,6 +186,14 @@ RECIPES = {
                        "distill": {"teacher": "teacher", "T": 4.0, "alpha": 0.5}},
     "student-ls": {"arch": {"name": "student"}, "epochs": 5, "lr": 0.1, "weight_decay": 5e-4,
                    "batch_size": 128, "flip": True, "seed": 0, "label_smoothing": 0.1},
+    # 03's second signal (FitNets, Romero et al. 2015): student-kd plus beta times the MSE between
+    # the student's stages.1 map, through a 1x1 adapter, and the teacher's layer1 map (both 14x14;
+    # see distill.HINT_LAYERS). The adapter is dropped after training. Each seed ships as -s<seed>.
+    "student-fitnets": {"arch": {"name": "student"}, "epochs": 5, "lr": 0.1,
+                        "weight_decay": 5e-4, "batch_size": 128, "flip": True, "seed": 0,
+                        "per_seed": True,
+                        "distill": {"teacher": "teacher", "T": 4.0, "alpha": 0.9},
+                        "hint": {"student": "stages.1", "teacher": "layer1", "beta": 1.0}},
     "student-kd-shift": {"arch": {"name": "student"}, "epochs": 5, "lr": 0.1,
                          "weight_decay": 5e-4, "batch_size": 128, "flip": True, "shift": 2,
                          "seed": 0, "distill": {"teacher": "teacher", "T": 4.0, "alpha": 0.9}},
@@ -246,11 +254,17 @@ def train_recipe(name: str, out: Path, epochs: int | None = None, seed: int | No
             if kd.get("int8"):
                 raise ValueError("an int8 teacher runs from cached logits only; drop 'shift'")
             batches = distill.OnlineDistillBatches(batches, load_checkpoint(kd["teacher"]))
+        elif "hint" in recipe:   # FitNets: the teacher runs up to its hint layer on each batch
+            hint, teacher = recipe["hint"], load_checkpoint(kd["teacher"])
+            model = distill.FeatureHint(model, teacher, hint["student"], hint["teacher"])
+            batches = distill.HintBatches(batches, distill.teacher_logits(
+                kd["teacher"], "train", limit, progress), teacher, hint["teacher"])
         else:
             batches = distill.DistillBatches(
                 batches, distill.teacher_logits(kd["teacher"], "train", limit, progress,
                                                 int8=kd.get("int8", False)))
-        loss_fn = distill.loss_fn(kd["T"], kd["alpha"])
+        loss_fn = (distill.hint_loss_fn(model, kd["T"], kd["alpha"], recipe["hint"]["beta"])
+                   if "hint" in recipe else distill.loss_fn(kd["T"], kd["alpha"]))
     if "qat_bits" in recipe:
         from .quantize import weight_fake_quant
         weight_fake_quant(model, recipe["qat_bits"])
@@ -262,6 +276,9 @@ def train_recipe(name: str, out: Path, epochs: int | None = None, seed: int | No
     history = fit(model, batches, recipe["epochs"], recipe["lr"], recipe["weight_decay"],
                   loss_fn=loss_fn, device=device, resume=resume, progress=progress)
     wall = time.time() - t0
+    if "hint" in recipe:   # the adapter and the hooks are training-only: ship the plain student
+        batches.remove()
+        model = model.detach()
     if "qat_bits" in recipe:
         from .quantize import bake_weights
         bake_weights(model)   # plain weights, already on the int8 grid
