@@ -10,7 +10,6 @@ import warnings
 import torch
 import torch.nn as nn
 
-from .measure import release_memory
 from .qmath import check_bits
 from .runtime import check_calibration, quiet, quiet_logs
 
@@ -70,7 +69,6 @@ def quantizable_teacher(teacher: nn.Module) -> nn.Module:
 def dynamic(model: nn.Module, layers=(nn.Linear, nn.Conv2d)) -> nn.Module:
     """``torch.ao.quantization.quantize_dynamic``: weights to int8 now, activations scaled at run
     time. It only has kernels for Linear and recurrent layers; other types are left as they are."""
-    release_memory()
     with quiet():
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), set(layers),
                                                       dtype=torch.qint8)
@@ -137,7 +135,6 @@ def calibrate(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> n
 def eager_prepare(teacher: nn.Module, per_channel: bool = True, weight_bits: int = 8,
                   weight_range: str = "minmax") -> nn.Module:
     """Fuse Conv+BN(+ReLU), attach observers (a copy; the teacher is untouched)."""
-    release_memory()
     quantized_engine()
     m = quantizable_teacher(teacher)
     with quiet():
@@ -163,7 +160,6 @@ def eager_static(teacher: nn.Module, images: torch.Tensor, per_channel: bool = T
 
 def qat_prepare(teacher: nn.Module, per_channel: bool = True, weight_bits: int = 8) -> nn.Module:
     """Fuse Conv+BN(+ReLU) for training and insert fake-quantize modules (a copy)."""
-    release_memory()
     quantized_engine()
     m = quantizable_teacher(teacher).train()
     with quiet():
@@ -301,7 +297,6 @@ def pt2e_static(model: nn.Module, images: torch.Tensor, example: torch.Tensor | 
 
     On a Raspberry Pi the same flow takes an ARM quantizer instead: ExecuTorch's
     ``XNNPACKQuantizer`` (executorch.backends.xnnpack.quantizer.xnnpack_quantizer)."""
-    release_memory()
     check_calibration(images)
     quantizer = x86_quantizer()
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .measure import release_memory
+from .memory import release_memory
 from .models import atomic_write_bytes
 
 __all__ = ["quiet", "quiet_logs", "check_calibration", "graph_bytes", "FixedBatches",
@@ -102,7 +102,6 @@ def compile_fixed(model: nn.Module, example: torch.Tensor, batch: int = 64) -> t
     static shapes (``dynamic=False``: one graph per input shape, hence the fixed batches),
     compiled now for batch 1 and ``batch`` of ``example``'s rows; returns the model and the
     seconds the two compiles took (cold the first time in a process; Inductor caches on disk)."""
-    release_memory()
     logging.getLogger("torch._inductor").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="torch._inductor")
     compiled = torch.compile(model, dynamic=False)
@@ -162,7 +161,6 @@ def release_compiled() -> None:
 def export_onnx(model: nn.Module, path, example: torch.Tensor) -> Path:
     """Export with the dynamo exporter: one self-contained ``.onnx`` file, input ``image`` shaped
     like ``example`` but with a dynamic batch size, output ``logits``; written atomically."""
-    release_memory()
     path = Path(path)
     if not isinstance(example, torch.Tensor) or example.dim() < 1:
         raise TypeError("example must be an input batch the model accepts, e.g. "
@@ -179,7 +177,6 @@ def export_onnx(model: nn.Module, path, example: torch.Tensor) -> Path:
     atomic_write_bytes(path, program.model_proto.SerializeToString())
     del program
     _clear_export_caches()   # the exporter runs torch.export: the caches PT2E fills
-    release_memory()
     return path
 
 
@@ -218,7 +215,6 @@ def ort_static(fp32_path, out_path, images: torch.Tensor, per_channel: bool = Tr
     or per tensor), ``uint8`` or ``int8`` activations whose ranges are calibrated on ``images``:
     ``"minmax"`` (the observed range), ``"percentile"`` (clips the top 0.001 %) or ``"entropy"``
     (the range that keeps the histogram's KL divergence smallest)."""
-    release_memory()
     from onnxruntime import quantization as oq
 
     check_calibration(images)
