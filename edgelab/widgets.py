@@ -3,7 +3,7 @@
 The logic runs without a browser: ``panel.set(rate=0.5)`` moves a control exactly as a learner
 would (the same observer fires) and returns the freshly computed result, so tests and papermill
 runs can drive a panel and time its responses. A panel is controls plus rendering: what a move
-computes lives next to its technique (``prune.RateSweep``, ``lowrank.EnergySweep``, ``qmath``,
+computes lives next to its technique (``sensitivity.RateSweep``, ``lowrank.EnergySweep``, ``qmath``,
 ``distill``), where it is tested without widgets.
 """
 from __future__ import annotations
@@ -92,13 +92,13 @@ class Panel:
 
 def prune_panel(model, images, labels, rates_step: float = 0.05, latency_runs: int = 10,
                 subset_name: str = "validation") -> Panel:
-    """A prune-rate slider (0 to 0.95) and a method toggle over ``prune.RateSweep``, answering on
-    a fixed subset; the chart shows accuracy at every rate visited so far."""
+    """A prune-rate slider (0 to 0.95) and a method toggle over ``sensitivity.RateSweep``,
+    answering on a fixed subset; the chart shows accuracy at every rate visited so far."""
     import matplotlib.pyplot as plt
 
-    from . import prune
+    from . import sensitivity
 
-    pruned = prune.RateSweep(model, images, labels, rates_step, latency_runs)
+    pruned = sensitivity.RateSweep(model, images, labels, rates_step, latency_runs)
 
     def render(r, panel):
         print(f"{r['method']} pruning at rate {r['rate']:.2f}: accuracy {100 * r['accuracy']:.1f} % "

@@ -43,7 +43,7 @@ import torch
 import torch.utils.benchmark as benchmark
 from IPython.display import display
 
-from edgelab import cache, check, data, figures, measure, models, prune, report, train, widgets
+from edgelab import cache, check, data, figures, measure, models, prune, report, sensitivity, train, widgets
 
 measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
@@ -332,7 +332,7 @@ measure.release_memory()
 scan_x, scan_y = val_x[:SCAN_IMAGES], val_y[:SCAN_IMAGES]
 # cached under build/cache/, keyed by the teacher's sha256 and the scan's sizes
 scan = cache.cached_json("sensitivity", [models.read_card("teacher")["sha256"], SCAN_RATES, SCAN_IMAGES],
-                         lambda: prune.sensitivity_scan(teacher, SCAN_RATES, scan_x, scan_y))
+                         lambda: sensitivity.sensitivity_scan(teacher, SCAN_RATES, scan_x, scan_y))
 worst = min(scan, key=lambda n: scan[n][-1])
 best = max(scan, key=lambda n: scan[n][-1])
 # All layers in grey; the three most and the three least sensitive in colour, with ±1 SE.
@@ -362,7 +362,7 @@ print(f"most sensitive at rate {SCAN_RATES[-1]}: {worst} ({100 * scan[worst][-1]
 # %%
 TARGET = 0.7
 sizes = {n: m.weight.numel() for n, m in prune.prunable_layers(teacher).items()}
-plan = prune.sensitivity_plan(scan, SCAN_RATES, sizes, TARGET)
+plan = sensitivity.sensitivity_plan(scan, SCAN_RATES, sizes, TARGET)
 for name, how in [("uniform per-layer", dict(rate=TARGET, scope="layer")),
                   ("global threshold", dict(rate=TARGET, scope="global")),
                   ("sensitivity plan", dict(rate=plan))]:

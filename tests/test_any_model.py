@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from torchvision.models import mobilenet_v3_small
 
-from edgelab import deploy, lowrank, measure, prune, quantize, runtime
+from edgelab import deploy, lowrank, measure, prune, quantize, runtime, sensitivity
 from edgelab.pi import bundle as pi_bundle
 
 
@@ -82,7 +82,7 @@ def test_unstructured_pruning_and_the_sensitivity_scan_work(arch):
     name, model, x, y = arch
     pruned = prune.unstructured(model, 0.5)
     assert prune.sparsity(pruned) == pytest.approx(0.5, abs=1e-3)
-    scan = prune.sensitivity_scan(model, [0.5], x, y, progress=False)
+    scan = sensitivity.sensitivity_scan(model, [0.5], x, y, progress=False)
     assert set(scan) == set(prune.prunable_layers(model))
 
 
