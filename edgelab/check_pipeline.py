@@ -264,7 +264,7 @@ def _record(name, val, test, size, ms):
 
 
 def _choose_cases():
-    from .report import BARS
+    from .targets import BARS
 
     teacher = _record("teacher", 0.930, 0.937, 40_000_000, 3.0)
     bar = "frontier"
@@ -318,8 +318,8 @@ def _choose_cases():
 choose_model = register(Exercise(
     "choose_model", notebook="06_pipeline",
     signature="fn(records, teacher, bar) -> (record | None, why)",
-    checks="the model to ship is chosen on validation (``report.meets(r, teacher, bar, "
+    checks="the model to ship is chosen on validation (``targets.meets(r, teacher, bar, "
     "\"val\")``), most accurate there, the faster of a tie; None when nothing meets the bar.",
-    hint="keep the records with report.meets(r, teacher, bar, 'val'); the highest "
+    hint="keep the records with targets.meets(r, teacher, bar, 'val'); the highest "
     "val_accuracy, the lower latency_b1_ms of a tie; (None, why) when none is left",
-    minutes=10, reference="edgelab.report.choose", cases=_choose_cases))
+    minutes=10, reference="edgelab.targets.choose", cases=_choose_cases))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import data, measure, runtime
+from . import data, evaluation, latency, runtime
 
 __all__ = ["ExportError", "export", "check_export", "latency_grid"]
 
@@ -63,7 +63,7 @@ def check_export(model: nn.Module, path, images: torch.Tensor | None = None,
     images = data.tensors("test", limit=256)[0] if images is None else images
     with torch.inference_mode():
         expected = model.cpu().eval()(images).float().numpy()
-    got = measure.predict_logits(runtime.session(path), images).numpy()
+    got = evaluation.predict_logits(runtime.session(path), images).numpy()
     diff = float(np.abs(expected - got).max())
     same = float((expected.argmax(1) == got.argmax(1)).mean())
     result = {"images": len(images), "max_abs_diff": diff, "same_top1": same}
@@ -83,7 +83,7 @@ def latency_grid(path, threads=(1, 2, 3, 4), batch_sizes=(1, 64),
     for t in threads:
         sess = runtime.session(path, threads=t, ort_defaults=ort_defaults)
         for b in batch_sizes:
-            med, p90 = measure.latency(sess, b, min_run_time, threads=t)
+            med, p90 = latency.latency(sess, b, min_run_time, threads=t)
             rows.append({"threads": t, "batch": b, "median_ms": med, "p90_ms": p90,
                          "per_image_ms": med / b,
                          "settings": "onnxruntime defaults" if ort_defaults else "edgelab"})

@@ -185,7 +185,7 @@ def same_architecture_problems(records: list[dict], tolerance: float = SAME_ARCH
                 found.append(f"{hi_name} ({hi:.3g} ms) and {lo_name} ({lo:.3g} ms) have the same "
                              f"architecture but differ by {100 * (hi / lo - 1):.0f} % at batch {b} "
                              f"(allowed {100 * tolerance:.0f} %): measure them together with "
-                             "measure.remeasure_latency")
+                             "latency.remeasure_latency")
     return found
 
 

@@ -227,16 +227,16 @@ class EnergySweep:
 
     def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                  svds: dict | None = None, latency_runs: int = 10):
-        from . import measure
+        from . import counts, evaluation
 
         self.base, self.images, self.labels = model.cpu().eval(), images, labels
         self.latency_runs = latency_runs
         self.svds = decompose(self.base) if svds is None else svds
         self.layers = {name: self.base.get_submodule(name) for name in self.svds}
         self.work = copy.deepcopy(self.base, memo={id(m): m for m in self.layers.values()}).eval()
-        self.original = {"params": measure.count_params(self.base),
-                         "macs": measure.count_macs(self.base),
-                         "accuracy": measure.accuracy_on(self.base, images, labels)}
+        self.original = {"params": counts.count_params(self.base),
+                         "macs": counts.count_macs(self.base),
+                         "accuracy": evaluation.accuracy_on(self.base, images, labels)}
         self.seen: dict[float, dict] = {}
 
     def model(self, ranks: dict[str, int]) -> nn.Module:
@@ -248,7 +248,7 @@ class EnergySweep:
         return self.work
 
     def at(self, energy: float) -> dict:
-        from . import measure
+        from . import counts, evaluation, latency
 
         energy = round(energy, 4)
         if energy not in self.seen:
@@ -256,8 +256,8 @@ class EnergySweep:
             m = self.model(ranks)
             self.seen[energy] = {
                 "ranks": ranks, "factored": len(ranks), "layers": len(self.svds),
-                "params": measure.count_params(m), "macs": measure.count_macs(m),
-                "accuracy": measure.accuracy_on(m, self.images, self.labels),
-                "latency_b1_ms": measure.quick_latency(m, self.latency_runs),
+                "params": counts.count_params(m), "macs": counts.count_macs(m),
+                "accuracy": evaluation.accuracy_on(m, self.images, self.labels),
+                "latency_b1_ms": latency.quick_latency(m, self.latency_runs),
                 "images": len(self.labels)}
         return self.seen[energy]

@@ -5,8 +5,8 @@ gzip-compressed) and CPU latency at batch 1 and 64 (median and 90th percentile a
 thread count noted). Latency is always taken on the CPU: the edge stand-in. ``measure_onnx``
 measures an exported ``.onnx`` file with the counts of the model it came from.
 
-The parts live by concern (``counts``, ``sizes``, ``latency``, ``evaluation``, ``memory``);
-their names are reachable from here too, since notebooks call them ``measure.count_params``.
+The parts live by concern, each name in one module: ``counts``, ``sizes``, ``latency``,
+``evaluation``, ``memory`` (``setup_notebook``), ``records``.
 """
 from __future__ import annotations
 
@@ -15,25 +15,13 @@ from pathlib import Path
 
 import torch
 
-from .counts import (count_macs, count_nonzero, count_params, example_input, macs_by_layer,
-                     peak_activation_bytes)
-from .evaluation import (accuracy, accuracy_on, correct_mask, is_onnx_session, pack_mask,
-                         predict_logits, unpack_mask)
-from .latency import (architecture_key, interleaved_latency, latency, quick_latency,
-                      remeasure_latency)
-from .memory import release_after_every_cell, release_memory, setup_notebook
+from .counts import count_macs, count_nonzero, count_params
+from .evaluation import accuracy, correct_mask, is_onnx_session, pack_mask, predict_logits
+from .latency import architecture_key, latency
 from .records import Record
-from .sizes import (GZIP_CHUNK, artifact_sizes, gzip_compress, gzip_size, saved_size, saved_sizes,
-                    state_dict_bytes)
+from .sizes import artifact_sizes, saved_sizes
 
-__all__ = ["measure", "measure_onnx", "Record",
-           # re-exported from the modules they live in, for notebooks and older code
-           "setup_notebook", "release_memory", "release_after_every_cell", "is_onnx_session",
-           "count_params", "count_nonzero", "example_input", "count_macs", "macs_by_layer",
-           "peak_activation_bytes", "state_dict_bytes", "GZIP_CHUNK", "saved_sizes", "saved_size",
-           "gzip_compress", "gzip_size", "artifact_sizes", "latency", "interleaved_latency",
-           "remeasure_latency", "architecture_key", "quick_latency", "predict_logits",
-           "accuracy_on", "accuracy", "correct_mask", "pack_mask", "unpack_mask"]
+__all__ = ["measure", "measure_onnx"]
 
 
 def measure(model, name: str, *, notebook: str | None = None, tags=(), limit: int | None = None,

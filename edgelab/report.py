@@ -2,7 +2,7 @@
 the one ``build/results.json`` that ``make run`` assembles from them.
 
 Tables (``tables``), cost and Pareto plots (``plots``) and the bars and targets (``targets``) live
-in their own modules; their names are reachable from here, as notebooks call ``report.table``.
+in their own modules.
 """
 from __future__ import annotations
 
@@ -11,22 +11,13 @@ import math
 from pathlib import Path
 
 from . import paths
-from .latency import SAME_ARCH_TOLERANCE, check_same_architecture, same_architecture_problems
+from .latency import check_same_architecture
 from .paths import atomic_write_bytes
-from .plots import cost_figure, pareto_front, pareto_plot, plot, plot_points
-from .records import Record, as_dict, find
-from .tables import Table, paired_delta, table
-from .targets import (BARS, INT8_FASTER_B64, INT8_MAX_DROP_PT, INT8_SMALLER, SEED_CLAIMS, TARGETS,
-                      against, bar_text, check_targets, choose, int8_static_bars, meets,
-                      targets_table)
+from .records import as_dict
+from .targets import SEED_CLAIMS
 
-__all__ = ["seed_claim", "write_notebook_results", "assemble",
-           # re-exported from the modules they live in, for notebooks and older code
-           "Record", "find", "Table", "table", "paired_delta", "SAME_ARCH_TOLERANCE",
-           "same_architecture_problems", "check_same_architecture", "plot_points", "plot",
-           "cost_figure", "pareto_front", "pareto_plot", "SEED_CLAIMS", "BARS", "bar_text",
-           "against", "meets", "choose", "INT8_SMALLER", "INT8_FASTER_B64", "INT8_MAX_DROP_PT",
-           "int8_static_bars", "TARGETS", "check_targets", "targets_table"]
+__all__ = ["seed_claim", "write_notebook_results", "assemble"]
+
 
 def seed_claim(ran: str, happened) -> dict:
     """One of the blog's claims as a notebook showed it: what ran, and what happened (an error's

@@ -140,14 +140,14 @@ def bits_panel(model, images, labels, bits: int = 8, per_channel: bool = True,
 
     ``panel.set(bits=4, granularity="per-tensor")`` moves the controls; ``panel.sweep("bits",
     range(7, 1, -1))`` returns each move's result, and ``panel.timing()`` how long they took."""
-    from . import measure, qmath
+    from . import evaluation, qmath
 
     fp32_bytes = qmath.float_bytes(model)
 
     def compute(bits, granularity):
         pc = granularity == "per-channel"
         fake = qmath.fake_quantized_weights(model, bits, pc)
-        accuracy = measure.accuracy_on(qmath.with_weights(model, fake), images, labels)
+        accuracy = evaluation.accuracy_on(qmath.with_weights(model, fake), images, labels)
         return {"accuracy": accuracy, "bytes": qmath.weight_bytes(model, bits, pc),
                 "fp32_bytes": fp32_bytes, "images": len(images)}
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from . import paths, report
+from . import paths, report, targets
 
 __all__ = ["notebooks", "CELL_TIMEOUT_S", "execute", "run_info", "run"]
 
@@ -215,7 +215,7 @@ def run(smoke: bool = False, only: list[str] | None = None) -> int:
     res = report.assemble(info, metas)
     kept = f" ({', '.join(info['kept'])} kept from the last run)" if info.get("kept") else ""
     print(f"\nbuild/results.json: {len(res['records'])} records from {len(metas)} notebooks{kept}\n")
-    print(report.targets_table(res))
+    print(targets.targets_table(res))
     if failed:
         print(f"\nFAILED: {', '.join(failed)} (see build/executed/)", file=sys.stderr)
         return 1

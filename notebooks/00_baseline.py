@@ -39,9 +39,9 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from edgelab import data, figures, measure, models, report
+from edgelab import counts, data, evaluation, figures, measure, memory, models, report, tables
 
-measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
+memory.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
 EVAL_IMAGES = 1000 if SMOKE else None   # None: the full 10k test set
 LATENCY_S = 0.2 if SMOKE else 1.0       # seconds of timing per batch size
@@ -160,8 +160,8 @@ seed_claims = {"4": report.seed_claim(
 # NBVAL_CHECK_OUTPUT
 torch.manual_seed(0)  # the untrained student's random weights, the same in every run
 student = models.student().eval()
-print(f"teacher parameters: {measure.count_params(teacher):,}")
-print(f"student parameters: {measure.count_params(student):,}")
+print(f"teacher parameters: {counts.count_params(teacher):,}")
+print(f"student parameters: {counts.count_params(student):,}")
 
 # %% [markdown]
 # ## One measurement for every model
@@ -186,7 +186,7 @@ records = [
     measure.measure(student, "student-untrained", tags=["student", "fp32"], limit=EVAL_IMAGES,
                     min_run_time=LATENCY_S),
 ]
-display(report.table(records))
+display(tables.table(records))
 
 # %%
 t, s = records
@@ -211,7 +211,7 @@ print(f"The student is {t['bytes'] / s['bytes']:.0f}x smaller, needs {t['macs'] 
 
 # %%
 test_x, test_y = data.tensors("test", limit=EVAL_IMAGES)
-pred = measure.predict_logits(teacher, test_x).argmax(1)
+pred = evaluation.predict_logits(teacher, test_x).argmax(1)
 confusion = torch.zeros(10, 10, dtype=torch.long)
 confusion.index_put_((test_y, pred), torch.ones_like(pred), accumulate=True)
 mistakes = confusion.clone().fill_diagonal_(0)
@@ -243,7 +243,7 @@ del test_x
 # roughly level, so no single layer dominates. The bars show the teacher, layer by layer:
 
 # %%
-per_layer = measure.macs_by_layer(teacher)
+per_layer = counts.macs_by_layer(teacher)
 fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.5))
 ax.bar(range(len(per_layer)), [m / 1e6 for m in per_layer.values()])
 ax.set_xticks(range(len(per_layer)), list(per_layer), rotation=90, fontsize=9)
@@ -289,15 +289,15 @@ for what, size in budgets.items():
 # what a forward pass computes, the activations. The largest set of activations alive at one time
 # (the input, each output until its last use, a residual branch across its whole block) is what
 # SRAM must hold. Measured by walking the traced graph of a batch-1 forward pass
-# (`measure.peak_activation_bytes`; no in-place reuse assumed, so a runtime's memory planner can
+# (`counts.peak_activation_bytes`; no in-place reuse assumed, so a runtime's memory planner can
 # do somewhat better), in fp32 and in int8 (one byte a value):
 
 # %%
 mcu = {"STM32F746": (1e6, 320e3), "nRF52840": (1e6, 256e3)}   # (flash, SRAM) bytes, linked above
 memory_rows = {}
 for r, model in zip(records, (teacher, student)):
-    weights = measure.count_params(model)
-    acts = {b: measure.peak_activation_bytes(model, (1, 1, 28, 28), bytes_per_value=b) for b in (4, 1)}
+    weights = counts.count_params(model)
+    acts = {b: counts.peak_activation_bytes(model, (1, 1, 28, 28), bytes_per_value=b) for b in (4, 1)}
     memory_rows[r["name"]] = {"weights_fp32": 4 * weights, "weights_int8": weights,
                               "activations_fp32": acts[4]["peak_bytes"],
                               "activations_int8": acts[1]["peak_bytes"], "peak_at": acts[4]["at"]}

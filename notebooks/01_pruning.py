@@ -44,8 +44,11 @@ import torch.utils.benchmark as benchmark
 from IPython.display import display
 
 from edgelab import cache, check, data, figures, measure, models, prune, report, sensitivity, train, widgets
+from edgelab import counts, evaluation, latency, memory, plots, tables
+from edgelab.records import find
+from edgelab.sizes import gzip_compress
 
-measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
+memory.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
 EVAL_IMAGES = 500 if SMOKE else None    # accuracy claims: the full 10k test set at defaults
 SUBSET = 200 if SMOKE else 1000         # validation images for scans and quick looks
@@ -61,13 +64,13 @@ val_x, val_y = data.tensors("val", limit=SUBSET)
 teacher = models.load_checkpoint("teacher")
 records = [measure.measure(teacher, "teacher", tags=["baseline", "fp32"], limit=EVAL_IMAGES,
                            min_run_time=LATENCY_S)]
-display(report.table(records))
+display(tables.table(records))
 
 
 # %%
 def subset_accuracy(model):
     # accuracy on the fixed validation subset, for quick comparisons
-    return measure.accuracy_on(model, val_x, val_y)
+    return evaluation.accuracy_on(model, val_x, val_y)
 
 print(f"teacher on the {SUBSET} validation images: {100 * subset_accuracy(teacher):.1f} %")
 
@@ -128,7 +131,7 @@ print(f"the global cut removes every weight with |w| <= {magnitude_threshold(all
 for name, m in [("global", pruned_global), ("per-layer", pruned_layer)]:
     print(f"{name:>9}: sparsity {prune.sparsity(m):.3f}, validation accuracy {100 * subset_accuracy(m):.1f} %")
 del pruned_layer, m, all_weights  # each copy of the teacher's weights costs 45 MB: keep only what is still needed
-measure.release_memory()
+memory.release_memory()
 
 # %% [markdown]
 # The global threshold prunes the layers very unevenly (the bars above). It is tempting to read
@@ -158,7 +161,7 @@ print(f"largest logit difference after the rescale: {same:.1e} (the same functio
 print(f"share of layer2.0.conv1 a global {RATE:.0%} threshold removes: original "
       f"{share['original']:.1%}, rescaled {share['layer2.0.conv1 x10']:.1%}")
 del rescaled
-measure.release_memory()
+memory.release_memory()
 
 # %% [markdown]
 # Same network, very different pruning. A global magnitude threshold is therefore a heuristic that
@@ -173,10 +176,10 @@ measure.release_memory()
 zeros50 = prune.remove_masks(prune.clone(pruned_global))
 records.append(measure.measure(zeros50, "unstructured-50", tags=["prune-unstructured"],
                                limit=EVAL_IMAGES, batch_sizes=()))
-# the same architecture as the teacher: timed together, in turns (measure.remeasure_latency)
-measure.remeasure_latency(records, {"teacher": teacher, "unstructured-50": zeros50},
+# the same architecture as the teacher: timed together, in turns (latency.remeasure_latency)
+latency.remeasure_latency(records, {"teacher": teacher, "unstructured-50": zeros50},
                           min_run_time=LATENCY_S)
-display(report.table(records))
+display(tables.table(records))
 t, z = records[0], records[-1]
 print(f"\nnon-zero weights: {z['nonzero_params'] / t['nonzero_params']:.0%} of the teacher's; "
       f"saved file: {z['bytes'] / t['bytes']:.0%}; gzip: {z['gzip_bytes'] / t['gzip_bytes']:.0%}; "
@@ -291,7 +294,7 @@ no_mask = train.finetune_steps(zeros50, steps=min(FINETUNE_STEPS, 5))   # trains
 regrown = prune.sparsity(no_mask)
 print(f"after {min(FINETUNE_STEPS, 5)} steps without the mask: {regrown:.3f}   (the zeros grew back)")
 del no_mask, zeros50
-measure.release_memory()
+memory.release_memory()
 with_mask = train.finetune_steps(pruned_global, steps=FINETUNE_STEPS, lr=FINETUNE_LR)
 print(f"after {FINETUNE_STEPS} steps with the mask kept:  {prune.sparsity(with_mask):.3f}")
 
@@ -313,14 +316,14 @@ zeros50 = copy.deepcopy(teacher)   # unstructured-50 again: the teacher under th
 with torch.no_grad():
     for z, f in zip(prune.prunable_layers(zeros50).values(), prune.prunable_layers(finetuned).values()):
         z.weight.mul_(f.weight != 0)
-measure.remeasure_latency(records, {"teacher": teacher, "unstructured-50": zeros50,
+latency.remeasure_latency(records, {"teacher": teacher, "unstructured-50": zeros50,
                                     "unstructured-50-finetuned": finetuned}, min_run_time=LATENCY_S)
 gap = 100 * (records[0]["accuracy"] - records[-1]["accuracy"])
 print(f"teacher {100 * records[0]['accuracy']:.2f} %  vs  50 % unstructured, masked fine-tune "
       f"{100 * records[-1]['accuracy']:.2f} %  ({abs(gap):.2f} pt {'below' if gap >= 0 else 'above'} "
       f"the teacher; bar: within 0.3 pt)")
 del finetuned, zeros50
-measure.release_memory()
+memory.release_memory()
 
 # %% [markdown]
 # ## 2 · Sensitivity: which layers can lose weights?
@@ -370,7 +373,7 @@ for name, how in [("uniform per-layer", dict(rate=TARGET, scope="layer")),
     print(f"{name:>18}: sparsity {prune.sparsity(m):.3f}, accuracy on {SUBSET} validation images "
           f"{100 * subset_accuracy(m):.1f} %")
     del m
-    measure.release_memory()
+    memory.release_memory()
 fig, ax = plt.subplots(figsize=(figures.WIDTH, 3))
 ax.bar(range(len(plan)), list(plan.values()), label="sensitivity plan")
 ax.axhline(TARGET, color="k", ls="--", label="uniform")
@@ -424,7 +427,7 @@ with torch.inference_mode():
     ms = {name: benchmark.Timer("b(a)", globals={"b": b.eval(), "a": act}).blocked_autorange(
         min_run_time=LATENCY_S / 4).median * 1e3 for name, b in (("original", block),
                                                                   ("thinned", thin.layer1[0]))}
-print(f"layer1.0: {measure.count_params(block):,} -> {measure.count_params(thin.layer1[0]):,} "
+print(f"layer1.0: {counts.count_params(block):,} -> {counts.count_params(thin.layer1[0]):,} "
       f"parameters, {ms['original']:.3f} -> {ms['thinned']:.3f} ms on one image's activations")
 print(f"teacher with only layer1.0 thinned: {100 * subset_accuracy(thin):.1f} % on {SUBSET} "
       f"validation images (unpruned {100 * subset_accuracy(teacher):.1f} %)")
@@ -448,14 +451,14 @@ del thin
 half = prune.structured(teacher, 0.5, val_x[:1])  # the example input gives the shapes
 print(f"conv1: {teacher.conv1.out_channels} -> {half.conv1.out_channels} channels; "
       f"layer4: {teacher.layer4[1].conv2.out_channels} -> {half.layer4[1].conv2.out_channels}")
-print(f"parameters: {measure.count_params(teacher):,} -> {measure.count_params(half):,} "
-      f"({measure.count_params(half) / measure.count_params(teacher):.1%}); "
-      f"MACs: {measure.count_macs(teacher):,} -> {measure.count_macs(half):,}")
+print(f"parameters: {counts.count_params(teacher):,} -> {counts.count_params(half):,} "
+      f"({counts.count_params(half) / counts.count_params(teacher):.1%}); "
+      f"MACs: {counts.count_macs(teacher):,} -> {counts.count_macs(half):,}")
 
 # %%
 records.append(measure.measure(half, "structured-50", tags=["prune-structured"],
                                limit=SUBSET, min_run_time=LATENCY_S))
-display(report.table([records[0], records[-1]]))
+display(tables.table([records[0], records[-1]]))
 
 # %% [markdown]
 # Smaller and faster, but without recovery the accuracy collapses (this row is measured on the
@@ -482,9 +485,9 @@ records.append(measure.measure(pruned50, "structured-50-finetuned",
                                tags=["prune-structured", "finetune"], limit=EVAL_IMAGES,
                                batch_sizes=()))
 # one architecture before and after the fine-tune: timed together, in turns
-measure.remeasure_latency(records, {"structured-50": half, "structured-50-finetuned": pruned50},
+latency.remeasure_latency(records, {"structured-50": half, "structured-50-finetuned": pruned50},
                           min_run_time=LATENCY_S)
-display(report.table([records[0], records[-1]]))
+display(tables.table([records[0], records[-1]]))
 
 # %% [markdown]
 # ### Does the recovery owe anything to the teacher's weights?
@@ -503,10 +506,10 @@ print(f"`{card['command']}`: {card['epochs']} epochs from fresh weights, "
 scratch50 = models.load_checkpoint("pruned50-scratch")
 records.append(measure.measure(scratch50, "pruned50-scratch", tags=["prune-structured", "scratch"],
                                limit=EVAL_IMAGES, batch_sizes=()))
-measure.remeasure_latency(records, {"structured-50": half, "structured-50-finetuned": pruned50,
+latency.remeasure_latency(records, {"structured-50": half, "structured-50-finetuned": pruned50,
                                     "pruned50-scratch": scratch50}, min_run_time=LATENCY_S)
-ft, sc = report.find(records, "structured-50-finetuned"), records[-1]
-d, se = report.paired_delta(ft, sc)
+ft, sc = find(records, "structured-50-finetuned"), records[-1]
+d, se = tables.paired_delta(ft, sc)
 print(f"fine-tuned from the teacher {100 * ft['accuracy']:.2f} %, trained from scratch "
       f"{100 * sc['accuracy']:.2f} % on {sc['test_images']:,} test images; fine-tuned minus scratch "
       f"{d:+.2f} ± {se:.2f} pt (paired standard error)")
@@ -532,7 +535,7 @@ del scratch50
 #
 # Move the prune rate and switch the method. Accuracy is measured on the first validation images
 # (the number is printed), non-zeros, bytes and gzip bytes are
-# counted on the pruned model (gzip as in every record: `measure.gzip_compress`, zlib's fast
+# counted on the pruned model (gzip as in every record: `gzip_compress`, zlib's fast
 # run-length setting), and batch-1 latency is the median of ten runs. Structured rates are pruned
 # the first time you visit them and then cached.
 
@@ -559,16 +562,16 @@ print(f"median response {slider['median_s']:.2f} s over {slider['moves']} moves 
 # Every row was measured in this run, the teacher included, so the ratios compare like with like.
 
 # %%
-display(report.table(records, bars={"×faster b1": 2}))   # the bar for structured-50-finetuned
-t, u, s = (report.find(records, n) for n in ("teacher", "unstructured-50", "structured-50-finetuned"))
-fig = report.cost_figure(records, title=f"Zeros leave the file at {t['bytes'] / u['bytes']:.2f}x; "
+display(tables.table(records, bars={"×faster b1": 2}))   # the bar for structured-50-finetuned
+t, u, s = (find(records, n) for n in ("teacher", "unstructured-50", "structured-50-finetuned"))
+fig = plots.cost_figure(records, title=f"Zeros leave the file at {t['bytes'] / u['bytes']:.2f}x; "
                                         f"removing channels makes it {t['bytes'] / s['bytes']:.1f}x smaller")
 figures.show(fig)
 
 # %%
-t = report.find(records, "teacher")
-s = report.find(records, "structured-50-finetuned")
-u = report.find(records, "unstructured-50-finetuned")
+t = find(records, "teacher")
+s = find(records, "structured-50-finetuned")
+u = find(records, "unstructured-50-finetuned")
 bars = [
     ("50 % structured + fine-tune: >= 2x lower batch-1 latency",
      t["latency_b1_ms"] / s["latency_b1_ms"], t["latency_b1_ms"] / s["latency_b1_ms"] >= 2),
@@ -586,9 +589,9 @@ seed_claims = {"1": report.seed_claim(
     "prune_model's rule re-typed (keep |w| >= sorted[int(n * rate)]) on a tensor with ties and at "
     "rate 1.0; 50 % magnitude zeros saved, timed and fine-tuned without the mask",
     {"ties": {str(r): v for r, v in blog_ties.items()}, "rate_1.0": rate_one,
-     "zeros_file_bytes_vs_teacher": report.find(records, "unstructured-50")["bytes"] / t["bytes"],
+     "zeros_file_bytes_vs_teacher": find(records, "unstructured-50")["bytes"] / t["bytes"],
      "zeros_latency_b1_vs_teacher":
-         report.find(records, "unstructured-50")["latency_b1_ms"] / t["latency_b1_ms"],
+         find(records, "unstructured-50")["latency_b1_ms"] / t["latency_b1_ms"],
      "sparsity_after_unmasked_finetune": regrown})}
 path = report.write_notebook_results(NOTEBOOK, records, widgets={"prune_rate": slider}, smoke=SMOKE,
                                      seed_claims=seed_claims, verdicts={"scratch_control": scratch_control})

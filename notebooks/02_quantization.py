@@ -44,10 +44,12 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from edgelab import (check, data, deploy, figures, measure, models, paths, qmath, quantize,
-                     report, runtime, widgets)
+from edgelab import (check, data, deploy, evaluation, figures, measure, memory, models, paths,
+                     qmath, quantize, report, runtime, tables, widgets)
+from edgelab.records import find
+from edgelab.sizes import saved_size
 
-measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
+memory.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
 T_START = time.time()
 EVAL_IMAGES = 200 if SMOKE else None      # None: the full 10k test set (every claim below)
@@ -301,8 +303,8 @@ for bits in KMEANS_BITS:
     shared = {k: kmeans_quantize(w, bits)[2] for k, w in raw.items()}
     linear = {k: qmath.quantize_dequantize(w, bits, symmetric=True) for k, w in raw.items()}
     rows.append({"bits": bits,
-                 "kmeans": measure.accuracy_on(qmath.with_weights(teacher, shared), kx, ky),
-                 "linear": measure.accuracy_on(qmath.with_weights(teacher, linear), kx, ky),
+                 "kmeans": evaluation.accuracy_on(qmath.with_weights(teacher, shared), kx, ky),
+                 "linear": evaluation.accuracy_on(qmath.with_weights(teacher, linear), kx, ky),
                  "kmeans_mb": (sum(qmath.codebook_bytes(w, bits) for w in raw.values()) + other_bytes) / 1e6,
                  "linear_mb": qmath.weight_bytes(teacher, bits, per_channel=False) / 1e6})
     print(f"{bits} bits: k-means {100 * rows[-1]['kmeans']:6.2f} % ({rows[-1]['kmeans_mb']:.2f} MB), "
@@ -312,7 +314,7 @@ for bits in KMEANS_BITS:
 fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.2))
 for key, marker, label in (("kmeans", "o", "k-means codebook"), ("linear", "s", "linear, per tensor")):
     ax.plot([r["bits"] for r in rows], [100 * r[key] for r in rows], marker=marker, label=label)
-ax.axhline(100 * measure.accuracy_on(teacher, kx, ky), color="0.5", ls="--", lw=1, label="fp32")
+ax.axhline(100 * evaluation.accuracy_on(teacher, kx, ky), color="0.5", ls="--", lw=1, label="fp32")
 ax.set_xticks(KMEANS_BITS)
 ax.set_xlabel("bits per weight"); ax.set_ylabel(f"accuracy (%), {len(ky):,} val images")
 ax.legend(loc="lower right"); ax.set_title("The same bits, levels placed by k-means or evenly")
@@ -565,13 +567,13 @@ else:
 MIXED_VAL = 256 if SMOKE else 2000
 SENS_IMAGES = 64 if SMOKE else 256
 mx, my = data.tensors("val", limit=MIXED_VAL)
-fp32_val = measure.accuracy_on(teacher, mx, my)
+fp32_val = evaluation.accuracy_on(teacher, mx, my)
 half_rows = {}
 for dtype in (torch.float16, torch.bfloat16):
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in teacher.state_dict().items()}
-    stored = measure.saved_size(sd)
+    stored = saved_size(sd)
     back = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-    acc = measure.accuracy_on(qmath.with_weights(teacher, back), mx, my)
+    acc = evaluation.accuracy_on(qmath.with_weights(teacher, back), mx, my)
     half_rows[str(dtype).split(".")[1]] = {"bytes_vs_fp32": stored / t["bytes"], "val_accuracy": acc}
     print(f"{str(dtype):15s} weights: file {stored / 1e6:.1f} MB ({stored / t['bytes']:.0%} of fp32), "
           f"accuracy {100 * acc:.2f} % (fp32 {100 * fp32_val:.2f} %)")
@@ -580,11 +582,11 @@ del sd, back
 # sensitivity: each layer alone at 2 bits (per-channel), the others fp32
 originals = {k: w.detach() for k, w in qmath.quantizable_weights(teacher).items()}
 sizes = {k: w.numel() for k, w in originals.items()}
-base_sens = measure.accuracy_on(teacher, mx[:SENS_IMAGES], my[:SENS_IMAGES])
+base_sens = evaluation.accuracy_on(teacher, mx[:SENS_IMAGES], my[:SENS_IMAGES])
 drop2 = {}
 for k, w in originals.items():
     fake = {k: qmath.quantize_dequantize(w, 2, axis=0, symmetric=True)}
-    drop2[k] = base_sens - measure.accuracy_on(qmath.with_weights(teacher, fake),
+    drop2[k] = base_sens - evaluation.accuracy_on(qmath.with_weights(teacher, fake),
                                                mx[:SENS_IMAGES], my[:SENS_IMAGES])
 mixed = qmath.mixed_bits(drop2, sizes, budget_bits=4 * sum(sizes.values()))
 
@@ -598,7 +600,7 @@ uniform4 = dict.fromkeys(originals, 4)
 mixed_rows = {}
 for label, widths in [("uniform 4-bit", uniform4), ("mixed, same bytes", mixed)]:
     mixed_rows[label] = {"weight_bytes": qmath.weight_bytes(teacher, widths, per_channel=True),
-                         "val_accuracy": measure.accuracy_on(at_bits(widths), mx, my)}
+                         "val_accuracy": evaluation.accuracy_on(at_bits(widths), mx, my)}
     r = mixed_rows[label]
     print(f"{label:18s} weights {r['weight_bytes'] / 1e6:.2f} MB, accuracy {100 * r['val_accuracy']:.2f} %")
 print("widths chosen: " + ", ".join(f"{b} bits x {sum(1 for v in mixed.values() if v == b)}"
@@ -622,7 +624,7 @@ print(f"mixed minus uniform: {100 * gap:+.2f} pt on {MIXED_VAL} validation image
 # that are smaller and faster are in the next notebook.
 
 # %%
-display(report.table(records))
+display(tables.table(records))
 
 # %% [markdown]
 # ## Save this run's records
@@ -633,7 +635,7 @@ seed_claims = {
         "torch.ao.quantization.quantize_dynamic(teacher, {nn.Linear, nn.Conv2d}, dtype=torch.qint8)",
         {"conv2d_before": n_conv, "conv2d_after": n_conv_after, "warnings": len(messages),
          "warnings_mentioning_conv": len(mentions_conv),
-         "bytes_vs_fp32": report.find(records, "dynamic")["bytes"] / t["bytes"]}),
+         "bytes_vs_fp32": find(records, "dynamic")["bytes"] / t["bytes"]}),
     "3": report.seed_claim(
         "one validation image through int8 models alone and as the first of 64 images",
         {"dynamic_max_logit_diff": dynamic_row_diff, "static_max_logit_diff": static_row_diff,

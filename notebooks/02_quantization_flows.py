@@ -48,8 +48,10 @@ import torch.nn as nn
 from IPython.display import display
 
 from edgelab import data, figures, measure, models, paths, quantize, report, runtime
+from edgelab import evaluation, latency, memory, plots, tables, targets
+from edgelab.records import find
 
-measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
+memory.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
 T_START = time.time()
 EVAL_IMAGES = 200 if SMOKE else None      # None: the full 10k test set (every claim below)
@@ -146,8 +148,8 @@ calib_acc = []
 if ENGINE:
     for n in CALIB_SWEEP:
         q_model = quantize.eager_static(teacher, data.calibration_set(n), per_channel=True)
-        calib_acc.append(measure.accuracy_on(q_model, sweep_x, sweep_y))
-    fp32_sweep = measure.accuracy_on(teacher, sweep_x, sweep_y)
+        calib_acc.append(evaluation.accuracy_on(q_model, sweep_x, sweep_y))
+    fp32_sweep = evaluation.accuracy_on(teacher, sweep_x, sweep_y)
     fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.6))
     figures.accuracy_errorbar(ax, CALIB_SWEEP, calib_acc, SWEEP_IMAGES, ls="-", label="int8 (per-channel)")
     figures.log_axis(ax, "x")
@@ -181,8 +183,8 @@ if ENGINE:
                                        batch_sizes=(), macs=t["macs"]))
         eager_int8[name] = q_model
         print(f"{name}: calibrated on {len(calib)} images and converted in {sw.s:.1f} s")
-    measure.remeasure_latency(records, eager_int8, min_run_time=LATENCY_S)
-    display(report.table(records))
+    latency.remeasure_latency(records, eager_int8, min_run_time=LATENCY_S)
+    display(tables.table(records))
     del q_model
 
 # %% [markdown]
@@ -239,9 +241,9 @@ records.append(measure.measure(
     pt2e_model, "pt2e-compiled", tags=["int8", "static", "per-channel"], limit=EVAL_IMAGES,
     min_run_time=LATENCY_S, artifact=runtime.graph_bytes(pt2e_graph),
     params=t["params"], nonzero=t["nonzero_params"], macs=t["macs"]))
-display(report.table([t, records[-1]]))
+display(tables.table([t, records[-1]]))
 if ENGINE:
-    eager = report.find(records, "ptq-per-channel")
+    eager = find(records, "ptq-per-channel")
     print(f"compiled PT2E vs eager int8 at batch 64: {records[-1]['latency_b64_ms']:.1f} ms vs "
           f"{eager['latency_b64_ms']:.1f} ms; accuracy {100 * records[-1]['accuracy']:.2f} % vs "
           f"{100 * eager['accuracy']:.2f} %")
@@ -277,7 +279,7 @@ for config in (Int8WeightOnlyConfig(), Int8DynamicActivationInt8WeightConfig()):
     print(f"{type(config).__name__}: converted {changed} to {type(m.fc.weight).__name__}; "
           f"accuracy {100 * acc:.2f} % on {len(val_y):,} validation images")
     del m
-print(f"fp32 teacher on the same images: {100 * measure.accuracy_on(teacher, val_x, val_y):.2f} %")
+print(f"fp32 teacher on the same images: {100 * evaluation.accuracy_on(teacher, val_x, val_y):.2f} %")
 
 # %% [markdown]
 # The convolutions, where this network spends its time and bytes, stay fp32 under `quantize_`'s
@@ -348,16 +350,16 @@ if ENGINE:
 # %%
 if ENGINE:
     # every eager int8 model has the same architecture: timed together, in turns
-    measure.remeasure_latency(records, eager_int8, min_run_time=LATENCY_S)
+    latency.remeasure_latency(records, eager_int8, min_run_time=LATENCY_S)
     del eager_int8
     p4, c4, q4 = records[-3], records[-2], records[-1]
     print(f"{QAT_STEPS} QAT steps of {QAT_BATCH} images in {sw.s:.0f} s; loss {losses[0]:.3f} -> "
           f"{sum(losses[-10:]) / len(losses[-10:]):.3f} (mean of the last 10)")
     for r in (p4, c4, q4):
         print(f"{r['name']:>18}: validation {100 * r['val_accuracy']:.2f} %, "
-              f"test {100 * r['accuracy']:.2f} %  ({report.paired_delta(r, t)[0]:+.2f} pt vs fp32 on test)")
+              f"test {100 * r['accuracy']:.2f} %  ({tables.paired_delta(r, t)[0]:+.2f} pt vs fp32 on test)")
     best_ptq = max((p4, c4), key=lambda r: r["val_accuracy"])
-    d, se = report.paired_delta(q4, best_ptq)
+    d, se = tables.paired_delta(q4, best_ptq)
     print(f"QAT minus the better post-training baseline on validation ({best_ptq['name']}): "
           f"{100 * (q4['val_accuracy'] - best_ptq['val_accuracy']):+.2f} pt; on test {d:+.2f}"
           + (f" ±{se:.2f} pt (paired SE)" if se is not None else " pt"))
@@ -400,8 +402,8 @@ for act, path in int8_onnx.items():
     records.append(measure.measure_onnx(path, f"ort-int8-{act}-act", teacher,
                                         tags=["int8", "static", "per-channel", "onnx"],
                                         limit=EVAL_IMAGES, min_run_time=LATENCY_S, val=VAL_IMAGES))
-display(report.table([r for r in records if r["runtime"] == "onnxruntime"]))
-u8, s8 = report.find(records, "ort-int8-uint8-act"), report.find(records, "ort-int8-int8-act")
+display(tables.table([r for r in records if r["runtime"] == "onnxruntime"]))
+u8, s8 = find(records, "ort-int8-uint8-act"), find(records, "ort-int8-int8-act")
 faster = min((u8, s8), key=lambda r: r["latency_b1_ms"])
 slower = s8 if faster is u8 else u8
 print(f"measured on this CPU (VNNI: {isa['vnni']}): {faster['name']} is "
@@ -424,11 +426,11 @@ ort_choice = {"isa": isa, "faster": faster["name"],
 # Ratios are against the fp32 teacher **in the same runtime**, measured in this run.
 
 # %%
-display(report.table(records, bars={"×smaller": report.INT8_SMALLER,
-                                    "×faster b64": report.INT8_FASTER_B64}))
+display(tables.table(records, bars={"×smaller": targets.INT8_SMALLER,
+                                    "×faster b64": targets.INT8_FASTER_B64}))
 spread = max(r["accuracy"] for r in records) - min(r["accuracy"] for r in records)
-shrink = report.find(records, "teacher", "torch")["bytes"] / report.find(records, "ptq-per-channel")["bytes"]
-fig = report.cost_figure(records, costs=("bytes", "latency_b64_ms"), title=f"int8 files are "
+shrink = find(records, "teacher", "torch")["bytes"] / find(records, "ptq-per-channel")["bytes"]
+fig = plots.cost_figure(records, costs=("bytes", "latency_b64_ms"), title=f"int8 files are "
                          f"{shrink:.1f}x smaller; all {len(records)} flows lie within {100 * spread:.2f} points")
 figures.show(fig)
 
@@ -437,7 +439,7 @@ figures.show(fig)
 # 1.5× faster at batch 64 than the fp32 teacher in that runtime, within 0.5 points of its accuracy:
 
 # %%
-bars = report.int8_static_bars(records)
+bars = targets.int8_static_bars(records)
 for engine, b in bars.items():
     print(f"{engine:>11}: {b['name']}: {b['smaller']:.2f}x smaller, {b['faster_b64']:.2f}x faster "
           f"at batch 64, {b['delta_pt']:+.2f} pt -> {'met' if b['met'] else 'NOT met'}")

@@ -43,9 +43,11 @@ from IPython.display import display
 
 from edgelab import (check, data, distill, figures, loop, measure, models, prune, quantize, report,
                      runtime, stats, train, widgets)
+from edgelab import counts, evaluation, latency, memory, plots, tables
+from edgelab.records import find
 from edgelab import cache
 
-measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
+memory.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
 EVAL_IMAGES = 500 if SMOKE else None     # accuracy claims: the full 10k test set at defaults
 LIVE_IMAGES = 1024 if SMOKE else 12800   # training images for each short live run (one pass)
@@ -62,10 +64,10 @@ print(f"teacher: {100 * records[0]['accuracy']:.2f} % on {records[0]['test_image
 # %%
 # NBVAL_CHECK_OUTPUT
 student = models.student()
-print(f"teacher: {measure.count_params(teacher):>10,} parameters {measure.count_macs(teacher):>13,} MACs")
-print(f"student: {measure.count_params(student):>10,} parameters {measure.count_macs(student):>13,} MACs")
-print(f"the student has {measure.count_params(teacher) / measure.count_params(student):.0f}x fewer "
-      f"parameters and needs {measure.count_macs(teacher) / measure.count_macs(student):.0f}x fewer MACs")
+print(f"teacher: {counts.count_params(teacher):>10,} parameters {counts.count_macs(teacher):>13,} MACs")
+print(f"student: {counts.count_params(student):>10,} parameters {counts.count_macs(student):>13,} MACs")
+print(f"the student has {counts.count_params(teacher) / counts.count_params(student):.0f}x fewer "
+      f"parameters and needs {counts.count_macs(teacher) / counts.count_macs(student):.0f}x fewer MACs")
 
 # %% [markdown]
 # ### The blog's `SmallResNet`, run
@@ -111,7 +113,7 @@ blocks = [m for m in student.modules() if type(m).__name__ == "BasicBlock"]
 with torch.no_grad():
     out_shape = tuple(student.eval()(x_real).shape)
 print(f"the workbook's Student on the same 1x28x28 images: logits {out_shape}, "
-      f"{measure.count_params(student):,} parameters, {len(blocks)} residual blocks "
+      f"{counts.count_params(student):,} parameters, {len(blocks)} residual blocks "
       f"({sum(b.downsample is not None for b in blocks)} with a 1x1 projection on the shortcut)")
 seed_claims = {"5": report.seed_claim(
     "the blog's SmallResNet stem and _make_layer(16, 32, 2) loop re-typed, on 8 real test images",
@@ -227,11 +229,11 @@ SEED = 0
 blog_teacher = quantize.dynamic(prune.remove_masks(prune.unstructured(teacher, 0.5, scope="layer")),
                                 {nn.Linear, nn.Conv2d})
 train_x, _ = data.tensors("train", limit=LIVE_IMAGES)
-blog_logits = torch.stack([measure.predict_logits(blog_teacher, train_x),
-                           measure.predict_logits(blog_teacher, train_x.flip(-1))], dim=1)
+blog_logits = torch.stack([evaluation.predict_logits(blog_teacher, train_x),
+                           evaluation.predict_logits(blog_teacher, train_x.flip(-1))], dim=1)
 print(f"the blog's teacher on {VAL_IMAGES} validation images: "
-      f"{100 * measure.accuracy_on(blog_teacher, val_x, val_y):.1f} % "
-      f"(the teacher: {100 * measure.accuracy_on(teacher, val_x, val_y):.1f} %)")
+      f"{100 * evaluation.accuracy_on(blog_teacher, val_x, val_y):.1f} % "
+      f"(the teacher: {100 * evaluation.accuracy_on(teacher, val_x, val_y):.1f} %)")
 del blog_teacher, train_x
 
 
@@ -264,7 +266,7 @@ variants = {   # name: (loss, teacher logits, optimizer, one fixed batch)
 }
 live = {}
 for name, (loss, logits, opt_name, one_batch) in variants.items():
-    live[name] = measure.accuracy_on(live_run(loss, logits, opt_name, one_batch), val_x, val_y)
+    live[name] = evaluation.accuracy_on(live_run(loss, logits, opt_name, one_batch), val_x, val_y)
     print(f"{100 * live[name]:5.1f} %  {name}")
 print(f"(each: seed {SEED}, one pass over {LIVE_IMAGES} training images in batches of 128; "
       f"accuracy on {len(val_y)} validation images)")
@@ -332,17 +334,17 @@ for recipe in ("student-scratch", "student-kd"):
 # All ten students have the same architecture, so they must take the same time; measured one
 # after another, a slow spell of the machine can make one recipe look slower. Their latencies are
 # therefore measured **interleaved**: after a warm-up, each round times every student once, and
-# each one's figure is the median of its rounds (`measure.remeasure_latency`). The table shows the
+# each one's figure is the median of its rounds (`latency.remeasure_latency`). The table shows the
 # spread of the rounds beside each median.
 
 # %%
-measure.remeasure_latency(records, students, min_run_time=LATENCY_S)
-lat = [report.find(records, n)["latency_b1_ms"] for n in students]
+latency.remeasure_latency(records, students, min_run_time=LATENCY_S)
+lat = [find(records, n)["latency_b1_ms"] for n in students]
 print(f"batch-1 latency of the ten students: {min(lat):.3f} to {max(lat):.3f} ms "
       f"({100 * (max(lat) / min(lat) - 1):.0f} % apart)")
 
 # %%
-acc = {r: [100 * report.find(records, f"{r}-s{s}")["accuracy"] for s in SEEDS]
+acc = {r: [100 * find(records, f"{r}-s{s}")["accuracy"] for s in SEEDS]
        for r in ("student-scratch", "student-kd")}
 for recipe, a in acc.items():
     print(f"{recipe:16s} {statistics.mean(a):.2f} % ± {statistics.stdev(a):.2f} "
@@ -436,18 +438,18 @@ for recipe in ("kd", "scratch"):
           f"accuracy {100 * s8['accuracy']:.2f} % ({100 * (t['accuracy'] - s8['accuracy']):.2f} pt "
           "below the teacher)")
 best = best_on_val("kd")
-measure.remeasure_latency(records, int8_sessions, min_run_time=LATENCY_S)  # the two int8 together
+latency.remeasure_latency(records, int8_sessions, min_run_time=LATENCY_S)  # the two int8 together
 
 # %%
-display(report.table(records, bars={"×smaller": 100}))   # the best int8 student's bar
-t = report.find(records, "teacher")
+display(tables.table(records, bars={"×smaller": 100}))   # the best int8 student's bar
+t = find(records, "teacher")
 small = min((r for r in records if r["name"].startswith("student")), key=lambda r: r["bytes"])
-fig = report.cost_figure(records, title=f"Students: {t['bytes'] / small['bytes']:.0f}x fewer bytes "
+fig = plots.cost_figure(records, title=f"Students: {t['bytes'] / small['bytes']:.0f}x fewer bytes "
                                         "than the teacher, seeds pooled (faint dots)")
 figures.show(fig)
 
 # %%
-t, s8 = records[0], report.find(records, f"{best}-int8")
+t, s8 = records[0], find(records, f"{best}-int8")
 bars = [
     ("best student, int8: >= 100x smaller than the fp32 teacher", t["bytes"] / s8["bytes"],
      t["bytes"] / s8["bytes"] >= 100),

@@ -47,10 +47,11 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from edgelab import (cache, check, data, figures, lowrank, measure, models, report, runtime,
-                     train, widgets)
+from edgelab import (cache, check, counts, data, evaluation, figures, lowrank, measure, memory,
+                     models, plots, report, runtime, tables, train, widgets)
+from edgelab.records import find
 
-measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
+memory.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
 T_START = time.time()
 EVAL_IMAGES = 300 if SMOKE else None    # accuracy claims: the full 10k test set at defaults
@@ -68,12 +69,12 @@ val_x, val_y = data.tensors("val", limit=SUBSET)
 teacher = models.load_checkpoint("teacher")
 records = [measure.measure(teacher, "teacher", tags=["baseline", "fp32"], limit=EVAL_IMAGES,
                            min_run_time=LATENCY_S)]
-display(report.table(records))
+display(tables.table(records))
 
 
 def subset_accuracy(model):
     # accuracy on the fixed validation subset, for quick comparisons
-    return measure.accuracy_on(model, val_x, val_y)
+    return evaluation.accuracy_on(model, val_x, val_y)
 
 
 # %% [markdown]
@@ -101,12 +102,12 @@ def subset_accuracy(model):
 # NBVAL_CHECK_OUTPUT
 fc = teacher.fc
 usv = lowrank.svd(fc)
-print(f"fc: weight {tuple(fc.weight.shape)}, {measure.count_params(fc):,} parameters "
+print(f"fc: weight {tuple(fc.weight.shape)}, {counts.count_params(fc):,} parameters "
       f"(with the bias), full rank {lowrank.full_rank(fc)}")
 for r in (1, 5, 9, 10):
     f = lowrank.factor(fc, r, usv)
     print(f"rank {r:2d}: Linear {tuple(f[0].weight.shape)} then Linear {tuple(f[1].weight.shape)}"
-          f" -> {measure.count_params(f):,} parameters")
+          f" -> {counts.count_params(f):,} parameters")
 
 # %% [markdown]
 # How good is each rank? The error of `W_r` relative to `W`, and the teacher's accuracy with `fc`
@@ -116,7 +117,7 @@ for r in (1, 5, 9, 10):
 # %%
 feats = []
 hook = fc.register_forward_hook(lambda module, inputs, output: feats.append(inputs[0]))
-measure.predict_logits(teacher, val_x)
+evaluation.predict_logits(teacher, val_x)
 hook.remove()
 feats = torch.cat(feats)
 
@@ -173,7 +174,7 @@ for i, (label, layer) in enumerate(shapes.items()):
     ax.axvline(be / full, color=figures.PALETTE[i], ls=":", lw=1)
     print(f"{label}: full rank {full}, break-even rank {be:.1f} ({be / full:.0%} of full); "
           f"factored at full rank: {lowrank.factored_params(layer, full):,} parameters vs "
-          f"{measure.count_params(layer):,}")
+          f"{counts.count_params(layer):,}")
 ax.axhline(1, color="k", lw=1, label="the original layer")
 ax.set_xlabel("rank / full rank"); ax.set_ylabel("factored weights /\noriginal weights")
 ax.set_title("Above the break-even rank (dotted) factoring adds parameters")
@@ -212,7 +213,7 @@ print(f"layer3.0.conv2: weight {tuple(conv.weight.shape)} -> matrix "
 pair = lowrank.factor(conv, 64, init=False)
 for part in pair:
     print(f"  {part}")
-print(f"at rank 64: {measure.count_params(pair):,} parameters instead of {measure.count_params(conv):,}")
+print(f"at rank 64: {counts.count_params(pair):,} parameters instead of {counts.count_params(conv):,}")
 
 # %% [markdown]
 # ### Your turn: factor one convolution
@@ -248,7 +249,7 @@ print(f"SVDs of {len(svds)} convolutions in {time.time() - t0:.1f} s")
 
 acts = []
 hook = conv.register_forward_hook(lambda module, inputs, output: acts.append(inputs[0]))
-measure.predict_logits(teacher, val_x[:16])
+evaluation.predict_logits(teacher, val_x[:16])
 hook.remove()
 with torch.no_grad():
     full = lowrank.factor(conv, lowrank.full_rank(conv), svds["layer3.0.conv2"])
@@ -294,13 +295,13 @@ print(f"{'layer':>15}  {'full':>4}  {'rank':>4}  {'break-even':>10}  {'params be
 for name, (_, s, _) in svds.items():
     layer = layers[name]
     r = lowrank.energy_rank(s, ENERGY)
-    after = lowrank.factored_params(layer, r) if name in plan else measure.count_params(layer)
+    after = lowrank.factored_params(layer, r) if name in plan else counts.count_params(layer)
     print(f"{name:>15}  {lowrank.full_rank(layer):4d}  {r:4d}  {lowrank.break_even_rank(layer):10.1f}"
-          f"  {measure.count_params(layer):13,}  {after:9,}{'' if name in plan else '  (kept whole)'}")
+          f"  {counts.count_params(layer):13,}  {after:9,}{'' if name in plan else '  (kept whole)'}")
 
 factored = lowrank.factorize(teacher, ranks=plan, factor_fn=factor_conv)   # your function
-p0, p1 = measure.count_params(teacher), measure.count_params(factored)
-m0, m1 = measure.count_macs(teacher), measure.count_macs(factored)
+p0, p1 = counts.count_params(teacher), counts.count_params(factored)
+m0, m1 = counts.count_macs(teacher), counts.count_macs(factored)
 print(f"\nwhole model: parameters {p0:,} -> {p1:,} ({p0 / p1:.2f}x fewer); "
       f"MACs {m0:,} -> {m1:,} ({m0 / m1:.2f}x fewer)")
 print(f"accuracy on {SUBSET} validation images: teacher {100 * subset_accuracy(teacher):.1f} %, "
@@ -316,7 +317,7 @@ ax.set_ylim(0, 1.15); ax.set_ylabel("rank / full rank"); ax.legend(loc="upper le
 ax.set_title(f"Energy {ENERGY}: {len(plan)} of {len(names)} convolutions get a rank below break-even")
 figures.show(fig)
 del factored  # every model copy costs tens of MB: keep only what is still needed
-measure.release_memory()
+memory.release_memory()
 
 # %% [markdown]
 # Dropping that much of every layer's energy costs accuracy at first; section 4 fine-tunes it back.
@@ -369,7 +370,7 @@ for step in range(3):
     train.finetune_steps(live, steps=chunk, lr=FINETUNE_LR)
     print(f"after {(step + 1) * chunk} steps of 64 images: {100 * subset_accuracy(live):.1f} %")
 del live
-measure.release_memory()
+memory.release_memory()
 
 # %% [markdown]
 # The full recovery (a few epochs, too long for a notebook) ran as a command and ships as a
@@ -387,11 +388,11 @@ print(f"its ranks are the ones this run's plan chose at energy {ENERGY}: "
 records.append(measure.measure(lowrank55, "lowrank-55-finetuned", tags=["lowrank", "finetune"],
                                limit=EVAL_IMAGES, min_run_time=LATENCY_S))
 t, low = records[0], records[-1]
-display(report.table([t, low]))
+display(tables.table([t, low]))
 print(f"\n{t['params'] / low['params']:.2f}x fewer parameters, {t['macs'] / low['macs']:.2f}x fewer MACs, "
       f"{100 * (low['accuracy'] - t['accuracy']):+.2f} pt; batch-1 latency {low['latency_b1_ms']:.2f} ms "
       f"vs {t['latency_b1_ms']:.2f} ms, batch 64 {low['latency_b64_ms']:.1f} ms vs {t['latency_b64_ms']:.1f} ms")
-measure.release_memory()
+memory.release_memory()
 
 # %% [markdown]
 # ### Stacking: low rank, then int8
@@ -408,7 +409,7 @@ calib = data.calibration_set(CALIB_IMAGES)
 teacher_onnx = runtime.export_onnx(teacher, cache.path(
     f"{NOTEBOOK}/teacher", [models.read_card("teacher")["sha256"], calib.shape[1:]], ".onnx"),
     calib[:2])
-measure.release_memory()  # the exporter's garbage, before ONNX Runtime allocates its own
+memory.release_memory()  # the exporter's garbage, before ONNX Runtime allocates its own
 records.append(measure.measure_onnx(teacher_onnx, "teacher", teacher, tags=["baseline", "fp32", "onnx"],
                                     limit=EVAL_IMAGES, min_run_time=LATENCY_S))
 low_onnx = runtime.export_onnx(lowrank55, cache.path(
@@ -416,7 +417,7 @@ low_onnx = runtime.export_onnx(lowrank55, cache.path(
 low_int8 = runtime.ort_static(low_onnx, cache.path(
     f"{NOTEBOOK}/{SHIPPED}-int8", [low_onnx.name, "minmax", CALIB_IMAGES, "per-channel"], ".onnx"),
     calib, per_channel=True)
-measure.release_memory()
+memory.release_memory()
 records.append(measure.measure_onnx(low_int8, "lowrank-55-int8", lowrank55,
                                     tags=["lowrank", "finetune", "int8", "static", "per-channel", "onnx"],
                                     limit=EVAL_IMAGES, min_run_time=LATENCY_S))
@@ -424,8 +425,8 @@ pruned50 = models.load_checkpoint("pruned50")
 records.append(measure.measure(pruned50, "structured-50-finetuned", tags=["prune-structured", "finetune"],
                                limit=EVAL_IMAGES, min_run_time=LATENCY_S))
 del pruned50
-measure.release_memory()
-ot, q, p = report.find(records, "teacher", "onnxruntime"), records[-2], records[-1]
+memory.release_memory()
+ot, q, p = find(records, "teacher", "onnxruntime"), records[-2], records[-1]
 print(f"low rank + int8 (ONNX Runtime): {ot['bytes'] / q['bytes']:.1f}x smaller file than the fp32 teacher, "
       f"{100 * (q['accuracy'] - ot['accuracy']):+.2f} pt, batch-1 {ot['latency_b1_ms'] / q['latency_b1_ms']:.2f}x "
       f"faster | low rank alone: {t['bytes'] / low['bytes']:.1f}x smaller, {100 * (low['accuracy'] - t['accuracy']):+.2f} pt "
@@ -438,14 +439,14 @@ print(f"low rank + int8 (ONNX Runtime): {ot['bytes'] / q['bytes']:.1f}x smaller 
 # same runtime.
 
 # %%
-display(report.table(records))
-t, f = report.find(records, "teacher", "torch"), report.find(records, "lowrank-55-finetuned")
-fig = report.cost_figure(records, title=f"Factoring: {t['bytes'] / f['bytes']:.1f}x fewer bytes, "
+display(tables.table(records))
+t, f = find(records, "teacher", "torch"), find(records, "lowrank-55-finetuned")
+fig = plots.cost_figure(records, title=f"Factoring: {t['bytes'] / f['bytes']:.1f}x fewer bytes, "
                                         f"{100 * (f['accuracy'] - t['accuracy']):+.2f} points (fp32, torch)")
 figures.show(fig)
 
 # %%
-low = report.find(records, "lowrank-55-finetuned")
+low = find(records, "lowrank-55-finetuned")
 fewer = t["params"] / low["params"]
 gap = 100 * (t["accuracy"] - low["accuracy"])
 body_s = time.time() - T_START

@@ -56,9 +56,11 @@ import numpy as np
 import torch
 from IPython.display import display
 
-from edgelab import check, data, deploy, figures, measure, models, paths, pi, report, runtime
+from edgelab import (check, counts, data, deploy, evaluation, figures, latency, measure, memory,
+                     models, paths, pi, report, runtime, tables)
+from edgelab.records import find
 
-measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
+memory.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
 T_START = time.time()
 EVAL_IMAGES = 200 if SMOKE else None      # None: the full 10k test set (every claim below)
@@ -102,7 +104,7 @@ for name, m in torch_models.items():
     with runtime.Stopwatch() as sw:
         fp32_onnx[name] = deploy.export(m, WORK / f"{name}.onnx", example)
     print(f"{name}: exported in {sw.s:.1f} s, {fp32_onnx[name].stat().st_size / 1e6:.1f} MB "
-          f"({measure.count_params(m) / 1e6:.2f} M parameters at 4 bytes, plus the graph)")
+          f"({counts.count_params(m) / 1e6:.2f} M parameters at 4 bytes, plus the graph)")
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -188,8 +190,8 @@ for act in ("uint8", "int8"):
                               per_channel=True, activations=act)
     sess = runtime.session(path)
     vx, vy = data.tensors("val", limit=VAL_IMAGES)
-    act_trial[act] = {"val_accuracy": measure.accuracy_on(sess, vx, vy),
-                      "latency_b1_ms": measure.latency(sess, 1, LATENCY_S)[0]}
+    act_trial[act] = {"val_accuracy": evaluation.accuracy_on(sess, vx, vy),
+                      "latency_b1_ms": latency.latency(sess, 1, LATENCY_S)[0]}
     print(f"pruned50-int8, {act} activations: validation {100 * act_trial[act]['val_accuracy']:.2f} %, "
           f"batch 1 {act_trial[act]['latency_b1_ms']:.3f} ms")
     del sess
@@ -215,9 +217,9 @@ for name, path in onnx_files.items():
     source = torch_models[name.removesuffix("-int8")]
     records.append(measure.measure_onnx(path, name, source, tags=TAGS[name], limit=EVAL_IMAGES,
                                         min_run_time=LATENCY_S, val=VAL_IMAGES))
-    measure.release_memory()
+    memory.release_memory()
 del torch_models
-display(report.table(records))
+display(tables.table(records))
 
 # %% [markdown]
 # `bytes` is the `.onnx` file as shipped. int8 stores each weight in one byte instead of four;
@@ -313,14 +315,14 @@ print(f"batch {BATCHES[0]}, 2 threads, summed over the models: spinning (ORT def
 # traffic, and batch-1 latency is how a camera or a button press uses the model.
 
 # %%
-teacher_rec = report.find(records, "teacher", "onnxruntime")
+teacher_rec = find(records, "teacher", "onnxruntime")
 ok = [r for r in records if 100 * (teacher_rec["val_accuracy"] - r["val_accuracy"]) <= MAX_DROP_PT]
 chosen = min(ok, key=lambda r: (r["bytes"], r["latency_b1_ms"]))
 chosen["selected_on"] = "val"
 smaller = teacher_rec["bytes"] / chosen["bytes"]
 faster = teacher_rec["latency_b1_ms"] / chosen["latency_b1_ms"]
 val_drop = 100 * (teacher_rec["val_accuracy"] - chosen["val_accuracy"])
-delta, se = report.paired_delta(chosen, teacher_rec)
+delta, se = tables.paired_delta(chosen, teacher_rec)
 why = (f"{chosen['name']} is the smallest of the {len(ok)} models within {MAX_DROP_PT} pt of the "
        f"fp32 teacher on {chosen['val_images']:,} validation images ({val_drop:.2f} pt below): "
        f"{smaller:.1f}x smaller, {faster:.1f}x faster at batch 1; on {chosen['test_images']:,} test "
@@ -401,7 +403,7 @@ feeds = {"preprocess as in training": lambda p: preprocess(p, mean, std),
          "a white background (inverted pixels)": lambda p: preprocess(255 - p, mean, std)}
 print(f"the shipped {chosen['name']} on {len(test_labels):,} test images, fed by:")
 for label, feed in feeds.items():
-    accuracy = measure.accuracy_on(shipped, torch.from_numpy(feed(test_pixels)), test_labels)
+    accuracy = evaluation.accuracy_on(shipped, torch.from_numpy(feed(test_pixels)), test_labels)
     print(f"  {label:45s} {100 * accuracy:5.1f} %")
 del shipped
 

@@ -41,9 +41,11 @@ NOTEBOOK = "06_pipeline"
 from IPython.display import display
 
 from edgelab import check, data, deploy, figures, measure, models, pi, report, runtime, stats, train
+from edgelab import counts, evaluation, latency, memory, plots, tables, targets
+from edgelab.records import find
 from edgelab import cache, paths
 
-measure.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
+memory.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
 EVAL_IMAGES = 500 if SMOKE else None     # the full 10k test set at defaults
 VAL_IMAGES = 500 if SMOKE else 5000      # validation images: every choice is made on these
@@ -89,7 +91,7 @@ STAGES += SWEEP
 FP32 = ["teacher", "pruned50", "student-kd-s0"]      # the others are measured in int8 only
 torch_models = {name: models.load_checkpoint(name) for name in STAGES}
 for name, m in torch_models.items():
-    print(f"{name:23s} {measure.count_params(m):>11,} parameters {measure.count_macs(m):>13,} MACs")
+    print(f"{name:23s} {counts.count_params(m):>11,} parameters {counts.count_macs(m):>13,} MACs")
 
 # %% [markdown]
 # What each recipe cost to train, from its card (wall time on the machine that trained it; the
@@ -144,7 +146,7 @@ calib_val = {}
 for method in runtime.CALIBRATIONS:
     s = runtime.session(int8_onnx("student-kd-long-s0", method, student_calibration),
                         threads=THREADS)
-    calib_val[method] = measure.accuracy_on(s, val_images, val_labels)
+    calib_val[method] = evaluation.accuracy_on(s, val_images, val_labels)
     print(f"{method:10s} student-kd-long-s0-int8: val {100 * calib_val[method]:.2f} %")
 METHOD = max(runtime.CALIBRATIONS, key=lambda m: (calib_val[m], m == "minmax"))
 print(f"→ students are calibrated with {METHOD!r} (the best on validation; ties go to minmax). "
@@ -154,7 +156,7 @@ print(f"→ students are calibrated with {METHOD!r} (the best on validation; tie
 # %% [markdown]
 # ## Every stage, measured
 #
-# Latency is measured for all of them together, in turns (`measure.remeasure_latency`), so that a
+# Latency is measured for all of them together, in turns (`latency.remeasure_latency`), so that a
 # slow moment of the machine lands on every model alike.
 
 # %%
@@ -181,10 +183,10 @@ for name in STAGES:
             measure_stage(f"{name}-int8", int8_onnx(name), name)
         else:
             measure_stage(f"{name}-int8", int8_onnx(name, METHOD, student_calibration), name)
-    measure.release_memory()
-measure.remeasure_latency(records, sessions, batch_sizes=(1,), min_run_time=2 * LATENCY_S,
+    memory.release_memory()
+latency.remeasure_latency(records, sessions, batch_sizes=(1,), min_run_time=2 * LATENCY_S,
                           rounds=9, threads=THREADS)
-display(report.table(records, bars={"×smaller": 100, "×faster b1": 15}))   # the frontier bar
+display(tables.table(records, bars={"×smaller": 100, "×faster b1": 15}))   # the frontier bar
 
 # %% [markdown]
 # ## The chain against the parallel branch
@@ -195,11 +197,11 @@ display(report.table(records, bars={"×smaller": 100, "×faster b1": 15}))   # t
 # would move them. 03 measured the seed-to-seed spread of `student-kd`.
 
 # %%
-base = report.find(records, "student-kd-s0-int8")
+base = find(records, "student-kd-s0-int8")
 for name in ["student-kd-pruned50-int8", "student-kd-int8teacher-int8", "student-dw-kd-int8",
              "student-kd-long-s0-int8", "student-pruned25-kd-s0-int8", "student-qad-s0-int8"]:
-    r = report.find(records, name)
-    delta, se = report.paired_delta(r, base)
+    r = find(records, name)
+    delta, se = tables.paired_delta(r, base)
     print(f"{name:28s} against student-kd-s0-int8: test {delta:+.2f} ±{se or 0:.2f} pt, "
           f"val {100 * (r['val_accuracy'] - base['val_accuracy']):+.2f} pt, "
           f"{r['latency_b1_ms'] / base['latency_b1_ms']:.2f}x its latency")
@@ -217,16 +219,16 @@ for name in ["student-kd-pruned50-int8", "student-kd-int8teacher-int8", "student
 # stand out would still need its seeds (as in 03) before it counts as the method's effect.
 
 # %%
-sweep_base = report.find(records, "student-kd-s0-int8")
+sweep_base = find(records, "student-kd-s0-int8")
 n_val = len(val_labels)
 se_val = 100 * (sweep_base["val_accuracy"] * (1 - sweep_base["val_accuracy"]) / n_val) ** 0.5
 for name in SWEEP:
-    r, c = report.find(records, f"{name}-int8"), models.read_card(name)
+    r, c = find(records, f"{name}-int8"), models.read_card(name)
     d = 100 * (r["val_accuracy"] - sweep_base["val_accuracy"])
     print(f"{name + '-int8':24s} val {100 * r['val_accuracy']:.2f} % ({d:+.2f} pt against "
           f"student-kd-s0-int8)  trained {c['wall_time_s'] / 60:4.1f} min on {c['threads']} thread(s)")
-best = max(SWEEP, key=lambda n: report.find(records, f"{n}-int8")["val_accuracy"])
-gain = 100 * (report.find(records, f"{best}-int8")["val_accuracy"] - sweep_base["val_accuracy"])
+best = max(SWEEP, key=lambda n: find(records, f"{n}-int8")["val_accuracy"])
+gain = 100 * (find(records, f"{best}-int8")["val_accuracy"] - sweep_base["val_accuracy"])
 print(f"\nstudent-kd-s0-int8 (T = 4, α = 0.9): val {100 * sweep_base['val_accuracy']:.2f} %, one "
       f"model's standard error on {n_val:,} images ±{se_val:.2f} pt")
 print(f"→ the best variant on validation is {best} ({gain:+.2f} pt): " +
@@ -243,28 +245,28 @@ print(f"→ the best variant on validation is {best} ({gain:+.2f} pt): " +
 # beaten by something on the line. The figure is also saved as `build/pareto.png`.
 
 # %%
-front = report.pareto_front(records, "bytes")
-fig = report.cost_figure(records, pareto=True, height=5.6,
+front = plots.pareto_front(records, "bytes")
+fig = plots.cost_figure(records, pareto=True, height=5.6,
                          title=f"ONNX Runtime, {THREADS} thread: {len(front)} of {len(records)} "
                          "models are on the size frontier (dashed)")
 fig.savefig(paths.build_dir() / "pareto.png", dpi=120)
 figures.show(fig)
 for cost in ("bytes", "latency_b1_ms"):
-    print(f"frontier on {cost}: " + " → ".join(r["name"] for r in report.pareto_front(records, cost)))
+    print(f"frontier on {cost}: " + " → ".join(r["name"] for r in plots.pareto_front(records, cost)))
 
 # %% [markdown]
 # ## The report card and the model to ship
 #
-# Two bars, both against the fp32 teacher in ONNX Runtime (`report.BARS`): the **frontier** bar
+# Two bars, both against the fp32 teacher in ONNX Runtime (`targets.BARS`): the **frontier** bar
 # (at least 100x smaller and 15x faster at batch 1, within 0.3 points) and the first version's
 # **deployable** bar (15x, 5x, within 1.0 point). The table checks every stage against them **on
 # the validation images**; the test set only reports.
 
 # %%
-t = report.find(records, "teacher")
+t = find(records, "teacher")
 for r in records:
-    a, (delta, se) = report.against(r, t, "val"), report.paired_delta(r, t)
-    marks = " ".join(b for b in report.BARS if report.meets(r, t, b, "val")) or "-"
+    a, (delta, se) = targets.against(r, t, "val"), tables.paired_delta(r, t)
+    marks = " ".join(b for b in targets.BARS if targets.meets(r, t, b, "val")) or "-"
     print(f"{r['name']:28s} val {100 * r['val_accuracy']:6.2f} % ({-a['points']:+5.2f} pt)  "
           f"test {100 * r['accuracy']:6.2f} % ({delta:+5.2f} ±{se or 0:.2f})  "
           f"{a['smaller']:6.1f}x smaller {a['faster']:5.1f}x faster  meets: {marks}")
@@ -273,7 +275,7 @@ for r in records:
 # ### Your turn: the selection rule
 #
 # Write `choose(records, teacher, bar)`: of the records (the teacher aside) that meet `bar` **on
-# validation** (`report.meets(r, teacher, bar, "val")`), return the most accurate on validation,
+# validation** (`targets.meets(r, teacher, bar, "val")`), return the most accurate on validation,
 # the faster one of a tie, with a sentence saying why: `(record, why)`. When none meets the bar,
 # return `(None, why)`: shipping the best of the rest would quietly move the bar. `check.choose_model`
 # runs it on small fixed tables: a model that beats the bar on test but not on validation, a tie,
@@ -281,7 +283,7 @@ for r in records:
 
 # %%
 def my_choose(records, teacher, bar):
-    # 1. keep the records r (not the teacher) with report.meets(r, teacher, bar, "val")
+    # 1. keep the records r (not the teacher) with targets.meets(r, teacher, bar, "val")
     # 2. none left: return None, "why"
     # 3. else the max by (r["val_accuracy"], -r["latency_b1_ms"]), and why
     raise NotImplementedError
@@ -323,10 +325,10 @@ if train.RECIPES[recipe].get("per_seed") and len(seeds) > 1:
         measure_stage(f"{name}-int8", int8_onnx(name, METHOD, student_calibration), name)
         seed_records.append(records[-1])
     # the new seeds share the others' architecture: time all of them together again
-    measure.remeasure_latency(records, sessions, batch_sizes=(1,), min_run_time=2 * LATENCY_S,
+    latency.remeasure_latency(records, sessions, batch_sizes=(1,), min_run_time=2 * LATENCY_S,
                               rounds=9, threads=THREADS)
     for r in seed_records:
-        delta, se = report.paired_delta(r, t)
+        delta, se = tables.paired_delta(r, t)
         print(f"{r['name']:28s} test {100 * r['accuracy']:.2f} %  {delta:+.2f} ±{se:.2f} pt "
               "against the teacher")
     gaps = stats.paired_comparison([r["accuracy"] * 100 for r in seed_records],
@@ -334,11 +336,11 @@ if train.RECIPES[recipe].get("per_seed") and len(seeds) > 1:
     print(f"\n{recipe}, {gaps['n']} seeds: mean {gaps['mean']:+.2f} pt against the teacher, "
           f"95 % interval [{gaps['ci'][0]:+.2f}, {gaps['ci'][1]:+.2f}] pt (seed sd "
           f"{gaps['sd']:.2f} pt)")
-    inside = gaps["ci"][0] >= -report.BARS["frontier"]["points"]
+    inside = gaps["ci"][0] >= -targets.BARS["frontier"]["points"]
     print("→ the whole interval is within the frontier bar's "
-          f"{report.BARS['frontier']['points']} pt" if inside else
+          f"{targets.BARS['frontier']['points']} pt" if inside else
           "→ the interval reaches below the frontier bar's "
-          f"-{report.BARS['frontier']['points']} pt: the method is not shown to be within it, "
+          f"-{targets.BARS['frontier']['points']} pt: the method is not shown to be within it, "
           "even where the shipped seed is")
 else:
     gaps = None
@@ -354,7 +356,7 @@ else:
 # nothing about a Pi's speed and is not reported as such; see 05 for published Pi figures.
 
 # %%
-chosen = report.find(records, pick["name"])
+chosen = find(records, pick["name"])
 bundle = pi.bundle.build(onnx_files[pick["name"]], name=pick["name"],
                          accuracy=chosen["accuracy"], test_images=chosen["test_images"],
                          macs=chosen["macs"],
@@ -370,9 +372,9 @@ else:
     print("The arm64 check cannot run here:", how)
 
 # %%
-bars = [(f"deployable ({pick['name']}): {report.bar_text(b)} (test; chosen on validation)",
-         report.meets(pick, t, b)) for b in report.BARS]
-a = report.against(pick, t)
+bars = [(f"deployable ({pick['name']}): {targets.bar_text(b)} (test; chosen on validation)",
+         targets.meets(pick, t, b)) for b in targets.BARS]
+a = targets.against(pick, t)
 print(f"{pick['name']}: {a['smaller']:.1f}x smaller, {a['faster']:.1f}x faster, "
       f"{-a['points']:+.2f} pt on test")
 for what, ok in bars:

@@ -54,12 +54,13 @@ import time
 import torch
 from IPython.display import display
 
-from edgelab import (data, deploy, figures, measure, models, paths, pi, prune, report, runtime,
-                     train, zoo)
+from edgelab import (counts, data, deploy, evaluation, figures, measure, memory, models, paths, pi,
+                     plots, prune, report, runtime, tables, train, zoo)
+from edgelab.records import find
 from edgelab.qconfig import QuantConfig, quantize
 from edgelab.quantize import module_types
 
-measure.setup_notebook()
+memory.setup_notebook()
 T_START = time.time()
 
 TRAIN_IMAGES = 512 if SMOKE else 27500   # the short live training: half the training set, once
@@ -89,7 +90,7 @@ with torch.no_grad():
 if out.shape != (len(example), len(data.CLASSES)):
     raise ValueError(f"{name} maps {tuple(example.shape)} images to {tuple(out.shape)}; it must "
                      f"give {len(data.CLASSES)} logits per image for Fashion-MNIST")
-print(f"{name}: {measure.count_params(model):,} parameters, {measure.count_macs(model):,} MACs "
+print(f"{name}: {counts.count_params(model):,} parameters, {counts.count_macs(model):,} MACs "
       "per 1×28×28 image")
 kinds = module_types(model, kinds=("Conv", "Linear", "BatchNorm", "Hardswish", "SqueezeExcitation",
                                    "ReLU"))
@@ -114,12 +115,12 @@ if OWN_WEIGHTS is None:
     t0 = time.time()
     batches = data.loader("train", 64, flip=True, limit=TRAIN_IMAGES, seed=0)
     losses = train.fit(model, batches, epochs=1, lr=0.05, device=torch.device("cpu"))
-    stale = measure.accuracy_on(model.eval(), *data.tensors("val", limit=VAL_IMAGES))
+    stale = evaluation.accuracy_on(model.eval(), *data.tensors("val", limit=VAL_IMAGES))
     train.recalibrate_batchnorm(model, batches)
     print(f"trained on {len(batches.images):,} images in {time.time() - t0:.0f} s, "
           f"mean loss {losses[-1]:.3f}; validation accuracy {100 * stale:.1f} % with the batch "
           f"norms' running statistics as training left them, "
-          f"{100 * measure.accuracy_on(model, *data.tensors('val', limit=VAL_IMAGES)):.1f} % "
+          f"{100 * evaluation.accuracy_on(model, *data.tensors('val', limit=VAL_IMAGES)):.1f} % "
           "after recomputing them")
 else:
     print(f"weights from {OWN_WEIGHTS}: no training")
@@ -151,7 +152,7 @@ def add(m, label, tags, onnx_from=None, **kw):
     kw.update(tags=tags, limit=EVAL_IMAGES, val=VAL_IMAGES, min_run_time=LATENCY_S, threads=THREADS)
     records.append(measure.measure(m, label, **kw) if onnx_from is None
                    else measure.measure_onnx(m, label, onnx_from, **kw))
-    measure.release_memory()
+    memory.release_memory()
 
 
 add(model, name, ["baseline", "fp32"], batch_sizes=(1,))
@@ -161,8 +162,8 @@ train.recalibrate_batchnorm(pruned, data.loader("train", 64, flip=True, limit=TR
 add(pruned, f"{name}-pruned", ["pruned", "fp32"], batch_sizes=(1,))
 graph = quantize(pruned, QuantConfig("pt2e"), calibration, example=example)
 add(graph, f"{name}-pruned-pt2e", ["pruned", "int8", "pt2e"], batch_sizes=(),
-    artifact=runtime.graph_bytes(graph), params=measure.count_params(pruned),
-    macs=measure.count_macs(pruned))
+    artifact=runtime.graph_bytes(graph), params=counts.count_params(pruned),
+    macs=counts.count_macs(pruned))
 del graph
 onnx_fp32 = deploy.export(model, WORK / f"{name}.onnx", example)
 onnx_pruned = deploy.export(pruned, WORK / f"{name}-pruned.onnx", example)
@@ -174,7 +175,7 @@ onnx_int8 = quantize(pruned, QuantConfig("onnxruntime"), calibration, example=ex
 for path, label, source, tags in ((onnx_fp32, name, model, ["baseline", "fp32"]),
                                   (onnx_int8, f"{name}-pruned-int8", pruned, ["pruned", "int8"])):
     add(path, label, tags + ["onnx"], onnx_from=source, batch_sizes=(1,))
-display(report.table(records, baseline=name))
+display(tables.table(records, baseline=name))
 
 # %% [markdown]
 # ## 4 · The report card and the Pareto plot
@@ -184,8 +185,8 @@ display(report.table(records, baseline=name))
 
 # %%
 for r in records:
-    base = report.find(records, name, r["runtime"])
-    delta, se = report.paired_delta(r, base)
+    base = find(records, name, r["runtime"])
+    delta, se = tables.paired_delta(r, base)
     smaller = base["bytes"] / r["bytes"]
     faster = (f"{base['latency_b1_ms'] / r['latency_b1_ms']:5.2f}x faster at batch 1"
               if r.get("latency_b1_ms") else "not timed (needs torch.compile)")
@@ -194,7 +195,7 @@ for r in records:
 teacher = models.read_card("teacher")
 print(f"for scale: the workbook's teacher (00) scores {100 * teacher['test_accuracy']:.2f} % on the "
       f"same test set after {teacher['epochs']} full epochs (its card)")
-fig = report.cost_figure(records, pareto=True, title=f"{name}: accuracy against bytes and "
+fig = plots.cost_figure(records, pareto=True, title=f"{name}: accuracy against bytes and "
                          f"batch-1 latency ({THREADS} thread)")
 figures.show(fig)
 
@@ -239,7 +240,7 @@ path = report.write_notebook_results(NOTEBOOK, records, smoke=SMOKE)
 #   `labels.json` carries (05 shows what a mismatch costs). Use your training set's constants in
 #   both places: `pi.bundle.build(..., mean=[...], std=[...])`, one per channel.
 # - **Input size and channels**: every verb reads shapes from the `example` you pass
-#   (`measure.count_macs(model, example)`, `prune.structured(model, rate, example)`,
+#   (`counts.count_macs(model, example)`, `prune.structured(model, rate, example)`,
 #   `quantize(model, QuantConfig("pt2e"), images, example=example)`,
 #   `deploy.export(model, path, example)`,
 #   `pi.bundle.build(model, out_dir, example)`), and `measure.measure(model, name, images=...,

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from torchvision.models import mobilenet_v3_small
 
-from edgelab import deploy, lowrank, measure, prune, quantize, runtime, sensitivity
+from edgelab import counts, deploy, evaluation, lowrank, measure, prune, quantize, runtime, sensitivity
 from edgelab.pi import bundle as pi_bundle
 
 
@@ -74,7 +74,7 @@ def test_measure_reads_shapes_and_data_from_the_example(arch):
     record = measure.measure(model, name, images=x, labels=y, batch_sizes=(1, 8),
                              min_run_time=0.01)
     assert record["test_images"] == len(y) and 0 <= record["accuracy"] <= 1
-    assert record["macs"] == measure.count_macs(model, x) > 0
+    assert record["macs"] == counts.count_macs(model, x) > 0
     assert record["latency_b1_ms"] > 0 and record["latency_b8_ms"] > 0
 
 
@@ -90,7 +90,7 @@ def test_structured_pruning_shrinks_every_layer_and_keeps_the_classes(arch):
     name, model, x, y = arch
     p = prune.structured(model, 0.5, x[:1])
     assert p(x).shape == (len(x), 10)
-    assert measure.count_params(p) < measure.count_params(model)
+    assert counts.count_params(p) < counts.count_params(model)
     classifier = [m for m in p.modules() if isinstance(m, nn.Linear)][-1]
     assert classifier.out_features == 10
 
@@ -112,7 +112,7 @@ def test_onnx_export_and_ort_int8_match_the_model(arch, tmp_path):
     check = deploy.check_export(model, fp32, x[:16])
     assert check["same_top1"] == 1.0 and check["max_abs_diff"] <= 1e-4
     int8 = runtime.ort_static(fp32, tmp_path / f"{name}-int8.onnx", x[:32])
-    logits = measure.predict_logits(runtime.session(int8), x)
+    logits = evaluation.predict_logits(runtime.session(int8), x)
     assert logits.shape == (len(x), 10)
 
 
@@ -145,7 +145,7 @@ def test_lowrank_factors_convolutions_and_linear_layers(arch):
     factored = lowrank.factorize(model, energy=0.5, kinds=kinds)
     assert lowrank.ranks_of(factored), f"nothing of {name} was factored"
     assert factored(x).shape == (len(x), 10)
-    assert measure.count_params(factored) < measure.count_params(model)
+    assert counts.count_params(factored) < counts.count_params(model)
 
 
 def test_a_plan_that_factors_nothing_is_an_error_not_an_unchanged_copy():

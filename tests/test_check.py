@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgelab import check, distill, lowrank, prune, qmath, report
+from edgelab import check, distill, lowrank, prune, qmath, targets
 
 
 def judge(checker, fn, capsys):
@@ -403,7 +403,7 @@ def _choose(split="val", key="accuracy", ties="faster", none_ok=True):
     """The selection rule with one typical mistake switched on."""
     def choose(records, teacher, bar):
         pool = [r for r in records if r is not teacher]
-        meeting = [r for r in pool if report.meets(r, teacher, bar, split)]
+        meeting = [r for r in pool if targets.meets(r, teacher, bar, split)]
         if not meeting:
             if none_ok:
                 return None, "nothing meets the bar"
@@ -432,12 +432,12 @@ def test_choose_model_rejects_a_typical_mistake_and_names_it(mistake, hint, caps
 
 
 def _choose_by_sorting(records, teacher, bar):
-    ok = sorted((r for r in records if r is not teacher and report.meets(r, teacher, bar, "val")),
+    ok = sorted((r for r in records if r is not teacher and targets.meets(r, teacher, bar, "val")),
                 key=lambda r: (-r["val_accuracy"], r["latency_b1_ms"]))
     return (ok[0], "best on validation") if ok else (None, "no model meets the bar")
 
 
-@pytest.mark.parametrize("right", [report.choose, _choose(), _choose_by_sorting],
+@pytest.mark.parametrize("right", [targets.choose, _choose(), _choose_by_sorting],
                          ids=["reference", "max-with-tiebreak", "sorted"])
 def test_choose_model_accepts_the_rule_written_several_ways(right, capsys):
     assert_accepted(check.choose_model, right, capsys)
@@ -445,7 +445,7 @@ def test_choose_model_accepts_the_rule_written_several_ways(right, capsys):
 
 def test_choose_model_wants_a_reason_with_the_choice(capsys):
     def no_reason(records, teacher, bar):
-        return report.choose(records, teacher, bar)[0]
+        return targets.choose(records, teacher, bar)[0]
     assert_rejected_with(check.choose_model, no_reason, "a sentence saying why", capsys)
 
 

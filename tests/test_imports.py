@@ -1,6 +1,6 @@
 """Importing edgelab changes nothing about the process: malloc arenas, IPython hooks, the
 quantized engine, Inductor's freezing, warning filters, threads and the environment are only
-touched by ``measure.setup_notebook()`` or inside context managers. Each check runs in a fresh
+touched by ``memory.setup_notebook()`` or inside context managers. Each check runs in a fresh
 interpreter, so what an earlier test imported cannot hide a side effect."""
 import json
 import os

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 from edgelab import lowrank, models
-from edgelab.measure import count_params
+from edgelab.counts import count_params
 
 
 def tiny():
@@ -137,12 +137,12 @@ def test_grouped_convolutions_and_other_layers_cannot_be_factored():
 
 
 def test_the_lowrank_target_needs_both_halving_the_parameters_and_staying_within_a_point():
-    from edgelab import report
+    from edgelab import targets
 
     def rec(name, acc, params):
         return {"notebook": "04_low_rank", "name": name, "runtime": "torch", "accuracy": acc,
                 "test_images": 10000, "params": params}
-    target = dict(report.TARGETS)["04: low-rank teacher ≥ 2x fewer parameters within 1 pt"]
+    target = dict(targets.TARGETS)["04: low-rank teacher ≥ 2x fewer parameters within 1 pt"]
     res = {"records": [rec("teacher", 0.937, 11_000_000),
                        rec("lowrank-55-finetuned", 0.931, 5_000_000)]}
     assert target(res) == ("2.20x fewer, +0.60 pt below", True)

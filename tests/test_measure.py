@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgelab import data, measure, runtime
+from edgelab import data, evaluation, measure, runtime
 from edgelab.records import Record
 
 
@@ -54,7 +54,7 @@ def test_measure_onnx_measures_the_file_in_onnx_runtime_with_the_source_models_c
     assert r.params == r.nonzero_params == 7850 and r.macs == 7840
     assert r.bytes == path.stat().st_size and r.latency_b1_ms > 0 and r.arch
     x, y = data.tensors("test", limit=128)
-    assert r.accuracy == pytest.approx(measure.accuracy_on(model, x, y))   # same weights
+    assert r.accuracy == pytest.approx(evaluation.accuracy_on(model, x, y))   # same weights
 
 
 def test_measure_onnx_reuses_a_given_session_and_measures_validation(linear_onnx):

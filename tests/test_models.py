@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from edgelab import models
-from edgelab.measure import count_params
+from edgelab.counts import count_params
 
 
 def test_teacher_maps_a_grayscale_28x28_batch_to_ten_logits():

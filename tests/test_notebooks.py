@@ -39,5 +39,5 @@ def test_every_figure_a_notebook_shows_goes_through_the_figure_check(path):
     # figures.show() runs edgelab.figures.check under make test / make run; plt.show() would not.
     source = path.with_suffix(".py").read_text()
     assert "plt.show()" not in source, f"{path.stem}: use figures.show(fig), not plt.show()"
-    if "plt.subplots" in source or "report.cost_figure" in source:
+    if "plt.subplots" in source or "plots.cost_figure" in source:
         assert "figures.show(" in source

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from edgelab import data, deploy, measure, pi, runtime
+from edgelab import data, deploy, evaluation, pi, runtime
 from edgelab.pi import bundle as pib
 
 
@@ -142,7 +142,7 @@ def test_predict_on_test_pngs_equals_onnxruntime_on_the_test_tensors(bundle, tmp
     preds = json.loads(run.stdout)["predictions"]
     assert [p["file"] for p in preds] == [str(p) for p in paths]
     x = data.tensors("test", limit=12)[0]
-    expected = measure.predict_logits(runtime.session(bundle / "model.onnx"), x).numpy()
+    expected = evaluation.predict_logits(runtime.session(bundle / "model.onnx"), x).numpy()
     np.testing.assert_allclose(np.array([p["logits"] for p in preds]), expected, atol=1e-5)
     np.testing.assert_allclose(pib.predict_here(bundle, paths), expected, atol=1e-5)
     assert run.stderr == ""   # 28x28 grayscale: nothing to convert

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgelab import check, measure, models, prune
+from edgelab import check, counts, models, prune, sizes
 
 
 X1 = torch.zeros(1, 1, 28, 28)
@@ -64,7 +64,7 @@ def test_remove_masks_leaves_a_plain_dense_model_of_the_same_size():
     m = tiny()
     p = prune.remove_masks(prune.unstructured(m, 0.5))
     assert set(p.state_dict()) == set(m.state_dict())
-    assert abs(len(measure.state_dict_bytes(p)) - len(measure.state_dict_bytes(m))) < 64
+    assert abs(len(sizes.state_dict_bytes(p)) - len(sizes.state_dict_bytes(m))) < 64
 
 
 def test_structured_pruning_halves_channels_and_keeps_the_classifier_outputs():
@@ -72,7 +72,7 @@ def test_structured_pruning_halves_channels_and_keeps_the_classifier_outputs():
     p = prune.structured(m, 0.5, X1)
     assert p.conv1.out_channels == 32 and p.layer4[1].conv2.out_channels == 256
     assert p.fc.out_features == 10 and p(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
-    ratio = measure.count_params(p) / measure.count_params(m)
+    ratio = counts.count_params(p) / counts.count_params(m)
     assert 0.2 < ratio < 0.3  # half the channels on both sides of each conv: about a quarter
 
 
@@ -129,8 +129,8 @@ def test_structured_pruning_keeps_each_layers_share_of_channels(rate):
 
 def test_structured_pruning_shrinks_the_model_as_the_rate_grows():
     m = models.Student().eval()
-    sizes = [measure.count_params(prune.structured(m, r, X1)) for r in (0.5, 0.8, 0.9, 0.93)]
-    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+    params = [counts.count_params(prune.structured(m, r, X1)) for r in (0.5, 0.8, 0.9, 0.93)]
+    assert params == sorted(params, reverse=True) and len(set(params)) == len(params)
 
 
 def test_a_rate_that_would_empty_a_layer_names_the_layer_and_the_highest_rate_that_works():

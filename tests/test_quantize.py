@@ -122,12 +122,12 @@ def test_bits_panel_moves_and_times_its_responses():
 def test_bits_panel_answers_what_a_fake_quantized_copy_would():
     import copy
 
-    from edgelab import measure
+    from edgelab import evaluation
     m = tiny_cnn()
     x, y = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
     panel = widgets.bits_panel(m, x, y, bits=3, per_channel=False)
     copy_3bit = qmath.fake_quantize_weights(copy.deepcopy(m), 3, per_channel=False)
-    assert panel.result["accuracy"] == measure.accuracy_on(copy_3bit, x, y)
+    assert panel.result["accuracy"] == evaluation.accuracy_on(copy_3bit, x, y)
     fake = {k: qmath.quantize_dequantize(w.detach(), 3, symmetric=True)
             for k, w in qmath.quantizable_weights(m).items()}
     with torch.no_grad():
@@ -292,7 +292,7 @@ def test_fixed_batches_feeds_only_batch_1_and_full_chunks():
 
 
 def test_int8_static_bars_pick_the_best_model_per_runtime():
-    from edgelab import report
+    from edgelab import targets
 
     def rec(name, runtime, acc, size, b64, tags):
         return {"name": name, "runtime": runtime, "accuracy": acc, "bytes": size,
@@ -305,14 +305,14 @@ def test_int8_static_bars_pick_the_best_model_per_runtime():
         rec("teacher", "onnxruntime", 0.937, 44_000_000, 80.0, ["baseline", "fp32", "onnx"]),
         rec("ort-s8", "onnxruntime", 0.936, 11_000_000, 90.0, ["int8", "static", "onnx"]),
     ]
-    bars = report.int8_static_bars(records)
+    bars = targets.int8_static_bars(records)
     assert bars["torch"]["name"] == "ptq" and bars["torch"]["met"]
     assert bars["torch"]["faster_b64"] == pytest.approx(2.5)
     assert bars["onnxruntime"]["name"] == "ort-s8" and not bars["onnxruntime"]["met"]
     res = {"run": {"smoke": False}, "records": [dict(r, notebook="02_quantization_flows") for r in records]}
-    int8_targets = [fn for desc, fn in report.TARGETS if desc.startswith("int8 static")]
+    int8_targets = [fn for desc, fn in targets.TARGETS if desc.startswith("int8 static")]
     assert [fn(res)[1] for fn in int8_targets] == [True, False]
-    assert all(fn(dict(res, run={"smoke": True})) is None for _, fn in report.TARGETS[-2:])
+    assert all(fn(dict(res, run={"smoke": True})) is None for _, fn in targets.TARGETS[-2:])
 
 
 def test_ort_static_calibrates_over_several_batches(tmp_path):

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from edgelab import latency, report
+from edgelab import latency, report, targets
 from edgelab.records import Record
 
 
@@ -56,7 +56,7 @@ def test_seed_claims_are_written_per_notebook_and_assembled_by_key(tmp_path):
     assert list(res["seed_claims"]) == ["1", "4"]
     assert res["seed_claims"]["4"] == {"ran": "resnet18(pretrained=True)",
                                        "happened": {"then": "refused"}, "notebook": "00_baseline"}
-    row = dict((d, (m, ok)) for d, m, ok in report.check_targets(res))
+    row = dict((d, (m, ok)) for d, m, ok in targets.check_targets(res))
     assert row["the blog's seven claims each shown by a cell that runs it"] == \
         ("2 of 7 (missing 2, 3, 5, 6, 7)", False)
 

@@ -89,7 +89,7 @@ def test_distill_panel_flattens_both_distributions_as_t_rises():
 
 def test_lowrank_panel_trades_parameters_for_accuracy_and_caches_each_energy():
     from edgelab import lowrank
-    from edgelab.measure import count_params
+    from edgelab.counts import count_params
     torch.manual_seed(0)
     model = models.student(widths=(8, 16), blocks=1).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -117,7 +117,7 @@ def test_prune_panel_keeps_the_exact_count_when_magnitudes_tie():
                 m.weight.fill_(0.5)                     # every magnitude ties
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     panel = widgets.prune_panel(model, x, y, latency_runs=2)
-    from edgelab.measure import count_nonzero
+    from edgelab.counts import count_nonzero
     dense = count_nonzero(model)
     n = sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
     r = panel.set(method="unstructured", rate=0.5)

@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from edgelab import paths, report, workbook
+from edgelab import paths, targets, workbook
 
 
 def test_the_tree_peak_counts_a_forked_childs_shared_pages_once():
@@ -38,7 +38,7 @@ def fake_workbook(tmp_path, monkeypatch):
     monkeypatch.delenv("EDGELAB_RESULTS", raising=False)
     monkeypatch.setattr(workbook, "notebooks", lambda: nbs)
     monkeypatch.setattr(workbook, "run_info", lambda smoke: {"smoke": smoke})
-    monkeypatch.setattr(report, "targets_table", lambda res: "")
+    monkeypatch.setattr(targets, "targets_table", lambda res: "")
     ran = []
 
     def execute(nb: Path, out_dir, smoke):

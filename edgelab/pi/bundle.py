@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .. import data, deploy, measure, paths, runtime
+from .. import counts, data, deploy, evaluation, paths, runtime
 from . import TEMPLATE
 
 __all__ = ["BUNDLE_FILES", "MODES", "FASHION_MNIST", "BundleError", "input_spec",
@@ -177,7 +177,7 @@ def _write_files(tmp: Path, meta: dict, dataset: str, name: str, accuracy, test_
 def resnet18_224_macs() -> int:
     """Multiply-adds of torchvision's ResNet18 on one 224x224 colour image, counted here."""
     from torchvision.models import resnet18
-    return measure.count_macs(resnet18(), (1, 3, 224, 224))
+    return counts.count_macs(resnet18(), (1, 3, 224, 224))
 
 
 def _scale_line(macs: int | None) -> str:
@@ -286,5 +286,5 @@ def predict_here(bundle, files) -> np.ndarray:
     machine's ONNX Runtime (one thread). The x86 side of the arm64 check."""
     meta, predict = read_meta(bundle), load_predict(bundle)
     x = np.stack([predict.preprocess(Path(f), meta) for f in files])
-    return measure.predict_logits(runtime.session(Path(bundle) / "model.onnx", threads=1),
+    return evaluation.predict_logits(runtime.session(Path(bundle) / "model.onnx", threads=1),
                                   torch.from_numpy(x)).numpy()
