@@ -89,7 +89,8 @@ clean:
 # debootstrap, an arm64 Debian root filesystem with the bundle's pinned wheels, built once
 # (minutes) under ~/.cache/edgelab; after that, only the binfmt handler (lost at each boot) is
 # checked. Needs root; `make clean` asks the same module to remove it (and a half-built one).
-# Asked of edgelab/paths.py (torch-free, any python3): one place computes it, $EDGELAB_PI_ROOTFS included.
+# Asked of edgelab/paths.py (torch-free, any python3): one place computes it, $EDGELAB_PI_ROOTFS
+# included; its default release (paths.PI_RELEASE) is the suite edgelab.pi.rootfs builds.
 PI_ROOTFS := $(shell $(PYTHON) -m edgelab.paths pi_rootfs)
 .PHONY: pi-rootfs
 pi-rootfs: $(STAMP)

@@ -14,13 +14,14 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["ROOT", "DEBIAN_DIR", "DataNotFoundError", "repo_root", "data_search_dirs",
+__all__ = ["ROOT", "DEBIAN_DIR", "PI_RELEASE", "DataNotFoundError", "repo_root", "data_search_dirs",
            "checkpoints_dir", "build_dir", "cache_dir", "results_dir", "results_file", "resume_dir",
            "executed_dir", "bundle_dir", "notebooks_dir", "user_cache_dir", "pi_rootfs",
            "wheelhouse", "atomic_write_bytes", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")   # Debian's dataset-fashion-mnist
+PI_RELEASE = "bookworm"   # the Debian release edgelab.pi.rootfs builds (Raspberry Pi OS 64-bit's)
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -97,10 +98,16 @@ def user_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgelab"
 
 
-def pi_rootfs() -> Path:
-    """The arm64 Debian root filesystem the bundle is verified in; ``$EDGELAB_PI_ROOTFS``."""
+def pi_rootfs(release: str = PI_RELEASE) -> Path:
+    """The arm64 root filesystem of Debian ``release`` the bundle is verified in, one folder per
+    release (``~/.cache/edgelab/pi-rootfs-bookworm-arm64`` by default); ``$EDGELAB_PI_ROOTFS``
+    names the folder instead."""
+    if not (isinstance(release, str) and release.isascii() and release.isalpha()
+            and release.islower()):
+        raise ValueError(f"release is a Debian release's code name, e.g. {PI_RELEASE!r} or "
+                         f"'trixie'; got {release!r}")
     return Path(os.environ.get("EDGELAB_PI_ROOTFS")
-                or user_cache_dir() / "pi-rootfs-bookworm-arm64")
+                or user_cache_dir() / f"pi-rootfs-{release}-arm64")
 
 
 def wheelhouse() -> Path:
@@ -123,15 +130,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def main(argv=None) -> int:
-    """``python -m edgelab.paths pi_rootfs`` prints one path (the Makefile asks this way)."""
+    """``python -m edgelab.paths pi_rootfs`` prints one path (the Makefile asks this way);
+    ``pi_rootfs trixie`` that of another release."""
     import sys
 
     names = [n for n in __all__ if n[0].islower() and n not in ("data_search_dirs", "main")]
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or args[0] not in names:
-        print(f"usage: python -m edgelab.paths {{{','.join(names)}}}", file=sys.stderr)
+    if not args or args[0] not in names or len(args) > (2 if args[0] == "pi_rootfs" else 1):
+        print(f"usage: python -m edgelab.paths {{{','.join(names)}}} (pi_rootfs [release])",
+              file=sys.stderr)
         return 2
-    print(globals()[args[0]]())
+    try:
+        print(globals()[args[0]](*args[1:]))
+    except ValueError as e:
+        print(f"edgelab.paths: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import bundle as pi_bundle
 from .. import paths
-from .rootfs import (BINFMT_CONF, SIGILL_PIN, SIGILL_SITE, SITE, Arm64Unavailable,
+from .rootfs import (BINFMT_CONF, SIGILL_PIN, SIGILL_SITE, SITE, SUITE, Arm64Unavailable,
                      binfmt_registered, ensure_binfmt, rootfs_ready)
 
 __all__ = ["QEMU_CPU", "PI_CPUS", "MIDR", "HWCAP_NAMES", "PROBE", "HOW_TO_ENABLE", "available",
@@ -54,8 +54,8 @@ HOW_TO_ENABLE = (
 
 def available(root=None) -> tuple[bool, str]:
     """(True, '') when the emulated Pi can run here, else (False, why and how to enable it).
-    ``root``: the root filesystem, default edgelab.paths.pi_rootfs(), as everywhere here."""
-    root = Path(root or paths.pi_rootfs())
+    ``root``: the root filesystem, default edgelab.paths.pi_rootfs(SUITE), as everywhere here."""
+    root = Path(root or paths.pi_rootfs(SUITE))
     if not sys.platform.startswith("linux"):
         return False, f"not Linux ({sys.platform}). {HOW_TO_ENABLE}"
     if os.geteuid() != 0:
@@ -68,7 +68,7 @@ def available(root=None) -> tuple[bool, str]:
 
 
 def _ready(root) -> Path:
-    root = Path(root or paths.pi_rootfs())
+    root = Path(root or paths.pi_rootfs(SUITE))
     ok, why = available(root)
     if not ok:
         raise Arm64Unavailable(why)
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
     v = sub.add_parser("verify", help="run a bundle's predict.py on the emulated Pi CPU")
     v.add_argument("bundle", nargs="?", type=Path, help="default: build/pi_bundle")
     v.add_argument("--images", type=int, default=300)
-    v.add_argument("--root", type=Path, help="default: edgelab.paths.pi_rootfs()")
+    v.add_argument("--root", type=Path, help="default: edgelab.paths.pi_rootfs(SUITE)")
     v.add_argument("--cpu", choices=sorted(PI_CPUS.values()), default=QEMU_CPU,
                    help="the emulated core: cortex-a72 (Pi 4, the default) or cortex-a76 (Pi 5)")
     args = p.parse_args(argv)

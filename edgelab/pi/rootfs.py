@@ -8,8 +8,8 @@ emulated A72 (edgelab.pi.emulate) rejects what a real Pi 4 would.
 ``~/.cache/edgelab/``, then only re-checks qemu's binfmt handler, which the kernel forgets at
 each boot. This module imports no torch, so that check takes a fraction of a second. It needs
 Linux and root (apt, debootstrap, chroot, mounts, binfmt_misc). Where it lives is
-``edgelab.paths.pi_rootfs()``; ``--remove`` removes it (what `make clean` does), so the Makefile
-spells out neither.
+``edgelab.paths.pi_rootfs(SUITE)``; ``--remove`` removes it (what `make clean` does), so the
+Makefile spells out neither.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ __all__ = ["SUITE", "PI_PYTHON", "DEFAULT_MIRROR", "STAMP", "SITE", "SIGILL_PIN"
            "SIGILL_SITE", "BINFMT", "BINFMT_CONF", "Arm64Unavailable", "rootfs_ready",
            "binfmt_registered", "ensure_binfmt", "debian_mirror", "build_rootfs", "remove_rootfs"]
 
-SUITE = "bookworm"                 # Debian 12, what Raspberry Pi OS (64-bit) bookworm builds on
+SUITE = paths.PI_RELEASE           # bookworm: Debian 12, what Raspberry Pi OS (64-bit) builds on
 PI_PYTHON = "3.11"                 # its python3
 # A release reported to die with "Illegal instruction" on Pi 4 boards, and seen to do so here
 # under QEMU_CPU=cortex-a72 (it runs under cortex-a76): installed apart, never on PYTHONPATH.
@@ -61,9 +61,9 @@ def _requirements_hash() -> str:
 
 
 def rootfs_ready(root=None) -> bool:
-    """The root filesystem (``root``, default edgelab.paths.pi_rootfs()) is built and holds the
+    """The root filesystem (``root``, default edgelab.paths.pi_rootfs(SUITE)) is built and holds the
     bundle's current requirements."""
-    root = Path(root or paths.pi_rootfs())
+    root = Path(root or paths.pi_rootfs(SUITE))
     stamp = root / STAMP
     try:
         meta = json.loads(stamp.read_text())
@@ -212,9 +212,9 @@ def build_rootfs(root=None, mirror: str | None = None, log=print) -> Path:
     When it is there and current this only checks the binfmt handler (seconds). Otherwise:
     install qemu-user-static and debootstrap if missing, register the handler,
     ``debootstrap --arch=arm64 --variant=minbase --include=python3`` into a temporary folder
-    next to ``root`` (default edgelab.paths.pi_rootfs()), install the bundle's requirements,
+    next to ``root`` (default edgelab.paths.pi_rootfs(SUITE)), install the bundle's requirements,
     write the stamp, rename into place."""
-    root = Path(root or paths.pi_rootfs())
+    root = Path(root or paths.pi_rootfs(SUITE))
     _install_host_tools(log)
     ensure_binfmt()
     if rootfs_ready(root):
@@ -274,7 +274,7 @@ def _du_mb(path: Path) -> float:
 
 def remove_rootfs(root=None) -> None:
     """What `make clean` does to the root filesystem (and a half-built one)."""
-    root = Path(root or paths.pi_rootfs())
+    root = Path(root or paths.pi_rootfs(SUITE))
     if root.exists() or root.with_name(f".{root.name}.tmp").exists():
         _need_root(f"remove {root}")   # built by root: `make clean` retries with sudo
     _remove_tree(root.with_name(f".{root.name}.tmp"))
@@ -285,11 +285,12 @@ def remove_rootfs(root=None) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgelab.pi.rootfs",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", type=Path, default=None, help="default: edgelab.paths.pi_rootfs()")
+    p.add_argument("--root", type=Path, default=None,
+                   help="default: edgelab.paths.pi_rootfs(SUITE)")
     p.add_argument("--mirror", default=None, help="Debian mirror (default: this machine's apt's)")
     p.add_argument("--remove", action="store_true", help="remove it instead (what make clean does)")
     args = p.parse_args(argv)
-    args.root = args.root or paths.pi_rootfs()
+    args.root = args.root or paths.pi_rootfs(SUITE)
     t0 = time.perf_counter()
     try:
         if args.remove:
