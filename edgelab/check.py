@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 __all__ = ["Outcome", "run_cases", "verdict", "Exercise", "EXERCISES", "register",
-           "magnitude_mask", "magnitude_threshold", "csr_bytes", "prune_pair",
+           "magnitude_mask", "magnitude_threshold", "csr_bytes", "prune_pair", "taylor_scores",
            "quantize_dequantize", "fold_bn", "fake_quant_ste", "int_linear", "kmeans_quantize",
            "factor_conv", "kd_loss", "preprocess", "choose_model"]
 
@@ -173,6 +173,7 @@ def _close_to_scale(got, want, tol: float = 1e-5) -> bool:
 
 # The exercises, one module per part of the workbook, each registering its own in EXERCISES;
 # ``check.<exercise>`` is the public name.
+from .check_importance import taylor_scores  # noqa: E402
 from .check_layers import factor_conv, int_linear, kmeans_quantize  # noqa: E402
 from .check_pipeline import choose_model, kd_loss, preprocess  # noqa: E402
 from .check_pruning import csr_bytes, magnitude_mask, magnitude_threshold, prune_pair  # noqa: E402
