@@ -44,7 +44,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from edgelab import (check, data, deploy, evaluation, figures, measure, memory, models, paths,
+from edgelab import (cache, check, data, deploy, evaluation, figures, measure, memory, models,
                      qmath, quantize, report, runtime, tables, widgets)
 from edgelab.records import find
 from edgelab.sizes import saved_size
@@ -62,7 +62,6 @@ INT_CALIBRATION = 32 if SMOKE else 128        # images ONNX Runtime calibrates t
 INT_IMAGES = 32 if SMOKE else 500
 KMEANS_VAL = 64 if SMOKE else 1000            # validation images for k-means against linear
 KMEANS_BITS = [2, 3] if SMOKE else [2, 3, 4]
-BUILD = paths.cache_dir(NOTEBOOK)
 print(f"smoke mode: {SMOKE}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
 
 # %%
@@ -242,12 +241,18 @@ int_linear = check.int_linear(my_int_linear)
 # (`runtime.with_outputs`), and feeds the same input codes to your function.
 
 # %%
-teacher_onnx = deploy.export(teacher, BUILD / "teacher.onnx", data.tensors("val", limit=2)[0])
-teacher_int8 = runtime.ort_static(teacher_onnx, BUILD / f"teacher-int8-{INT_CALIBRATION}.onnx",
-                                  data.calibration_set(INT_CALIBRATION))
+# files keyed by what made them: the checkpoint's hash, the input shape, the calibration
+example = data.tensors("val", limit=2)[0]
+teacher_onnx = deploy.export(teacher, cache.path(
+    f"{NOTEBOOK}/teacher", [models.read_card("teacher")["sha256"], example.shape[1:]], ".onnx"),
+    example)
+teacher_int8 = runtime.ort_static(teacher_onnx, cache.path(
+    f"{NOTEBOOK}/teacher-int8", [teacher_onnx.name, "minmax", INT_CALIBRATION, "per-channel"],
+    ".onnx"), data.calibration_set(INT_CALIBRATION))
 fc_q = runtime.qdq_linear(teacher_int8, "fc.weight")
-probe = runtime.session(runtime.with_outputs(teacher_int8, [fc_q["x_name"], fc_q["y_name"]],
-                                             BUILD / "teacher-int8-fc-probe.onnx"), threads=1)
+probe_names = [fc_q["x_name"], fc_q["y_name"]]
+probe = runtime.session(runtime.with_outputs(teacher_int8, probe_names, cache.path(
+    f"{NOTEBOOK}/teacher-int8-probe", [teacher_int8.name, probe_names], ".onnx")), threads=1)
 _, x_codes, ort_codes = probe.run(None, {"image": data.tensors("val", limit=INT_IMAGES)[0].numpy()})
 m = fc_q["x_scale"] * torch.from_numpy(fc_q["w_scale"].copy()).double() / fc_q["y_scale"]
 mine = int_linear(torch.from_numpy(x_codes.copy()), fc_q["x_zp"],

@@ -56,8 +56,8 @@ import numpy as np
 import torch
 from IPython.display import display
 
-from edgelab import (check, counts, data, deploy, evaluation, figures, latency, measure, memory,
-                     models, paths, pi, report, runtime, tables)
+from edgelab import (cache, check, counts, data, deploy, evaluation, figures, latency, measure,
+                     memory, models, paths, pi, report, runtime, tables)
 from edgelab.records import find
 
 memory.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
@@ -101,8 +101,11 @@ print(f"torch {torch.__version__}: torch.onnx.export(dynamo=...) defaults to "
 example = data.tensors("val", limit=2)[0]   # two images: the input shape the exporter traces
 fp32_onnx = {}
 for name, m in torch_models.items():
+    # files under build/cache/, keyed by what made them: the checkpoint's hash, the input shape
+    where = cache.path(f"{NOTEBOOK}/{name}", [models.read_card(name)["sha256"], example.shape[1:]],
+                       ".onnx")
     with runtime.Stopwatch() as sw:
-        fp32_onnx[name] = deploy.export(m, WORK / f"{name}.onnx", example)
+        fp32_onnx[name] = deploy.export(m, where, example)
     print(f"{name}: exported in {sw.s:.1f} s, {fp32_onnx[name].stat().st_size / 1e6:.1f} MB "
           f"({counts.count_params(m) / 1e6:.2f} M parameters at 4 bytes, plus the graph)")
 
@@ -156,7 +159,7 @@ class BranchOnValue(torch.nn.Module):
         return -self.fc(x.flatten(1))
 
 try:
-    deploy.export(BranchOnValue(), WORK / "branch.onnx", example)
+    deploy.export(BranchOnValue(), cache.path(f"{NOTEBOOK}/branch", [], ".onnx"), example)
 except deploy.ExportError as e:
     print(e)
 
@@ -186,8 +189,9 @@ print(f"this CPU: {isa['machine']}, PyTorch dispatch {isa['torch_capability']}, 
       f"flags {', '.join(isa['flags']) or '-'}")
 act_trial = {}
 for act in ("uint8", "int8"):
-    path = runtime.ort_static(fp32_onnx["pruned50"], WORK / f"pruned50-int8-{act}.onnx", calib,
-                              per_channel=True, activations=act)
+    where = cache.path(f"{NOTEBOOK}/pruned50-int8", [fp32_onnx["pruned50"].name, "minmax",
+                                                     len(calib), act, "per-channel"], ".onnx")
+    path = runtime.ort_static(fp32_onnx["pruned50"], where, calib, per_channel=True, activations=act)
     sess = runtime.session(path)
     vx, vy = data.tensors("val", limit=VAL_IMAGES)
     act_trial[act] = {"val_accuracy": evaluation.accuracy_on(sess, vx, vy),
@@ -203,9 +207,10 @@ print(f"measured on this CPU: {ACTIVATIONS} activations (on another CPU, measure
 onnx_files = dict(fp32_onnx)
 for name in torch_models:
     with runtime.Stopwatch() as sw:
-        onnx_files[f"{name}-int8"] = runtime.ort_static(
-            fp32_onnx[name], WORK / f"{name}-int8.onnx", calib, per_channel=True,
-            activations=ACTIVATIONS)
+        where = cache.path(f"{NOTEBOOK}/{name}-int8", [fp32_onnx[name].name, "minmax", len(calib),
+                                                       ACTIVATIONS, "per-channel"], ".onnx")
+        onnx_files[f"{name}-int8"] = runtime.ort_static(fp32_onnx[name], where, calib,
+                                                        per_channel=True, activations=ACTIVATIONS)
     print(f"{name}-int8: calibrated on {len(calib)} images and quantized in {sw.s:.1f} s")
 
 TAGS = {"teacher": ["baseline", "fp32", "onnx"],
