@@ -143,3 +143,100 @@ def test_cached_logits_refuse_shifted_batches_and_the_online_teacher_sees_them()
     for x, (y, t) in distill.OnlineDistillBatches(base, teacher):
         assert torch.allclose(t, teacher(x))   # the logits of exactly the images trained on
         assert not t.requires_grad
+
+
+def _hint_pair():
+    """A two-stage Student (stages.1 at 14x14, 8 channels) and a tiny teacher whose ``layer1``
+    is 14x14 with 12 channels, then a head that must not run when only ``layer1`` is asked."""
+    from collections import OrderedDict
+
+    from edgelab import models
+    torch.manual_seed(0)
+    student = models.Student(widths=(4, 8), blocks=1)
+    teacher = torch.nn.Sequential(OrderedDict(
+        stem=torch.nn.Conv2d(1, 6, 3, stride=2, padding=1), layer1=torch.nn.Conv2d(6, 12, 3, 1, 1),
+        pool=torch.nn.AdaptiveAvgPool2d(1), flat=torch.nn.Flatten(), fc=torch.nn.Linear(12, 10)))
+    return student, teacher.eval()
+
+
+def test_feature_hint_adapter_maps_student_channels_to_the_teachers():
+    student, teacher = _hint_pair()
+    hint = distill.FeatureHint(student, teacher, "stages.1", "layer1")
+    assert (hint.adapter.in_channels, hint.adapter.out_channels) == (8, 12)
+    assert hint.adapter.kernel_size == (1, 1)
+    logits = hint(torch.randn(3, 1, 28, 28))
+    assert logits.shape == (3, 10) and hint.feature.shape == (3, 12, 14, 14)
+
+
+def test_feature_hint_names_unknown_layers_and_mismatched_sizes():
+    student, teacher = _hint_pair()
+    with pytest.raises(ValueError, match="no module 'stages.7'.*stages.1"):
+        distill.FeatureHint(student, teacher, "stages.7", "layer1")
+    with pytest.raises(ValueError, match="28x28 but the teacher's 'layer1' is 14x14"):
+        distill.FeatureHint(student, teacher, "stages.0", "layer1")
+
+
+def test_the_hint_loss_is_positive_and_trains_the_adapter_and_the_guided_layers():
+    student, teacher = _hint_pair()
+    hint = distill.FeatureHint(student, teacher, "stages.1", "layer1")
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    tap = distill.FeatureTap(teacher, "layer1", stop=True)
+    with torch.no_grad():
+        t_feat = tap(x)
+    tap.remove()
+    t_logits = teacher(x)
+    loss = distill.hint_loss_fn(hint, T=4.0, alpha=0.9, beta=1.0)(hint(x), (y, t_logits, t_feat))
+    assert loss.item() > 0
+    loss.backward()
+    for p in (hint.adapter.weight, student.stages[1][0].conv1.weight, student.stem[0].weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    only_kd = distill.hint_loss_fn(hint, beta=0.0)(hint(x), (y, t_logits, t_feat))
+    assert torch.allclose(only_kd, distill.kd_loss(hint(x), t_logits, y))
+    with pytest.raises(ValueError, match="beta"):
+        distill.hint_loss_fn(hint, beta=-1.0)
+
+
+def test_hint_batches_give_the_teachers_map_of_exactly_these_images_without_its_head():
+    student, teacher = _hint_pair()
+    images = torch.randint(0, 255, (8, 28, 28), dtype=torch.uint8)
+    base = data.Batches(images, torch.arange(8) % 10, batch_size=4, shuffle=True, flip=True, seed=0)
+    logits = torch.randn(8, 2, 10)
+    ran_head = []
+    teacher.fc.register_forward_hook(lambda *_: ran_head.append(1))
+    batches = distill.HintBatches(base, logits, teacher, "layer1")
+    seen = list(batches)
+    assert not ran_head                       # the teacher stopped after layer1
+    batches.remove()
+    assert not teacher.layer1._forward_hooks
+    for x, (y, t_logits, t_feat) in seen:
+        assert torch.allclose(t_feat, teacher.layer1(teacher.stem(x)))
+        assert t_logits.shape == (4, 10) and not t_feat.requires_grad
+
+
+def test_hooks_are_removed_after_training_and_the_student_is_plain():
+    from edgelab import models
+    student, teacher = _hint_pair()
+    hint = distill.FeatureHint(student, teacher, "stages.1", "layer1")
+    images = torch.randint(0, 255, (16, 28, 28), dtype=torch.uint8)
+    base = data.Batches(images, torch.arange(16) % 10, batch_size=8, shuffle=True, flip=True)
+    batches = distill.HintBatches(base, torch.randn(16, 2, 10), teacher, "layer1")
+    train.fit(hint, batches, 1, lr=0.05, loss_fn=distill.hint_loss_fn(hint),
+              device=torch.device("cpu"), progress=False)
+    batches.remove()
+    plain = hint.detach()
+    assert plain is student
+    assert not any(m._forward_hooks for m in list(student.modules()) + list(teacher.modules()))
+    fresh = models.Student(widths=(4, 8), blocks=1)
+    fresh.load_state_dict(plain.state_dict())   # strict: no adapter keys
+    assert {k for k in hint.state_dict() if not k.startswith("student.")} == {"adapter.weight"}
+
+
+def test_student_fitnets_is_student_kd_plus_a_hint_on_layers_of_one_size():
+    kd, fit = dict(train.RECIPES["student-kd"]), dict(train.RECIPES["student-fitnets"])
+    hint = fit.pop("hint")
+    assert fit == kd
+    assert (hint["student"], hint["teacher"]) == (distill.HINT_LAYERS["student"],
+                                                 distill.HINT_LAYERS["teacher"])
+    assert hint["beta"] > 0
+    assert train.default_out("student-fitnets", 3).name == "student-fitnets-s3"

@@ -128,3 +128,16 @@ def test_reapply_masks_keeps_pruned_weights_at_zero_through_momentum_and_decay()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     loop.run(model, batches, opt, epochs=2, callbacks=[loop.ReapplyMasks({"3.weight": mask})])
     assert (model[3].weight[~mask] == 0).all() and (model[3].weight[mask] != 0).any()
+
+
+def test_student_fitnets_ships_a_checkpoint_that_loads_into_the_plain_student(tmp_path,
+                                                                             monkeypatch):
+    from edgelab import paths
+    monkeypatch.setattr(paths, "resume_dir", lambda: tmp_path / "resume")
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: 0.0)   # 15k images: not the point
+    card = train.train_recipe("student-fitnets", tmp_path / "fit", epochs=1, limit=256,
+                              progress=False)
+    assert card["training"]["hint"] == train.RECIPES["student-fitnets"]["hint"]
+    plain = models.Student()
+    plain.load_state_dict(models.load_checkpoint(tmp_path / "fit").state_dict())  # strict
+    assert not any(m._forward_hooks for m in plain.modules())
