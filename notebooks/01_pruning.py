@@ -601,4 +601,6 @@ path = report.write_notebook_results(NOTEBOOK, records, widgets={"prune_rate": s
 # channels are what shrink the file and the latency. Pruning half the channels removes about three
 # quarters of the weights and the arithmetic, and a fine-tune brings the accuracy back.
 #
-# **Next:** [02 · Quantization](02_quantization.ipynb) stores each remaining weight in one byte.
+# **Next:** [01 · Which channels, and when](01_pruning_importance.ipynb) compares importances (L2,
+# Taylor, batch-norm γ) and one-shot against iterative pruning on the student, at one channel
+# budget; then [02 · Quantization](02_quantization.ipynb) stores each remaining weight in one byte.
