@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 from IPython.display import display
 
-from edgelab import data, figures, measure, models, paths, quantize, report, runtime
+from edgelab import calibration, data, figures, measure, models, quantize, report, runtime
 from edgelab import evaluation, latency, memory, plots, tables, targets
 from edgelab.records import find
 
@@ -63,7 +63,6 @@ SWEEP_IMAGES = 100 if SMOKE else 1000     # validation images per point of the c
 QAT_STEPS = 4 if SMOKE else 200           # a live demo: a few minutes would do better
 QAT_BATCH = 16                            # small batches keep the backward pass under the memory bar
 QAT_BITS = 4                              # QAT and PTQ are compared at this weight width
-BUILD = paths.cache_dir(NOTEBOOK)
 print(f"smoke mode: {SMOKE}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
 
 # %%
@@ -391,10 +390,10 @@ print(f"{isa['machine']}; PyTorch dispatches to {isa['torch_capability']}; VNNI:
 # and each int8 model's accuracy is also taken on validation, where the choice is made.
 
 # %%
-BUILD.mkdir(parents=True, exist_ok=True)
-fp32_onnx = runtime.export_onnx(teacher, BUILD / "teacher.onnx", calib[:2])
-int8_onnx = {act: runtime.ort_static(fp32_onnx, BUILD / f"teacher-int8-{act}.onnx", calib,
-                                      per_channel=True, activations=act)
+# files under build/cache/, keyed by the model, the input shape, the images and the options
+fp32_onnx = calibration.fp32_onnx(teacher, calib[:2], f"{NOTEBOOK}/teacher")
+int8_onnx = {act: calibration.ort_calibrated(teacher, calib, "minmax", name=f"{NOTEBOOK}/teacher",
+                                             per_channel=True, activations=act)
              for act in ("uint8", "int8")}
 records.append(measure.measure_onnx(fp32_onnx, "teacher", teacher, tags=["baseline", "fp32", "onnx"],
                                     limit=EVAL_IMAGES, min_run_time=LATENCY_S))
@@ -419,6 +418,10 @@ ort_choice = {"isa": isa, "faster": faster["name"],
 # That is a measurement on *this* CPU, not a rule: on a CPU without VNNI, U8S8 can lose accuracy
 # to saturation (the docs' caveat above), and on the Pi's Arm cores the kernels are different
 # again, so measure both activation types on the target (notebook 05 measures the bundle there).
+#
+# Every static model here reads its activation ranges with its library's default calibration
+# (histogram observers in PyTorch, MinMax in ONNX Runtime). How much the choice of calibrator
+# matters, measured on validation, is [02 · Quantization calibration](02_quantization_calibration.ipynb).
 
 # %% [markdown]
 # ## 7 · Everything side by side
@@ -469,5 +472,6 @@ print(f"wrote {len(records)} records to {path.relative_to(path.parents[2])}; "
       f"notebook body ran in {time.time() - T_START:.0f} s")
 
 # %% [markdown]
-# **Next:** [03 · Distillation](03_distillation.ipynb) trains a much smaller student to imitate
-# this teacher; quantizing that student stacks the savings.
+# **Next:** [02 · Quantization calibration](02_quantization_calibration.ipynb) compares the ways
+# of reading activation ranges from calibration images; then [03 · Distillation](03_distillation.ipynb)
+# trains a much smaller student to imitate this teacher; quantizing that student stacks the savings.
