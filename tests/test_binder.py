@@ -72,6 +72,7 @@ def test_repo2docker_reads_binder_and_plans_the_build_without_docker():
     assert not missing, f"repo2docker's plan lacks {missing}:\n{plan[-3000:]}"
 
 
+@pytest.mark.heavy   # a notebook in a kernel of its own
 def test_memory_cap_stops_a_notebook_that_goes_over_it(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("SMOKE = True\nNOTEBOOK = 'x'", metadata={"tags": ["parameters"]}),

@@ -38,6 +38,7 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.heavy   # starts JupyterLab: 12 s of `make check`'s two minutes
 def test_make_lab_serves_the_workbook_only_with_its_token(tmp_path):
     port = lab.free_port("127.0.0.1", start=18888)
     log = tmp_path / "make-lab.log"

@@ -50,7 +50,8 @@ def test_the_eager_flow_names_the_models_it_has_the_edit_for():
         quantize(net, QuantConfig("eager"), torch.randn(8, 1, 28, 28))
 
 
-@pytest.mark.parametrize("name", sorted(ARCHS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.heavy) if n.startswith("mobilenet")
+                                  else n for n in sorted(ARCHS)])   # MobileNetV3: `make test`
 def test_pt2e_and_onnxruntime_quantize_every_test_architecture(name, tmp_path):
     build, shape = ARCHS[name]
     torch.manual_seed(0)
