@@ -23,7 +23,7 @@ from . import paths
 from .paths import DataNotFoundError
 
 __all__ = ["INPUT_SHAPE", "FILES", "CLASSES", "VAL_SIZE", "SPLIT_SEED",
-           "DataNotFoundError", "DataCorruptError", "search_dirs", "find_data_dir",
+           "DataCorruptError", "search_dirs", "find_data_dir",
            "read_verified", "parse_idx", "FashionMNIST", "split_indices", "load", "normalize",
            "Batches", "loader", "tensors", "calibration_set", "download"]
 

@@ -16,7 +16,7 @@ from .paths import atomic_write_bytes
 
 __all__ = ["SHIPPED_SHA256", "teacher", "Student", "student",
            "SeparableBlock", "student_dw", "structured_student", "structured_teacher", "lowrank_teacher", "ARCHS", "build", "sha256_file",
-           "atomic_write_bytes", "save_checkpoint", "read_card", "load_checkpoint", "reinit"]
+           "save_checkpoint", "read_card", "load_checkpoint", "reinit"]
 
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from .memory import release_memory
-from .models import atomic_write_bytes
+from .paths import atomic_write_bytes
 
 __all__ = ["quiet", "quiet_logs", "check_calibration", "graph_bytes", "FixedBatches",
            "compile_fixed", "release_compiled", "export_onnx", "session", "CALIBRATIONS", "ort_static", "qdq_linear", "with_outputs",

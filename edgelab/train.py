@@ -22,10 +22,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import data, loop, paths
-from .loop import to_device, train_step
 from .models import build, load_checkpoint, read_card, save_checkpoint
 
-__all__ = ["pick_device", "predict", "evaluate", "to_device", "train_step", "finetune_steps",
+__all__ = ["pick_device", "predict", "evaluate", "finetune_steps",
            "recalibrate_batchnorm", "sgd_one_cycle", "fit", "versions", "RECIPES", "default_out",
            "train_recipe"]
 

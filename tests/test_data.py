@@ -4,7 +4,7 @@ import hashlib
 import pytest
 import torch
 
-from edgelab import data
+from edgelab import data, paths
 
 
 def test_the_four_files_match_their_decompressed_hashes():
@@ -68,7 +68,7 @@ def test_unknown_split_names_the_valid_ones():
 
 
 def test_missing_data_names_the_three_ways_to_get_it(no_data):
-    with pytest.raises(data.DataNotFoundError) as err:
+    with pytest.raises(paths.DataNotFoundError) as err:
         data.load()
     msg = str(err.value)
     assert "apt-get install dataset-fashion-mnist" in msg
@@ -104,7 +104,7 @@ def test_check_command_reports_missing_data_without_a_traceback(no_data, capsys)
 
 def test_a_named_data_folder_that_does_not_exist_is_an_error_not_a_fallback(no_data, monkeypatch):
     monkeypatch.setenv("EDGELAB_DATA", str(no_data / "typo"))
-    with pytest.raises(data.DataNotFoundError, match=r"EDGELAB_DATA=.*typo is not a folder"):
+    with pytest.raises(paths.DataNotFoundError, match=r"EDGELAB_DATA=.*typo is not a folder"):
         data.find_data_dir()
 
 

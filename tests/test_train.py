@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from edgelab import data, models, train
+from edgelab import data, loop, models, train
 
 
 def test_a_few_steps_lower_the_loss():
@@ -9,9 +9,9 @@ def test_a_few_steps_lower_the_loss():
     model = models.student(widths=(8, 16), blocks=1)
     x, y = data.tensors("train", limit=256)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    first = train.train_step(model, x, y, opt)
+    first = loop.train_step(model, x, y, opt)
     for _ in range(30):
-        last = train.train_step(model, x, y, opt)
+        last = loop.train_step(model, x, y, opt)
     assert last < 0.7 * first
 
 
