@@ -399,6 +399,97 @@ figures.show(fig)
 # there is none (a gain smaller than the seed-to-seed noise needs more seeds to see). The
 # permutation test makes no assumption about the shape of the noise, but with so few seeds it
 # cannot go below the smallest p printed above; the t-test assumes roughly normal differences.
+
+# %% [markdown]
+# ### A second signal: the teacher's feature maps (FitNets)
+#
+# The logits are not all a teacher knows. FitNets ([Romero et al., 2015](https://arxiv.org/abs/1412.6550))
+# also makes an intermediate feature map of the student regress one of the teacher's. The claim
+# tested here: adding such a *hint* to the distillation loss gives a better student than the
+# logits alone, at the same training budget. The recipe `student-fitnets` is `student-kd` (the
+# same epochs, optimizer, schedule, T, α and seeds) plus β times the mean squared error between
+# the student's middle stage (`stages.1`, 32 channels at 14×14) and the teacher's `layer1`
+# (64 channels at 14×14, the only teacher stage of that size), through a 1×1 convolution that
+# maps the student's channels to the teacher's. That adapter is trained with the student and
+# thrown away afterwards: the shipped checkpoint is the plain `Student` (`distill.FeatureHint`).
+# The teacher runs on every batch, up to `layer1` only, since cached logits cannot give a
+# feature map; each seed was trained by
+#
+#     python -m edgelab.train student-fitnets --seed 0 1 2 3 4
+#
+# The test is the one above: paired by seed, a mean difference with its 95 % interval.
+
+# %%
+hint_recipe = train.RECIPES["student-fitnets"]
+print("student-fitnets adds to student-kd:", {k: v for k, v in hint_recipe.items()
+                                              if train.RECIPES["student-kd"].get(k) != v})
+FIT_SEEDS = [s for s in SEEDS if f"student-fitnets-s{s}" in models.SHIPPED_SHA256]
+missing = [f"student-fitnets-s{s}" for s in SEEDS if s not in FIT_SEEDS]
+fitnets_verdict = None
+if len(FIT_SEEDS) < 2:
+    print(f"skipped: a paired comparison needs at least 2 seeds; not shipped yet: {missing}")
+else:
+    if missing:
+        print(f"{len(FIT_SEEDS)} of the {len(SEEDS)} seeds shipped; not shipped: {missing}")
+    VAL_LIMIT = 500 if SMOKE else None
+    hint_acc = {"student-kd": {}, "student-fitnets": {}}   # split -> accuracies by seed, in %
+    print(f"{'student':20s} {'test %':>7s} {'val. %':>7s}   card: test, val., wall time")
+    for recipe in hint_acc:
+        tests, vals = [], []
+        for seed in FIT_SEEDS:
+            name = f"{recipe}-s{seed}"
+            card = models.read_card(name)
+            model = students[name] if name in students else models.load_checkpoint(name)
+            tests.append(100 * (find(records, name)["accuracy"] if recipe == "student-kd" else
+                                evaluation.correct_mask(model, EVAL_IMAGES).float().mean().item()))
+            vals.append(100 * evaluation.correct_mask(model, VAL_LIMIT, "val").float().mean().item())
+            print(f"{name:20s} {tests[-1]:7.2f} {vals[-1]:7.2f}   {100 * card['test_accuracy']:.2f}, "
+                  f"{100 * card['val_accuracy']:.2f}, {card['wall_time_s'] / 60:.0f} min "
+                  f"on {card['threads']} thread(s)")
+        hint_acc[recipe] = {"test": tests, "validation": vals}
+    n_test = EVAL_IMAGES or 10000
+    n_val = VAL_LIMIT or data.VAL_SIZE
+    hint_cmp = {}
+    for split, n in (("test", n_test), ("validation", n_val)):
+        c = stats.paired_comparison(hint_acc["student-fitnets"][split], hint_acc["student-kd"][split])
+        hint_cmp[split] = c
+        print(f"\nfeature hint minus logits only, {split} ({n:,} images), paired over seeds {FIT_SEEDS}: "
+              f"{c['mean']:+.2f} pt (per seed: {', '.join(f'{g:+.2f}' for g in c['diffs'])})\n"
+              f"  95 % confidence interval: [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}] pt; paired t-test "
+              f"p = {c['p_t']:.3f}; exact permutation p = {c['p_perm']:.3f} (smallest possible "
+              f"{c['p_perm_min']:.4f})")
+    for split, c in hint_cmp.items():
+        if c["ci"][0] > 0:
+            print(f"→ {split}: the hint helped; the whole 95 % interval is above zero.")
+        elif c["ci"][1] < 0:
+            print(f"→ {split}: the hint hurt; the whole 95 % interval is below zero.")
+        else:
+            print(f"→ {split}: not shown; the 95 % interval includes zero, so these seeds cannot "
+                  "tell the hint from logit-only distillation.")
+    fitnets_verdict = {"seeds": FIT_SEEDS, **{
+        split: {k: v for k, v in cmp.items() if k != "diffs"} for split, cmp in hint_cmp.items()}}
+
+    fig, ax = plt.subplots(figsize=(figures.WIDTH, 3.6))
+    kd_t, fit_t = hint_acc["student-kd"]["test"], hint_acc["student-fitnets"]["test"]
+    for seed, a, b in zip(FIT_SEEDS, kd_t, fit_t):
+        ax.plot([0, 1], [a, b], color="0.6", lw=1, marker="o", ms=4, zorder=2)
+    for k, a in enumerate((kd_t, fit_t)):
+        ax.errorbar(k + 0.08, statistics.mean(a), yerr=statistics.stdev(a) / len(a) ** 0.5,
+                    marker="D", color=figures.PALETTE[k + 1], capsize=4, ms=7, zorder=4)
+    ax.set_xticks([0, 1], ["student-kd\n(logits)", "student-fitnets\n(logits + hint)"])
+    ax.set_xlim(-0.5, 1.5)
+    ax.set_ylabel(f"test accuracy (%)\n{n_test:,} images")
+    t_c = hint_cmp["test"]
+    ax.set_title(f"The hint's difference over {len(FIT_SEEDS)} paired seeds (one line each; ◆ mean "
+                 f"±1 SE):\n{t_c['mean']:+.2f} points, 95 % CI [{t_c['ci'][0]:+.2f}, {t_c['ci'][1]:+.2f}]")
+    figures.show(fig)
+
+# %% [markdown]
+# The verdict lines are printed from this run's numbers, one per split; if the two disagree, the
+# validation one is the one a choice of recipe may rest on (the test set is kept for reporting).
+# A hint adds a second target; it only pays if that target carries something the logits do not
+# already give this small student, and a few seeds can only show a difference larger than the
+# seed-to-seed noise: an interval that includes zero is "not shown", not "no difference".
 #
 # ## 5 · The student in int8
 #
@@ -464,7 +555,8 @@ if SMOKE:
     print("(smoke mode: small sizes, these figures are not the claims)")
 path = report.write_notebook_results(NOTEBOOK, records, widgets={"distill_slider": slider},
                                      smoke=SMOKE, seed_claims=seed_claims,
-                                     verdicts={"distillation_gain": seed_gain})
+                                     verdicts={"distillation_gain": seed_gain,
+                                               "fitnets_vs_kd": fitnets_verdict})
 
 # %% [markdown]
 # **What it means.** Distillation is a training recipe, not a compression method: the compression
