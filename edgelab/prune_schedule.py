@@ -273,6 +273,13 @@ def verdict(records: list, methods=METHODS, reference: str = "l2-one-shot") -> s
         d = differences(records, [(best["name"], reference)])[f"{best['name']} - {reference}"]
         head = (f"{best['name']} has the best validation accuracy; on test it is "
                 f"{d['delta_pt']:+.2f} ± {d['se_pt']:.2f} pt against {reference}")
-    return head + (f": a real difference (beyond {NOISE_SE} paired standard errors)." if d["real"]
-                   else f": within noise (inside {NOISE_SE} paired standard errors), so this run "
-                   "cannot tell them apart.")
+    head += (f", a real difference (beyond {NOISE_SE} paired standard errors)" if d["real"]
+             else f", within noise (inside {NOISE_SE} paired standard errors)")
+    steps = [(m, next(o for o in methods if o.importance == m.importance and o.iterative_steps == 1))
+             for m in methods if m.iterative_steps > 1]
+    ds = [differences(records, [(m.name, o.name)])[f"{m.name} - {o.name}"] for m, o in steps]
+    worse = sum(d["real"] and d["delta_pt"] < 0 for d in ds)
+    better = sum(d["real"] and d["delta_pt"] > 0 for d in ds)
+    return head + (f"; pruning in steps instead of at once was worse for {worse}, better for "
+                   f"{better} and within noise for {len(ds) - worse - better} of the {len(ds)} "
+                   "importances.")

@@ -19,9 +19,10 @@
 # [01 · Pruning](01_pruning.ipynb) removed channels by the L2 norm of their filters, all at once.
 # Two choices hide in that sentence: the **importance** that ranks the channels, and the
 # **schedule** that removes them. This notebook changes one at a time and measures the result, on
-# the distilled student of [03](03_distillation.ipynb) (`student-kd-s0`, 0.17 M parameters):
-# the teacher is so over-sized for Fashion-MNIST that a short fine-tune recovers it whichever
-# channels go, and the differences would be noise.
+# the distilled student of [03](03_distillation.ipynb) (`student-kd-s0`) rather than the
+# teacher: with few channels to spare, which ones go matters more, and a difference can show
+# within the few hundred fine-tune steps a notebook affords (the teacher recovers from almost any
+# cut in that time, leaving only noise to compare).
 #
 # **You will learn**
 # - three importances torch-pruning ships: the L2 magnitude of a channel's weights, the
@@ -54,7 +55,7 @@ from edgelab.records import find
 memory.setup_notebook()   # trims the heap after every cell: memory stays what Python holds
 
 RATE = 0.5                             # of every layer's channels, the classifier kept whole
-STEPS = 4 if SMOKE else 400            # fine-tune steps per method, every method the same
+STEPS = 4 if SMOKE else 320            # fine-tune steps per method, every method the same
 LR = 0.02                              # SGD + momentum, decaying linearly to 0 over STEPS
 BATCH = 64
 SEED = 1                               # the fine-tune's batch order: the same for every method
@@ -73,19 +74,26 @@ display(tables.table(records, baseline="student"))
 #
 # Every method ends at the same widths: `RATE` of each layer's channels removed (torch-pruning
 # keeps `int(C · (1 − RATE))` of `C`), so the same parameters and MACs, and every method gets the
-# same `STEPS` SGD steps on the same batches. How many steps a notebook can afford depends on
-# this machine; here is the speed of one step (batch of 64) before and after pruning:
+# same `STEPS` SGD steps on the same batches. The budget, then the time of one step (a batch of
+# 64) before and after pruning on this machine, which sets how many steps a notebook can afford:
 
 # %%
+# NBVAL_CHECK_OUTPUT
 thin = prune.structured(student, RATE, torch.zeros(1, *data.INPUT_SHAPE))
+before, after = prune_schedule.widths(student), prune_schedule.widths(thin)
+print(f"widths {sorted(set(before.values()) - {10})} -> {sorted(set(after.values()) - {10})} "
+      f"(the classifier keeps its {after['fc']} outputs)")
+print(f"parameters {counts.count_params(student):,} -> {counts.count_params(thin):,}; "
+      f"MACs {counts.count_macs(student):,} -> {counts.count_macs(thin):,}")
+
+# %%
 speed = {"unpruned": prune_schedule.seconds_per_step(student, 2 if SMOKE else 10, BATCH),
          "pruned": prune_schedule.seconds_per_step(thin, 2 if SMOKE else 10, BATCH)}
 n = len(prune_schedule.METHODS)
 # one-shot runs at the pruned width; the iterative runs pass through the widths in between
 estimate = STEPS * n * (speed["unpruned"] + speed["pruned"]) / 2
 print(f"one step: {1e3 * speed['unpruned']:.0f} ms unpruned, {1e3 * speed['pruned']:.0f} ms at "
-      f"{RATE:.0%} of the channels removed ({counts.count_params(student):,} -> "
-      f"{counts.count_params(thin):,} parameters)")
+      f"{RATE:.0%} of the channels removed")
 print(f"{n} methods x {STEPS} steps: about {estimate:.0f} s of fine-tuning on this machine")
 del thin
 
@@ -157,22 +165,24 @@ figures.show(fig)
 del work
 
 # %% [markdown]
-# The layer's own score and its group's score rank channels alike but not identically: the group
-# also counts what the next convolution's input weights and the batch norm's γ contribute, which
-# is why torch-pruning scores groups, not layers.
+# The printout says how far the two rankings agree. The group's score also counts what the next
+# convolution's input weights and the batch norm's γ contribute: removing a channel removes all of
+# them at once, which is why torch-pruning scores groups, not layers.
 #
 # ## 3 · One shot or in steps
 #
 # **One-shot** removes all the channels at once, then fine-tunes for `STEPS` steps.
 # **Iterative** (`tp.pruner.BasePruner(..., iterative_steps=4)`) calls `pruner.step()` four times,
-# each removing a quarter of the budget (12.5 %, 25 %, 37.5 %, then 50 % of the original channels),
-# with `STEPS / 4` fine-tune steps after each; the learning rate decays over all `STEPS`, so the
+# each removing a quarter of the budget (the cell prints the steps), with `STEPS / 4` fine-tune
+# steps after each; the learning rate decays over all `STEPS`, so the
 # two schedules spend the same optimizer steps on the same batches. Iterative pruning lets the
-# network adapt before the next channels go, and Taylor scores are recomputed on the adapted
-# network; but it also spends three quarters of its steps on channels it will remove, and gets only
-# `STEPS / 4` at the final width. The cell runs each importance both ways:
+# network adapt before the next channels go, and every importance is recomputed on the adapted
+# network; but it spends three quarters of its steps training networks wider than the final one,
+# and gets only `STEPS / 4` at the final width. The cell runs each importance both ways:
 
 # %%
+print("iterative: " + ", ".join(f"{RATE * (i + 1) / 4:.1%}" for i in range(4))
+      + " of every layer's channels removed after each pruning step")
 bar = tqdm(total=STEPS * len(prune_schedule.METHODS), desc="fine-tune steps")
 seconds = {}
 for method in prune_schedule.METHODS:
