@@ -322,6 +322,7 @@ def test_ort_static_calibrates_over_several_batches(tmp_path):
     assert out.is_file()
 
 
+@pytest.mark.heavy   # a PT2E export and an Inductor compile: 4-11 s of `make check`
 def test_release_compiled_frees_a_deleted_pt2e_graph():
     # torchao and torch.export keep exported graphs in process-wide caches; without clearing
     # them each PT2E round leaks its graph (tens of MB for the teacher) until the kernel dies.
