@@ -10,9 +10,8 @@ with ``iterative_steps``); ``taylor_scores`` is the one-layer score the exercise
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -49,18 +48,19 @@ METHODS = tuple(Method(f"{imp}-{'one-shot' if k == 1 else f'{k}-steps'}", imp, k
                 for imp in IMPORTANCES for k in (1, 4))
 
 
-def importance(name: str):
+def importance(name: str, normalizer: str | None = "mean"):
     """torch-pruning's scorer for ``name``: the L2 norm of each channel's weights, the
     first-order Taylor score Σ|w · ∂L/∂w| (``multivariable=False``, its default; it reads
-    ``.grad``, so compute gradients first), or |γ| of the batch norms in the group."""
+    ``.grad``, so compute gradients first), or |γ| of the batch norms in the group. Each group's
+    scores are divided by their mean (``normalizer``, torch-pruning's default; None: raw)."""
     import torch_pruning as tp
 
     if name == "l2":
-        return tp.importance.MagnitudeImportance(p=2)
+        return tp.importance.MagnitudeImportance(p=2, normalizer=normalizer)
     if name == "taylor":
-        return tp.importance.TaylorImportance(multivariable=False)
+        return tp.importance.TaylorImportance(multivariable=False, normalizer=normalizer)
     if name == "bn":
-        return tp.importance.BNScaleImportance()
+        return tp.importance.BNScaleImportance(normalizer=normalizer)
     raise ValueError(f"importance must be one of {IMPORTANCES}, got {name!r}")
 
 
@@ -180,14 +180,14 @@ def prune_and_finetune(model: nn.Module, rate: float, method: Method, steps: int
     return model.eval()
 
 
-def layer_scores(model: nn.Module, layer: nn.Module, imp) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch-pruning's scores (no normalization) for ``layer``'s output channels: from the layer's
-    own weights alone, and from the whole dependency group the pruner ranks (the layer, its batch
+def layer_scores(model: nn.Module, layer: nn.Module, name: str = "taylor"
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch-pruning's raw ``name`` scores for ``layer``'s output channels: from the layer's own
+    weights alone, and from the whole dependency group the pruner ranks (the layer, its batch
     norm, the next layer's input weights, ...). Needs ``.grad`` for Taylor importance."""
     import torch_pruning as tp
 
-    imp = type(imp)(**({"multivariable": imp.multivariable} if hasattr(imp, "multivariable")
-                       else {}), normalizer=None)
+    imp = importance(name, normalizer=None)
     dg = tp.DependencyGraph().build_dependency(model, torch.zeros(1, *data.INPUT_SHAPE))
     group = dg.get_pruning_group(layer, tp.prune_conv_out_channels,
                                  idxs=list(range(layer.out_channels)))

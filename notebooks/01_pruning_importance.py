@@ -33,7 +33,8 @@
 # - how to read such a comparison: choose on validation, confirm on test, and call a difference
 #   real only beyond its paired standard error.
 #
-# **Time:** about 2–3 minutes at the defaults on 2 cores; under a minute in smoke mode.
+# **Time:** about 2–4 minutes at the defaults on 2 cores (the speed cell estimates it for yours);
+# under a minute in smoke mode.
 
 # %% tags=["parameters"]
 import os
@@ -142,7 +143,7 @@ work = prune.clone(student)
 prune_schedule.accumulate_gradients(work, grad_batches)
 layer = work.stages[1][0].conv1
 mine = taylor_scores(layer.weight, layer.weight.grad)
-own, group = prune_schedule.layer_scores(work, layer, prune_schedule.importance("taylor"))
+own, group = prune_schedule.layer_scores(work, layer, "taylor")
 keep = int(layer.out_channels * (1 - RATE))
 rho, shared = prune_schedule.rank_agreement(mine, group, keep)
 gap = float((mine - own).abs().max() / own.abs().max())

@@ -98,7 +98,7 @@ def test_layer_scores_own_part_is_the_layers_taylor_score(tiny, grads):
     m = models.Student(widths=(4, 8), blocks=1)
     ps.accumulate_gradients(m, grads)
     layer = m.stages[1][0].conv1
-    own, group = ps.layer_scores(m, layer, ps.importance("taylor"))
+    own, group = ps.layer_scores(m, layer, "taylor")
     assert torch.allclose(own, ps.taylor_scores(layer.weight, layer.weight.grad))
     assert group.shape == own.shape
 
@@ -157,3 +157,11 @@ def test_the_summary_lists_every_record_with_both_differences():
     assert "Δ vs student" in lines[0] and "Δ vs l2-one-shot" in lines[0]
     assert len(lines) == 2 + 1 + len(ps.METHODS)
     assert "2.00 M" in lines[2] and "+25.00" in text
+
+
+@pytest.mark.parametrize("name", ps.IMPORTANCES)
+def test_each_importance_is_torch_prunings_own_scorer_with_the_normalizer_asked_for(name):
+    import torch_pruning as tp
+    imp = ps.importance(name, normalizer=None)
+    assert isinstance(imp, tp.importance.Importance) and imp.normalizer is None
+    assert ps.importance(name).normalizer == "mean"
