@@ -250,6 +250,13 @@ for rt, (label, names, default) in flows.items():
                                f"(best {best['name']}, {d:+.2f} ±{se:.2f} pt): keep the default")
           + f"; on test {pick['name']} is {100 * pick['accuracy']:.2f} % "
           f"({dt:+.2f} ±{set_:.2f} pt against fp32 in {rt})")
+changed = [f"{flows[rt][0]} {v['chosen']}" for rt, v in verdicts.items() if v["real"]]
+print("In one sentence: " + (f"a calibrator beat its library's default beyond the paired SE on "
+                             f"validation ({'; '.join(changed)})" if changed else
+                             "on this teacher no calibrator beat its library's default by more than "
+                             "the paired SE on validation, so the defaults stay")
+      + f"; every chosen model is within {max(abs(v['test_delta_vs_fp32_pt']) for v in verdicts.values()):.2f}"
+      " pt of fp32 on test.")
 
 # %% [markdown]
 # ## 6 · What the calibrators changed: the ranges
@@ -268,9 +275,10 @@ for m in ("percentile", "entropy"):
 ax.axhline(1, color="0.6", lw=1, label="minmax")
 ax.set_xlabel(f"activation tensor ({len(tensors)}, input to logits)")
 ax.set_ylabel("range / MinMax's range")
-med = {m: float(np.median(width[m] / width["minmax"])) for m in ("percentile", "entropy")}
-ax.set_title(f"Median range: percentile {med['percentile']:.0%}, entropy {med['entropy']:.0%} of MinMax's")
-ax.legend(loc="lower left"); figures.show(fig)
+narrower = {m: int((width[m] / width["minmax"] < 0.99).sum()) for m in ("percentile", "entropy")}
+ax.set_title(f"Percentile narrows {narrower['percentile']} of {len(tensors)} ranges, "
+             f"Entropy {narrower['entropy']}")
+ax.legend(loc="lower right"); figures.show(fig)
 for m in ("percentile", "entropy"):
     ratio = width[m] / width["minmax"]
     print(f"{m}: {int((ratio < 0.99).sum())} of {len(tensors)} ranges narrower than MinMax's, "
