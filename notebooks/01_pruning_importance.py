@@ -76,7 +76,10 @@ display(tables.table(records, baseline="student"))
 # Every method ends at the same widths: `RATE` of each layer's channels removed (torch-pruning
 # keeps `int(C · (1 − RATE))` of `C`), so the same parameters and MACs, and every method gets the
 # same `STEPS` SGD steps on the same batches. The budget, then the time of one step (a batch of
-# 64) before and after pruning on this machine, which sets how many steps a notebook can afford:
+# 64) before and after pruning on this machine, which sets how many steps a notebook can afford.
+# On the student that is enough for differences of a few standard errors (section 4), so these
+# fine-tunes run live here instead of shipping as checkpoints made by a command, as 01's
+# full-length recovery of the teacher does:
 
 # %%
 # NBVAL_CHECK_OUTPUT
