@@ -421,7 +421,7 @@ ort_choice = {"isa": isa, "faster": faster["name"],
 #
 # Every static model here reads its activation ranges with its library's default calibration
 # (histogram observers in PyTorch, MinMax in ONNX Runtime). How much the choice of calibrator
-# matters, measured on validation, is [02 · Quantization calibration](02_quantization_calibration.ipynb).
+# matters, measured on validation, is [02 · Quantization calibration](02_quantization_flows_calibration.ipynb).
 
 # %% [markdown]
 # ## 7 · Everything side by side
@@ -472,6 +472,6 @@ print(f"wrote {len(records)} records to {path.relative_to(path.parents[2])}; "
       f"notebook body ran in {time.time() - T_START:.0f} s")
 
 # %% [markdown]
-# **Next:** [02 · Quantization calibration](02_quantization_calibration.ipynb) compares the ways
+# **Next:** [02 · Quantization calibration](02_quantization_flows_calibration.ipynb) compares the ways
 # of reading activation ranges from calibration images; then [03 · Distillation](03_distillation.ipynb)
 # trains a much smaller student to imitate this teacher; quantizing that student stacks the savings.

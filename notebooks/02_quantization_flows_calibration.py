@@ -37,7 +37,7 @@
 # %% tags=["parameters"]
 import os
 SMOKE = os.environ.get("EDGELAB_SMOKE", "0").lower() not in ("", "0", "false", "no")
-NOTEBOOK = "02_quantization_calibration"
+NOTEBOOK = "02_quantization_flows_calibration"
 
 # %%
 import inspect
