@@ -14,7 +14,10 @@ by the teacher checkpoint's sha256.
 
 A second signal (FitNets, Romero et al. 2015, https://arxiv.org/abs/1412.6550): one intermediate
 feature map of the student, through a trainable 1x1 conv adapter, regresses the teacher's feature
-map of the same spatial size (``FeatureHint``, ``HintBatches``, ``hint_loss_fn``).
+map of the same spatial size (``FeatureHint``, ``HintBatches``, ``hint_loss_fn``). The pair is
+``HINT_LAYERS``: the student's middle stage (FitNets guides the middle) and the one teacher stage at
+its 14x14, so no pooling blurs the target and the teacher, which must run on every batch for a
+feature map, stops after its first stage. The adapter only exists in training.
 """
 from __future__ import annotations
 
