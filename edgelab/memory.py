@@ -39,14 +39,32 @@ def _fewer_malloc_arenas(n: int = 2) -> None:
         pass
 
 
+# A cell that ran this long may have left big reference cycles (a model's deep copies, observer
+# graphs): after it, a full collection (about 0.2 s) is worth its time. Quick cells get the
+# young generations only.
+FULL_COLLECTION_AFTER_S = 1.0
+_cell_started = [0.0]
+
+
+def _note_cell_start(info=None) -> None:
+    import time
+
+    _cell_started[0] = time.monotonic()
+
+
 def _release_after_cell(result=None) -> None:
-    release_memory(full=False)
+    import time
+
+    long_cell = time.monotonic() - _cell_started[0] >= FULL_COLLECTION_AFTER_S
+    release_memory(full=long_cell and _cell_started[0] > 0)
 
 
 def release_after_every_cell() -> None:
-    """In a Jupyter kernel, trim the heap after every cell. Without it freed memory piles up
-    cell after cell (glibc's arenas keep what they once held), and Binder's 2 GB limit counts
-    the resident size, not what Python still uses. Outside IPython this does nothing."""
+    """In a Jupyter kernel, trim the heap after every cell, with a full garbage collection after
+    cells that ran ``FULL_COLLECTION_AFTER_S`` or longer. Without it freed memory piles up cell
+    after cell (glibc's arenas keep what they once held; models deleted inside cycles wait for a
+    full collection), and Binder's 2 GB limit counts the resident size, not what Python still
+    uses. Outside IPython this does nothing."""
     try:
         from IPython import get_ipython
     except ImportError:
@@ -56,6 +74,7 @@ def release_after_every_cell() -> None:
         return
     hooks = shell.events.callbacks["post_run_cell"]
     if not any(getattr(h, "__name__", "") == "_release_after_cell" for h in hooks):
+        shell.events.register("pre_run_cell", _note_cell_start)
         shell.events.register("post_run_cell", _release_after_cell)
 
 

@@ -26,3 +26,15 @@ def test_importing_edgelab_registers_no_hook_until_setup_notebook(monkeypatch):
             "edgelab.memory.setup_notebook(); print(before, n())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["0", "1"]
+
+
+def test_a_long_cell_is_followed_by_a_full_collection_and_a_quick_one_is_not(monkeypatch):
+    calls = []
+    monkeypatch.setattr(memory, "release_memory", lambda full=True: calls.append(full))
+    times = iter([100.0, 100.1, 200.0, 203.0])
+    monkeypatch.setattr("time.monotonic", lambda: next(times))
+    memory._note_cell_start()
+    memory._release_after_cell()    # 0.1 s cell
+    memory._note_cell_start()
+    memory._release_after_cell()    # 3 s cell
+    assert calls == [False, True]
