@@ -255,4 +255,6 @@ def run(model: nn.Module, batches, optimizer, *, epochs: int | None = None,
         state.epoch += 1
         call("after_epoch")
     call("end")
+    # the last step's gradients are of no further use; kept, they cost one model's size
+    model.zero_grad(set_to_none=True)
     return state

@@ -145,9 +145,12 @@ def eager_prepare(teacher: nn.Module, per_channel: bool = True, weight_bits: int
 
 
 def eager_convert(prepared: nn.Module) -> nn.Module:
-    """Swap observed float modules for int8 ones with the ranges the observers saw."""
+    """Swap observed float modules for int8 ones with the ranges the observers saw, in place:
+    ``prepared`` is consumed (a copy would hold a second float model, and its gradients after
+    QAT, at the notebook's memory peak)."""
+    prepared.zero_grad(set_to_none=True)
     with quiet():
-        return torch.ao.quantization.convert(prepared.eval(), inplace=False)
+        return torch.ao.quantization.convert(prepared.eval(), inplace=True)
 
 
 def eager_static(teacher: nn.Module, images: torch.Tensor, per_channel: bool = True,

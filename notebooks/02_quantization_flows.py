@@ -328,6 +328,7 @@ if ENGINE:
                                        val=VAL_IMAGES))
         eager_int8[records[-1]["name"]] = ptq4
         del ptq4
+        memory.release_memory()   # the conversion's copies of the teacher sit in reference cycles
 
 # %% [markdown]
 # And QAT: the same 4-bit weights, fine-tuned with fake quantization in the forward pass.
@@ -340,6 +341,7 @@ if ENGINE:
         losses = quantize.qat_finetune(qat_model, batches, steps=QAT_STEPS, lr=1e-3)
     qat_int8 = quantize.eager_convert(qat_model)
     del qat_model
+    memory.release_memory()
     records.append(measure.measure(qat_int8, f"qat-w{QAT_BITS}", tags=["int8", "qat", "per-channel"],
                                    limit=EVAL_IMAGES, batch_sizes=(), macs=t["macs"],
                                    val=VAL_IMAGES))

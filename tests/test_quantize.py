@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgelab import check, qmath, quantize, runtime, widgets
+from edgelab import check, models, qmath, quantize, runtime, widgets
 
 
 # ---- the affine math ----------------------------------------------------------------------
@@ -443,3 +443,13 @@ def test_ort_static_names_the_calibrations_it_knows(tmp_path):
     with pytest.raises(ValueError, match="minmax"):
         runtime.ort_static(tmp_path / "x.onnx", tmp_path / "y.onnx", torch.zeros(4, 1, 28, 28),
                            calibration="kl")
+
+
+def test_eager_convert_consumes_the_prepared_model_and_its_gradients():
+    prepared = quantize.qat_prepare(models.teacher(), per_channel=True)
+    prepared.train()
+    prepared(torch.randn(2, 1, 28, 28)).sum().backward()
+    q = quantize.eager_convert(prepared)
+    assert q is prepared   # in place: no second float copy at the memory peak
+    assert all(p.grad is None for p in q.parameters())
+    assert not any(type(m) is nn.Conv2d for m in q.modules())

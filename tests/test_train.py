@@ -105,6 +105,13 @@ def test_the_loop_runs_steps_round_the_batches_and_calls_plain_functions():
         loop.run(model, [], torch.optim.SGD(model.parameters(), lr=0.01), steps=2)
 
 
+def test_the_loop_leaves_no_gradients_behind():
+    # the last step's gradients would cost one model's size at a notebook's memory peak
+    model, batches = _tiny()
+    loop.run(model, batches, torch.optim.SGD(model.parameters(), lr=0.01), steps=2)
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_freeze_batchnorm_stops_the_running_statistics_from_the_step_asked():
     from edgelab import loop
     model, batches = _tiny()
