@@ -336,12 +336,15 @@ if ENGINE:
 # %%
 if ENGINE:
     qat_model = quantize.qat_prepare(teacher, per_channel=True, weight_bits=QAT_BITS)
+    del teacher   # QAT trains its own copy; the fp32 teacher's 45 MB come back after it
+    memory.release_memory()
     batches = data.loader("train", batch_size=QAT_BATCH, flip=True, seed=0)
     with runtime.Stopwatch() as sw:
         losses = quantize.qat_finetune(qat_model, batches, steps=QAT_STEPS, lr=1e-3)
     qat_int8 = quantize.eager_convert(qat_model)
     del qat_model
     memory.release_memory()
+    teacher = models.load_checkpoint("teacher")
     records.append(measure.measure(qat_int8, f"qat-w{QAT_BITS}", tags=["int8", "qat", "per-channel"],
                                    limit=EVAL_IMAGES, batch_sizes=(), macs=t["macs"],
                                    val=VAL_IMAGES))
