@@ -353,8 +353,8 @@ if ENGINE:
 
 # %%
 if ENGINE:
-    # every eager int8 model has the same architecture: timed together, in turns
-    latency.remeasure_latency(records, eager_int8, min_run_time=2 * LATENCY_S)  # 4 of them share an architecture
+    # the eager int8 models, timed together in turns: the four per-channel ones share an architecture
+    latency.remeasure_latency(records, eager_int8, min_run_time=2 * LATENCY_S)
     del eager_int8
     p4, c4, q4 = records[-3], records[-2], records[-1]
     print(f"{QAT_STEPS} QAT steps of {QAT_BATCH} images in {sw.s:.0f} s; loss {losses[0]:.3f} -> "
