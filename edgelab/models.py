@@ -62,6 +62,11 @@ SHIPPED_SHA256: dict[str, str] = {
     "student-ls": "9bde79d77ec03533d7c0d6e4ac7a4eb65fb6296a1350ef83e0391b10cb20e1a4",
     "student-kd-shift": "409302e22cb97cecb50b7b1e84ec4ac1ca6741d2f84ad187df698d6a4e20f112",
     "student-qad-s0": "c4895cdc813b23fa3eeb475a635c703b87d62e9892e0d3a7dd4c2832d63a6e54",
+    "student-fitnets-s0": "ced4d1ece3d9cdfb29450d2b79e56c620a9e3f6d077dd84509ac7acc683c53f3",
+    "student-fitnets-s1": "db14564250f9572c4c792a307e09a0b35b92ea9d24b74c5a59641a54bf6dfbb2",
+    "student-fitnets-s2": "66a6b0c7b45744c61a2fd209c836e6badc53b6301db23351b1e2846c109b492b",
+    "student-fitnets-s3": "89e720013dd0cd8bb99bbd165caa2128269bc53a9bf0744e042a1a36f0faad50",
+    "student-fitnets-s4": "d34534bf056f23963f5e9e6606aff166a9df1accfb246e21860db8c80bf3bc47",
 }
 
 
