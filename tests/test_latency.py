@@ -56,6 +56,18 @@ def test_same_architecture_latencies_must_agree_within_ten_percent():
                                                    _timed("y", "", 5.0)]) == []
 
 
+def test_a_gap_within_the_models_own_round_to_round_range_is_not_a_disagreement():
+    # 11 % apart, but each model's rounds reach into the other's: noise, by the rounds' own account
+    a = {**_timed("s1", "k1", 0.160), "latency_b1_spread_ms": [0.154, 0.262]}
+    b = {**_timed("s3", "k1", 0.178), "latency_b1_spread_ms": [0.155, 0.171]}
+    assert latency.same_architecture_problems([a, b]) == []
+    # every round of one slower than every round of the other: a real difference
+    b["latency_b1_spread_ms"] = [0.172, 0.190]
+    a["latency_b1_spread_ms"] = [0.150, 0.165]
+    found = latency.same_architecture_problems([a, b])
+    assert len(found) == 1 and "s3" in found[0] and "s1" in found[0]
+
+
 def test_per_tensor_and_per_channel_int8_copies_key_as_different_architectures():
     # They run different requantization kernels, so they need not time alike.
     import warnings
