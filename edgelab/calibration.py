@@ -73,11 +73,8 @@ def ort_calibrated(model: nn.Module, images: torch.Tensor, calibration: str = "m
                                       per_channel, activations, images_key(images)],
                      ".onnx", cache_dir)
     if not out.is_file():
-        # The histogram calibrators stack each tensor's batches into one array and fail on a
-        # short last batch: every batch the same size, the largest divisor of the count <= 16.
-        batch = max(b for b in range(1, 17) if len(images) % b == 0)
         runtime.ort_static(fp32, out, images, per_channel=per_channel, activations=activations,
-                           calibration=calibration, batch_size=batch)
+                           calibration=calibration)
     return out
 
 

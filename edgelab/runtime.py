@@ -214,7 +214,8 @@ def ort_static(fp32_path, out_path, images: torch.Tensor, per_channel: bool = Tr
     """ONNX Runtime post-training static quantization in QDQ format: int8 weights (per channel
     or per tensor), ``uint8`` or ``int8`` activations whose ranges are calibrated on ``images``:
     ``"minmax"`` (the observed range), ``"percentile"`` (clips the top 0.001 %) or ``"entropy"``
-    (the range that keeps the histogram's KL divergence smallest)."""
+    (the range that keeps the histogram's KL divergence smallest). Images go in equal batches
+    of at most ``batch_size``."""
     from onnxruntime import quantization as oq
 
     check_calibration(images)
@@ -224,6 +225,12 @@ def ort_static(fp32_path, out_path, images: torch.Tensor, per_channel: bool = Tr
         raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
     method = {"minmax": oq.CalibrationMethod.MinMax, "entropy": oq.CalibrationMethod.Entropy,
               "percentile": oq.CalibrationMethod.Percentile}[calibration]
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    # The histogram calibrators stack each tensor's batches into one array and fail on a short
+    # last batch: every batch the same size, the largest divisor of the count <= batch_size.
+    batch_size = max(b for b in range(1, batch_size + 1) if len(images) % b == 0)
 
     class Reader(oq.CalibrationDataReader):
         def __init__(self):

@@ -322,6 +322,16 @@ def test_ort_static_calibrates_over_several_batches(tmp_path):
     assert out.is_file()
 
 
+@pytest.mark.parametrize("calibration", ["percentile", "entropy"])
+def test_the_histogram_calibrators_take_a_count_that_is_not_a_multiple_of_the_batch(tmp_path,
+                                                                                   calibration):
+    # ONNX Runtime stacks each tensor's batches into one array: a short last batch used to fail
+    fp32 = runtime.export_onnx(tiny_cnn(), tmp_path / "tiny.onnx", torch.zeros(2, 1, 28, 28))
+    out = runtime.ort_static(fp32, tmp_path / "tiny-int8.onnx", torch.randn(20, 1, 28, 28),
+                             batch_size=16, calibration=calibration)
+    assert out.is_file()
+
+
 @pytest.mark.heavy   # a PT2E export and an Inductor compile: 4-11 s of `make check`
 def test_release_compiled_frees_a_deleted_pt2e_graph():
     # torchao and torch.export keep exported graphs in process-wide caches; without clearing
