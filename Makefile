@@ -14,9 +14,10 @@ OFFLINE := $(if $(wildcard $(WHEELHOUSE)/.complete),--no-index --find-links $(WH
 setup: $(STAMP) data
 
 # The venv is rebuilt only when the pins change; re-running is a no-op.
-$(STAMP): requirements.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check $(OFFLINE) -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check $(OFFLINE) --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check $(OFFLINE) --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (edgelab)" >/dev/null
 	touch $@
@@ -67,6 +68,8 @@ wheelhouse: data
 	rm -f $(WHEELHOUSE)/.complete
 	$(PY) -m pip download --quiet --disable-pip-version-check -d $(WHEELHOUSE) \
 	  -r requirements.txt -c constraints.txt "setuptools>=68"
+	$(PY) -m pip download --quiet --disable-pip-version-check -d $(WHEELHOUSE) --no-deps \
+	  -r requirements-nodeps.txt
 	$(PY) -m pip download --quiet --disable-pip-version-check -d $(WHEELHOUSE)/aarch64 \
 	  --platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64 --python-version 3.11 \
 	  --implementation cp --only-binary=:all: -r edgelab/pi/template/requirements.txt

@@ -61,7 +61,9 @@ def measure(model, name: str, *, notebook: str | None = None, tags=(), limit: in
         mask = predict_logits(model, images).argmax(1) == labels
     record = Record(
         notebook=notebook or os.environ.get("EDGELAB_NOTEBOOK"),
-        name=name, tags=list(tags), runtime="onnxruntime" if onnx else "torch",
+        name=name, tags=list(tags),
+        # a session is ONNX Runtime's, or an edge.EdgeSession that names its runtime
+        runtime=getattr(model, "runtime", "onnxruntime") if onnx else "torch",
         accuracy=float(mask.float().mean()), test_images=len(mask),
         params=params if params is not None else (None if onnx else count_params(model)),
         nonzero_params=nonzero if nonzero is not None else (None if onnx else count_nonzero(model)),

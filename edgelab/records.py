@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 
 __all__ = ["RUNTIMES", "Record", "as_record", "as_dict", "find"]
 
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "onnxruntime", "executorch", "litert")
 
 # Keys every record carries, None where not measured (an ONNX session's own parameter count).
 # The other fields appear in a record's dict only once set, as the keys of a plain dict did.
