@@ -72,7 +72,8 @@ wheelhouse: data
 	  -r requirements-nodeps.txt
 	$(PY) -m pip download --quiet --disable-pip-version-check -d $(WHEELHOUSE)/aarch64 \
 	  --platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64 --python-version 3.11 \
-	  --implementation cp --only-binary=:all: -r edgelab/pi/template/requirements.txt
+	  --implementation cp --only-binary=:all: --no-deps -r edgelab/pi/template/requirements.txt \
+	  -r edgelab/pi/template/requirements-litert.txt -r edgelab/pi/template/requirements-executorch.txt
 	$(PY) -m pip download --quiet --disable-pip-version-check -d $(WHEELHOUSE)/aarch64 \
 	  --platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64 --python-version 3.11 \
 	  --implementation cp --only-binary=:all: --no-deps \

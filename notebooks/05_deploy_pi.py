@@ -454,7 +454,7 @@ if available:
                                                        qemu_cpu=qemu_cpu)
         cpu = res["cpu"]
         print(f"{board}: emulated {res['machine']} (QEMU_CPU={qemu_cpu}), Python {res['python']}, "
-              f"onnxruntime {res['onnxruntime']}")
+              f"{res['runtime']} {res['runtime_version']}")
         print(f"  CPU features it reports: {' '.join(cpu['features'])}\n"
               f"  int8 dot product: {cpu['dotprod']}, fp16 arithmetic: {cpu['fp16']}, "
               f"SVE: {cpu['sve']}")

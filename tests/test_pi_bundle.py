@@ -85,7 +85,7 @@ def test_check_catches_a_spec_that_does_not_fit_the_model(bundle, tmp_path):
 def test_build_rejects_a_model_it_cannot_serve(tiny_onnx, tmp_path):
     with pytest.raises(ValueError, match="10 outputs but 3 labels"):
         pib.build(tiny_onnx, tmp_path / "b", labels=["a", "b", "c"])
-    with pytest.raises(FileNotFoundError, match="no ONNX model"):
+    with pytest.raises(FileNotFoundError, match="no model file at"):
         pib.build(tmp_path / "missing.onnx", tmp_path / "b")
     with pytest.raises(TypeError, match="needs an example input batch"):
         pib.build(tiny_cnn(), tmp_path / "b")
@@ -122,15 +122,30 @@ def test_labels_json_carries_the_input_spec_read_from_the_model(bundle, colour_b
     assert "garment" not in readme and "{{" not in readme
 
 
-def test_requirements_pin_exact_versions_of_what_predict_needs():
-    pins = dict(line.split("==") for line in (pi.TEMPLATE / "requirements.txt").read_text()
+@pytest.mark.parametrize("runtime, module, dist", [("onnxruntime", "onnxruntime", "onnxruntime"),
+                                                   ("litert", "ai_edge_litert", "ai-edge-litert"),
+                                                   ("executorch", "executorch", "executorch")])
+def test_requirements_pin_exact_versions_of_what_predict_needs(runtime, module, dist):
+    pins = dict(line.split("==") for line in pib.requirements_file(runtime).read_text()
                 .splitlines() if line and not line.startswith("#"))
-    assert {"onnxruntime", "numpy", "Pillow"} <= set(pins)
+    assert {dist, "numpy", "Pillow"} <= set(pins)
     assert all(re.fullmatch(r"\d+(\.\d+)+", v) for v in pins.values())
     imports = set(re.findall(r"^\s*(?:import|from) (\w+)", (pi.TEMPLATE / "predict.py")
                              .read_text(), re.M))
+    assert module in imports
+    # predict.py imports only the standard library, numpy, Pillow and the three runtimes
     assert imports - {"__future__", "argparse", "json", "os", "platform", "sys", "time",
-                      "pathlib"} == {"onnxruntime", "numpy", "PIL"}
+                      "pathlib", "warnings"} == {"onnxruntime", "ai_edge_litert", "executorch",
+                                                "torch", "numpy", "PIL"}
+
+
+def test_each_runtime_pins_the_versions_the_workbook_measures_with():
+    import importlib.metadata as md
+
+    for runtime, dist in (("litert", "ai-edge-litert"), ("executorch", "executorch")):
+        pins = dict(line.split("==") for line in pib.requirements_file(runtime).read_text()
+                    .splitlines() if line and not line.startswith("#"))
+        assert pins[dist] == md.version(dist).split("+")[0]
 
 
 # ---- predict.py ---------------------------------------------------------------------------

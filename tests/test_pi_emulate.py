@@ -85,7 +85,7 @@ def test_unavailable_says_why_and_how_to_enable_it(tmp_path):
 
 
 def test_summary_names_the_board_and_the_agreement():
-    res = {"cpu": {"qemu_cpu": "cortex-a76"}, "onnxruntime": "1.32.0", "images": 300,
+    res = {"cpu": {"qemu_cpu": "cortex-a76"}, "runtime": "onnxruntime", "runtime_version": "1.32.0", "images": 300,
            "mismatches": 0, "max_abs_logit_diff": 2e-6}
     line = emulate.summary(res)
     assert line.startswith("Raspberry Pi 5 (cortex-a76)") and "300 of 300" in line

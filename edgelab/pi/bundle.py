@@ -1,10 +1,12 @@
-"""The Raspberry Pi bundle: one folder that runs on its own (model.onnx, labels.json, predict.py,
-requirements.txt, README.md), for any image classifier.
+"""The Raspberry Pi bundle: one folder that runs on its own (the model file, labels.json,
+predict.py, requirements.txt, README.md), for any image classifier, in any of three runtimes:
+model.onnx (ONNX Runtime), model.tflite (LiteRT) or model.pte (ExecuTorch).
 
 ``labels.json`` carries the class names and the input spec (channels, height, width, per-channel
 mean and std), read from the model's example input when the bundle is built; ``predict.py``
 reads it, so one preprocessing path and one command line serve every model, and the script and
-the model cannot drift apart. On the Pi it needs only onnxruntime, numpy and Pillow.
+the model cannot drift apart. On the Pi it needs only its runtime, numpy and Pillow
+(``requirements-<runtime>.txt`` of the template, copied as requirements.txt).
 """
 from __future__ import annotations
 
@@ -23,14 +25,41 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .. import counts, data, deploy, evaluation, paths, runtime
+from .. import counts, data, deploy, paths, runtime
 from . import TEMPLATE
 
-__all__ = ["BUNDLE_FILES", "MODES", "FASHION_MNIST", "BundleError", "input_spec",
+__all__ = ["BUNDLE_FILES", "MODEL_FILES", "MODES", "FASHION_MNIST", "BundleError", "input_spec",
+           "bundle_files", "requirements_file",
            "build", "check", "read_meta", "sample_pixels", "write_pngs", "write_test_pngs",
            "run_predict", "load_predict", "predict_here"]
 
 BUNDLE_FILES = ("model.onnx", "labels.json", "predict.py", "requirements.txt", "README.md")
+# the runtime -> the model file its bundle ships (a file's suffix names its runtime)
+MODEL_FILES = {"onnxruntime": "model.onnx", "litert": "model.tflite", "executorch": "model.pte"}
+_NEEDS = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert (LiteRT)",
+          "executorch": "executorch and torch (ExecuTorch's Python runtime loads libtorch)"}
+
+
+def bundle_files(runtime: str = "onnxruntime") -> tuple[str, ...]:
+    """The files of a bundle for ``runtime``: BUNDLE_FILES with its model file."""
+    if runtime not in MODEL_FILES:
+        raise ValueError(f"runtime must be one of {sorted(MODEL_FILES)}, got {runtime!r}")
+    return (MODEL_FILES[runtime],) + BUNDLE_FILES[1:]
+
+
+def requirements_file(runtime: str = "onnxruntime") -> Path:
+    """The template's pinned requirements for ``runtime``'s bundle."""
+    bundle_files(runtime)
+    return TEMPLATE / ("requirements.txt" if runtime == "onnxruntime"
+                       else f"requirements-{runtime}.txt")
+
+
+def _runtime_of(path: Path) -> str:
+    for runtime, name in MODEL_FILES.items():
+        if Path(path).suffix == Path(name).suffix:
+            return runtime
+    raise ValueError(f"{path}: a bundle's model is .onnx (ONNX Runtime), .tflite (LiteRT) or "
+                     ".pte (ExecuTorch, exported for batch 1 by edgelab.edge.export)")
 MODES = {1: "L", 3: "RGB"}   # channels -> the Pillow mode predict.py converts every image to
 
 
@@ -85,16 +114,26 @@ def _words(spec: dict) -> str:
 
 
 def _model_io(path: Path) -> tuple[list, list]:
-    sess = runtime.session(path, threads=1)
-    return sess.get_inputs()[0].shape, sess.get_outputs()[0].shape
+    """The model file's input shape and output shape, read by this machine's runtime."""
+    if _runtime_of(path) == "onnxruntime":
+        sess = runtime.session(path, threads=1)
+        return sess.get_inputs()[0].shape, sess.get_outputs()[0].shape
+    from .. import edge
+
+    sess = edge.session(path)
+    shape = sess.get_inputs()[0].shape
+    x = np.zeros([sess.batches[0], *shape[1:]], np.float32)
+    return shape, list(sess.run(None, {"x": x})[0].shape)
 
 
 def build(model, out_dir=None, example: torch.Tensor | None = None, *,
           mean=None, std=None, labels=data.CLASSES, dataset: str = "Fashion-MNIST",
           name: str | None = None, accuracy: float | None = None, test_images: int | None = None,
           notes: str = "", macs: int | None = None) -> Path:
-    """Write the bundle for ``model``: an ``.onnx`` file, or an nn.Module with an ``example``
-    input batch (exported with deploy.export). The input spec comes from the model's input
+    """Write the bundle for ``model``: an nn.Module with an ``example`` input batch (exported
+    to ONNX with deploy.export), or a model file: ``.onnx`` (ONNX Runtime), ``.tflite`` (LiteRT)
+    or ``.pte`` (ExecuTorch) of batch 1, as edgelab.edge.export writes; its suffix picks the
+    runtime and so the requirements. The input spec comes from the model's input
     shape (and ``mean``, ``std``: see input_spec); ``labels`` must match its outputs. ``name``,
     ``accuracy`` (a fraction of ``test_images`` of ``dataset``), ``macs`` (multiply-adds per
     image) and ``notes`` go into the README. Built in a temporary folder and renamed into place,
@@ -106,18 +145,21 @@ def build(model, out_dir=None, example: torch.Tensor | None = None, *,
                             "input batch to be exported (or pass an .onnx file)")
         stem = type(model).__name__
     elif not Path(model).is_file():
-        raise FileNotFoundError(f"no ONNX model at {model}; pass an nn.Module and an example, "
-                                "or export one with edgelab.deploy.export(model, path, example)")
+        raise FileNotFoundError(f"no model file at {model}; pass an nn.Module and an example, "
+                                "or export one with edgelab.deploy.export(model, path, example) "
+                                "or edgelab.edge.export")
     else:
         stem = Path(model).stem
+    rt = "onnxruntime" if isinstance(model, nn.Module) else _runtime_of(Path(model))
+    model_file = MODEL_FILES[rt]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         if isinstance(model, nn.Module):
-            deploy.export(model, tmp / "model.onnx", example)
+            deploy.export(model, tmp / model_file, example)
         else:
-            shutil.copyfile(model, tmp / "model.onnx")
-        in_shape, out_shape = _model_io(tmp / "model.onnx")
+            shutil.copyfile(model, tmp / model_file)
+        in_shape, out_shape = _model_io(tmp / model_file)
         if example is not None and list(in_shape[1:]) != list(example.shape[1:]):
             raise ValueError(f"the model takes (N, {', '.join(map(str, in_shape[1:]))}), the "
                              f"example is {tuple(example.shape)}")
@@ -125,7 +167,7 @@ def build(model, out_dir=None, example: torch.Tensor | None = None, *,
         if out_shape[-1] != len(labels):
             raise ValueError(f"the model has {out_shape[-1]} outputs but {len(labels)} labels; "
                              "pass labels=[...] with one name per output")
-        meta = {"labels": list(labels), "input": spec}
+        meta = {"labels": list(labels), "input": spec, "runtime": rt, "model": model_file}
         _write_files(tmp, meta, dataset, name or stem, accuracy, test_images, notes, macs)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
@@ -142,13 +184,13 @@ def build(model, out_dir=None, example: torch.Tensor | None = None, *,
 
 def _write_files(tmp: Path, meta: dict, dataset: str, name: str, accuracy, test_images, notes,
                  macs) -> None:
-    spec = meta["input"]
+    spec, rt, model_file = meta["input"], meta["runtime"], meta["model"]
     (tmp / "labels.json").write_text(json.dumps(meta, indent=2) + "\n")
-    for f in ("predict.py", "requirements.txt"):
-        shutil.copyfile(TEMPLATE / f, tmp / f)
-    size = (tmp / "model.onnx").stat().st_size
+    shutil.copyfile(TEMPLATE / "predict.py", tmp / "predict.py")
+    shutil.copyfile(requirements_file(rt), tmp / "requirements.txt")
+    size = (tmp / model_file).stat().st_size
     acc = (f"{100 * accuracy:.2f} % top-1 on {test_images or 10000:,} {dataset} test images "
-           "(measured on x86 with ONNX Runtime when the bundle was built)"
+           f"(measured on x86 with {rt} when the bundle was built)"
            if accuracy is not None else "not recorded")
     if spec == FASHION_MNIST:
         expects = ("One garment per image, centred, light on a dark background, like the "
@@ -165,12 +207,37 @@ def _write_files(tmp: Path, meta: dict, dataset: str, name: str, accuracy, test_
                        "MB": f"{size / 1e6:.2f}", "ACCURACY": acc,
                        "CLASSES": str(len(meta["labels"])),
                        "INPUT": _words(spec), "EXPECTS": expects,
-                       "SHA256": hashlib.sha256((tmp / "model.onnx").read_bytes()).hexdigest(),
+                       "SHA256": hashlib.sha256((tmp / model_file).read_bytes()).hexdigest(),
+                       "MODEL": model_file, "RUNTIME": rt, "NEEDS": _NEEDS[rt],
+                       "PIP": ("pip install --no-deps -r requirements.txt" if rt == "executorch"
+                               else "pip install -r requirements.txt"),
+                       "WHEELS": _wheels_line(rt), "RUNTIME_NOTE": _RUNTIME_NOTES[rt],
                        "NOTES": notes.strip(), "SCALE": _scale_line(macs)}.items():
         readme = readme.replace("{{" + key + "}}", value)
     (tmp / "README.md").write_text(readme)
     os.chmod(tmp / "predict.py", 0o755)
     os.chmod(tmp, 0o755)
+
+
+_RUNTIME_NOTES = {
+    "onnxruntime": "", "litert": "",
+    "executorch": (
+        "\n\n   ExecuTorch's Python runtime needs torch. PyPI's aarch64 torch 2.14.1 is a CUDA "
+        "build\n   (its libraries need NVIDIA's CUDA runtime wheels); install the CPU build from "
+        "PyTorch's\n   own index first: `pip install --no-deps --index-url "
+        "https://download.pytorch.org/whl/cpu torch==2.14.1`.\n   ExecuTorch's own route to a "
+        "Pi is its C++ runner, cross-compiled with CMake\n   "
+        "(<https://docs.pytorch.org/executorch/stable/raspberry_pi_llama_tutorial.html>)."),
+}
+
+
+def _wheels_line(rt: str) -> str:
+    """The aarch64 wheels' total size, as `make pi-rootfs` recorded it (pi.rootfs.wheel_bytes)."""
+    from .rootfs import wheel_bytes
+
+    total = wheel_bytes().get(rt)
+    return (f"{total / 1e6:.0f} MB of aarch64 wheels for Python 3.11, as downloaded by "
+            "`make pi-rootfs`" if total else "the aarch64 wheels' size was not recorded here")
 
 
 @functools.cache
@@ -198,6 +265,9 @@ def read_meta(bundle) -> dict:
         input_spec((spec["channels"], spec["height"], spec["width"]), spec["mean"], spec["std"])
         if not isinstance(meta["labels"], list):
             raise TypeError("'labels' is not a list")
+        meta.setdefault("runtime", "onnxruntime")   # bundles before LiteRT and ExecuTorch
+        meta.setdefault("model", MODEL_FILES.get(meta["runtime"], "model.onnx"))
+        bundle_files(meta["runtime"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise BundleError(f"{path} is not a bundle's labels file ({e!r}); rebuild the bundle "
                           "with edgelab.pi.bundle.build()") from e
@@ -212,20 +282,22 @@ def check(bundle=None) -> dict:
     if not bundle.is_dir():
         raise BundleError(f"no bundle folder at {bundle}; build one with "
                           "edgelab.pi.bundle.build(model, out_dir, example)")
-    missing = [f for f in BUNDLE_FILES if not (bundle / f).is_file()]
+    meta = read_meta(bundle) if (bundle / "labels.json").is_file() else {"model": "model.onnx"}
+    files = (meta["model"],) + BUNDLE_FILES[1:]
+    missing = [f for f in files if not (bundle / f).is_file()]
     if missing:
         raise BundleError(f"bundle {bundle} is missing {', '.join(missing)} (a bundle needs "
-                          f"{', '.join(BUNDLE_FILES)}); rebuild it with build()")
-    meta = read_meta(bundle)
-    spec = meta["input"]
-    in_shape, out_shape = _model_io(bundle / "model.onnx")
+                          f"{', '.join(files)}); rebuild it with build()")
+    spec, model_file = meta["input"], meta["model"]
+    in_shape, out_shape = _model_io(bundle / model_file)
     if list(in_shape[1:]) != [spec["channels"], spec["height"], spec["width"]]:
-        raise BundleError(f"{bundle}: model.onnx takes (N, {', '.join(map(str, in_shape[1:]))}), "
-                          f"labels.json says {spec['layout']}")
+        raise BundleError(f"{bundle}: {model_file} takes (N, "
+                          f"{', '.join(map(str, in_shape[1:]))}), labels.json says "
+                          f"{spec['layout']}")
     if out_shape[-1] != len(meta["labels"]):
-        raise BundleError(f"{bundle}: model.onnx has {out_shape[-1]} outputs, labels.json "
+        raise BundleError(f"{bundle}: {model_file} has {out_shape[-1]} outputs, labels.json "
                           f"{len(meta['labels'])} labels")
-    return {f: (bundle / f).stat().st_size for f in BUNDLE_FILES}
+    return {f: (bundle / f).stat().st_size for f in files}
 
 
 def sample_pixels(spec: dict, n: int) -> np.ndarray:
@@ -282,9 +354,10 @@ def load_predict(bundle=None):
 
 
 def predict_here(bundle, files) -> np.ndarray:
-    """The logits predict.py computes for ``files``, here: its own preprocessing, then this
-    machine's ONNX Runtime (one thread). The x86 side of the arm64 check."""
+    """The logits predict.py computes for ``files``, here: its own preprocessing and its own
+    model call (predict.Model, one thread), in this machine's runtime. The x86 side of the
+    arm64 check."""
     meta, predict = read_meta(bundle), load_predict(bundle)
+    model = predict.Model(Path(bundle) / meta["model"], threads=1)
     x = np.stack([predict.preprocess(Path(f), meta) for f in files])
-    return evaluation.predict_logits(runtime.session(Path(bundle) / "model.onnx", threads=1),
-                                  torch.from_numpy(x)).numpy()
+    return np.concatenate([model.run(x[i:i + 64]) for i in range(0, len(x), 64)])

@@ -22,8 +22,8 @@ import numpy as np
 
 from . import bundle as pi_bundle
 from .. import paths
-from .rootfs import (BINFMT_CONF, SIGILL_PIN, SIGILL_SITE, SITE, SUITE, Arm64Unavailable,
-                     binfmt_registered, ensure_binfmt, rootfs_ready)
+from .rootfs import (BINFMT_CONF, SIGILL_PIN, SIGILL_SITE, SITE, SITES, SUITE,
+                     Arm64Unavailable, binfmt_registered, ensure_binfmt, rootfs_ready)
 
 __all__ = ["QEMU_CPU", "PI_CPUS", "MIDR", "HWCAP_NAMES", "PROBE", "HOW_TO_ENABLE", "available",
            "chroot_run", "emulated_cpuinfo", "cpu_features", "illegal_instruction_check",
@@ -84,15 +84,16 @@ def _check_cpu(qemu_cpu: str) -> str:
 
 
 def chroot_run(root: Path, argv: list[str], timeout: float, cpuinfo: Path | None = None,
-               qemu_cpu: str = QEMU_CPU) -> subprocess.CompletedProcess:
-    """Run an arm64 command in ``root`` under qemu (``QEMU_CPU=qemu_cpu``), with the host's /proc
+               qemu_cpu: str = QEMU_CPU, site: str = SITE) -> subprocess.CompletedProcess:
+    """Run an arm64 command in ``root`` under qemu (``QEMU_CPU=qemu_cpu``, Python packages from
+    ``site``, one of rootfs.SITES), with the host's /proc
     and /sys bind-mounted (and ``cpuinfo`` over /proc/cpuinfo) in a private mount namespace:
     the mounts vanish with the process, so nothing is left mounted inside the cached tree."""
     script = ('mount --bind /proc "$1/proc" && mount --bind /sys "$1/sys" && '
               '{ [ -z "$2" ] || mount --bind "$2" "$1/proc/cpuinfo"; } && '
               'r="$1" && shift 2 && exec chroot "$r" "$@"')
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "QEMU_CPU": _check_cpu(qemu_cpu), "PYTHONPATH": "/" + SITE, "LANG": "C.UTF-8",
+           "QEMU_CPU": _check_cpu(qemu_cpu), "PYTHONPATH": "/" + site, "LANG": "C.UTF-8",
            "HOME": "/root", "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
                            "sh", str(root), str(cpuinfo or ""), *argv], capture_output=True,
@@ -196,20 +197,25 @@ def verify(bundle=None, images: int = 300, root=None, threads: int = 1,
     given, else pi.bundle.sample_pixels for the bundle's input (Fashion-MNIST's test images for
     1x28x28). ``bundle``: default build/pi_bundle (edgelab.paths.bundle_dir()).
 
-    Returns {"images", "mismatches", "match", "max_abs_logit_diff", "machine", "onnxruntime",
-    "python", "cpu": {...}, "emulated_seconds"}; raises Arm64Unavailable (with how to enable it)
-    when this machine cannot emulate, RuntimeError when predict.py fails under emulation.
+    The bundle's runtime (labels.json) picks the site folder its requirements were installed in
+    (rootfs.SITES). Returns {"images", "mismatches", "match", "max_abs_logit_diff", "machine",
+    "runtime", "runtime_version", "python", "cpu": {...}, "emulated_seconds"}; raises
+    Arm64Unavailable (with how to enable it) when this machine cannot emulate, RuntimeError when
+    predict.py fails under emulation (its stderr in the message).
     ``emulated_seconds`` is the wall time under emulation on this machine: not a Pi's time."""
     bundle = Path(bundle or paths.bundle_dir())
     if pixels is None and images < 1:
         raise ValueError(f"images must be at least 1, got {images}")
-    pi_bundle.check(bundle)
+    files_in_bundle = tuple(pi_bundle.check(bundle))
     root = _ready(root)
-    spec = pi_bundle.read_meta(bundle)["input"]
+    meta = pi_bundle.read_meta(bundle)
+    spec, site = meta["input"], SITES[meta["runtime"]]
+    if not (root / site).is_dir():
+        raise Arm64Unavailable(f"{root / site} is missing: rebuild with `make pi-rootfs`")
     pixels = pi_bundle.sample_pixels(spec, images) if pixels is None else np.asarray(pixels)
     work = Path(tempfile.mkdtemp(dir=root / "tmp", prefix="edgelab-verify-"))
     try:
-        for f in pi_bundle.BUNDLE_FILES:
+        for f in files_in_bundle:
             shutil.copyfile(bundle / f, work / f)
         files = pi_bundle.write_pngs(work / "images", pixels)
         reference = pi_bundle.predict_here(bundle, files)
@@ -218,13 +224,14 @@ def verify(bundle=None, images: int = 300, root=None, threads: int = 1,
         t0 = time.perf_counter()
         run = chroot_run(root, ["/usr/bin/python3", f"{inside}/predict.py", "--json",
                                 "--threads", str(threads), f"{inside}/images"], timeout=timeout,
-                         cpuinfo=cpuinfo, qemu_cpu=qemu_cpu)
+                         cpuinfo=cpuinfo, qemu_cpu=qemu_cpu, site=site)
         seconds = time.perf_counter() - t0
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if run.returncode != 0:
-        raise RuntimeError(f"the bundle's predict.py failed under arm64 emulation "
-                           f"(exit {run.returncode}):\n{run.stderr[-3000:]}")
+        raise RuntimeError(f"the {meta['runtime']} bundle's predict.py failed under arm64 "
+                           f"emulation ({qemu_cpu}, exit {run.returncode}):\n"
+                           f"{run.stderr[-3000:]}")
     out = json.loads(run.stdout)
     preds = out["predictions"]
     if len(preds) != len(files):
@@ -234,7 +241,8 @@ def verify(bundle=None, images: int = 300, root=None, threads: int = 1,
     return {
         "images": len(files), "mismatches": mismatches, "match": mismatches == 0,
         "max_abs_logit_diff": float(np.abs(arm_logits - reference).max()),
-        "machine": out["machine"], "onnxruntime": out["onnxruntime"], "python": py_version,
+        "machine": out["machine"], "runtime": out["runtime"],
+        "runtime_version": out["runtime_version"], "python": py_version,
         "cpu": {"qemu_cpu": qemu_cpu, "probe_machine": machine, **cpu_features(hwcap)},
         "stderr": run.stderr.strip(),
         "emulated_seconds": seconds,
@@ -251,7 +259,7 @@ def verify_pis(bundle=None, images: int = 300, root=None,
 def summary(res: dict) -> str:
     """One line of a ``verify`` result: which core, and how the predictions compare."""
     board = next((b for b, c in PI_CPUS.items() if c == res["cpu"]["qemu_cpu"]), "emulated")
-    return (f"{board} ({res['cpu']['qemu_cpu']}), onnxruntime {res['onnxruntime']}: "
+    return (f"{board} ({res['cpu']['qemu_cpu']}), {res['runtime']} {res['runtime_version']}: "
             f"{res['images'] - res['mismatches']} of {res['images']} predictions equal x86's, "
             f"largest logit difference {res['max_abs_logit_diff']:.1e}")
 

@@ -27,9 +27,10 @@ from pathlib import Path
 from .. import paths
 from . import TEMPLATE
 
-__all__ = ["SUITE", "PI_PYTHON", "DEFAULT_MIRROR", "STAMP", "SITE", "SIGILL_PIN",
+__all__ = ["SUITE", "PI_PYTHON", "DEFAULT_MIRROR", "STAMP", "SITE", "SITES", "SIGILL_PIN",
            "SIGILL_SITE", "BINFMT", "BINFMT_CONF", "Arm64Unavailable", "rootfs_ready",
-           "binfmt_registered", "ensure_binfmt", "debian_mirror", "build_rootfs", "remove_rootfs"]
+           "binfmt_registered", "ensure_binfmt", "debian_mirror", "build_rootfs", "remove_rootfs",
+           "wheel_bytes"]
 
 SUITE = paths.PI_RELEASE           # bookworm: Debian 12, what Raspberry Pi OS (64-bit) builds on
 PI_PYTHON = "3.11"                 # its python3
@@ -40,6 +41,8 @@ SIGILL_SITE = "opt/site-sigill"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 STAMP = "opt/edgelab-rootfs.json"  # inside the root filesystem: written last, renamed with it
 SITE = "opt/site"                  # the bundle's requirements, installed from PyPI's wheels
+# each runtime's bundle requirements (pi/template/requirements*.txt) in a site folder of its own
+SITES = {"onnxruntime": SITE, "litert": "opt/site-litert", "executorch": "opt/site-executorch"}
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 BINFMT_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")
 
@@ -55,9 +58,24 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _requirements(runtime: str) -> Path:
+    return TEMPLATE / ("requirements.txt" if runtime == "onnxruntime"
+                       else f"requirements-{runtime}.txt")
+
+
 def _requirements_hash() -> str:
-    return hashlib.sha256((TEMPLATE / "requirements.txt").read_bytes()
-                          + SIGILL_PIN.encode()).hexdigest()
+    blob = b"".join(_requirements(r).read_bytes() for r in SITES)
+    return hashlib.sha256(blob + SIGILL_PIN.encode()).hexdigest()
+
+
+def wheel_bytes(root=None) -> dict[str, int]:
+    """{runtime: bytes of the aarch64 / CPython 3.11 wheels its bundle installs}, as recorded when
+    `make pi-rootfs` downloaded them; {} where the root filesystem is not built."""
+    try:
+        meta = json.loads((Path(root or paths.pi_rootfs(SUITE)) / STAMP).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: int(v) for k, v in meta.get("wheel_bytes", {}).items()}
 
 
 def rootfs_ready(root=None) -> bool:
@@ -171,30 +189,44 @@ def _remove_tree(path: Path) -> None:
         subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True)
 
 
-def _install_site(root: Path, log) -> None:
-    """The bundle's requirements.txt as aarch64 / CPython 3.11 wheels from PyPI (or from
-    $EDGELAB_PI_WHEELS, the wheelhouse's aarch64 folder), installed on the host into
-    ROOT/opt/site, and SIGILL_PIN into ROOT/opt/site-sigill (pip never runs under emulation);
-    each replaced atomically."""
+def _pip_aarch64(*args) -> None:
+    offline = (["--no-index", "--find-links", os.environ["EDGELAB_PI_WHEELS"]]
+               if os.environ.get("EDGELAB_PI_WHEELS") else [])   # make wheelhouse's
+    subprocess.run([sys.executable, "-m", "pip", *args, "--quiet", *offline,
+                    "--disable-pip-version-check", "--no-cache-dir",
+                    "--platform", "manylinux_2_27_aarch64", "--platform", "manylinux_2_28_aarch64",
+                    "--python-version", PI_PYTHON, "--implementation", "cp",
+                    "--only-binary=:all:"], check=True)
+
+
+def _install_site(root: Path, log) -> dict[str, int]:
+    """Each runtime's bundle requirements (pi/template/requirements*.txt) as aarch64 / CPython
+    3.11 wheels from PyPI (or from $EDGELAB_PI_WHEELS, the wheelhouse's aarch64 folder),
+    downloaded, weighed and installed on the host into ROOT/<SITES[runtime]>, with --no-deps
+    (every file lists its whole set); SIGILL_PIN into ROOT/opt/site-sigill. pip never runs under
+    emulation; each site is replaced atomically. Returns {runtime: wheel bytes}."""
     t0 = time.perf_counter()
-    for where, what in ((SITE, ["-r", str(TEMPLATE / "requirements.txt")]),
-                        (SIGILL_SITE, ["--no-deps", SIGILL_PIN])):
+    sizes = {}
+    jobs = [(site, runtime, ["-r", str(_requirements(runtime))]) for runtime, site in SITES.items()]
+    for where, runtime, what in jobs + [(SIGILL_SITE, None, [SIGILL_PIN])]:
         site, tmp = root / where, root / f"{where}.tmp"
         _remove_tree(tmp)
-        offline = (["--no-index", "--find-links", os.environ["EDGELAB_PI_WHEELS"]]
-                   if os.environ.get("EDGELAB_PI_WHEELS") else [])   # make wheelhouse's
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *offline,
-                        "--disable-pip-version-check", "--no-cache-dir", "--target", str(tmp),
-                        "--platform", "manylinux_2_27_aarch64",
-                        "--platform", "manylinux_2_28_aarch64", "--python-version", PI_PYTHON,
-                        "--implementation", "cp", "--only-binary=:all:", *what], check=True)
+        with tempfile.TemporaryDirectory(dir=root / "tmp") as wheels:
+            _pip_aarch64("download", "--no-deps", "-d", wheels, *what)
+            if runtime:
+                sizes[runtime] = sum(f.stat().st_size for f in Path(wheels).iterdir())
+            _pip_aarch64("install", "--no-deps", "--no-index", "--find-links", wheels,
+                         "--target", str(tmp), *what)
         _remove_tree(site)
         os.replace(tmp, site)
-    log(f"pip: bundle requirements for aarch64 / Python {PI_PYTHON} in {SITE}, {SIGILL_PIN} in "
-        f"{SIGILL_SITE} ({time.perf_counter() - t0:.0f} s)")
+    log(f"pip: the bundles' requirements for aarch64 / Python {PI_PYTHON} in "
+        f"{', '.join(SITES.values())} ({', '.join(f'{r} {b / 1e6:.0f} MB' for r, b in sizes.items())}"
+        f" of wheels), {SIGILL_PIN} in {SIGILL_SITE} ({time.perf_counter() - t0:.0f} s)")
+    return sizes
 
 
-def _write_stamp(root: Path, seconds: float, mirror: str, what: str = "build") -> None:
+def _write_stamp(root: Path, seconds: float, mirror: str, what: str = "build",
+                 sizes: dict | None = None) -> None:
     """The stamp: what was built, from where, for which requirements, how long it took."""
     try:
         meta = json.loads((root / STAMP).read_text())
@@ -203,6 +235,8 @@ def _write_stamp(root: Path, seconds: float, mirror: str, what: str = "build") -
     meta.update({"suite": SUITE, "arch": "arm64", "mirror": mirror, "python": PI_PYTHON,
                  "requirements_sha256": _requirements_hash(), f"{what}_seconds": round(seconds, 1),
                  f"{what}_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    if sizes is not None:
+        meta["wheel_bytes"] = sizes
     _atomic_write(root / STAMP, json.dumps(meta, indent=2) + "\n")
 
 
@@ -235,8 +269,8 @@ def _build_rootfs(root: Path, mirror: str | None, log) -> Path:
     if (root / "usr/bin/python3").exists() and (root / STAMP).exists():
         log(f"{root}: requirements changed, reinstalling them")
         t0 = time.perf_counter()
-        _install_site(root, log)
-        _write_stamp(root, time.perf_counter() - t0, mirror, what="requirements")
+        sizes = _install_site(root, log)
+        _write_stamp(root, time.perf_counter() - t0, mirror, what="requirements", sizes=sizes)
         return root
     t0 = time.perf_counter()
     tmp = root.with_name(f".{root.name}.tmp")
@@ -249,10 +283,10 @@ def _build_rootfs(root: Path, mirror: str | None, log) -> Path:
         for point in _mounts_under(tmp):   # debootstrap's own /proc, /sys if it left them
             subprocess.run(["umount", "-l", point], check=False)
         log(f"debootstrap: {time.perf_counter() - t0:.0f} s")
-        _install_site(tmp, log)
+        sizes = _install_site(tmp, log)
         shutil.rmtree(tmp / "var/cache/apt/archives", ignore_errors=True)
         (tmp / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
-        _write_stamp(tmp, time.perf_counter() - t0, mirror)
+        _write_stamp(tmp, time.perf_counter() - t0, mirror, sizes=sizes)
         _remove_tree(root)
         os.replace(tmp, root)
     except BaseException:

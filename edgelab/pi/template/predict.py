@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Classify images with the bundled ONNX model (the classes listed in labels.json).
+"""Classify images with the bundled model (the classes listed in labels.json).
 
-Needs only onnxruntime, numpy and Pillow, so it runs on a Raspberry Pi (or any machine) from
-this folder alone. Examples:
+The model is one file, run by one edge runtime: model.onnx by ONNX Runtime, model.tflite by
+LiteRT (ai-edge-litert), model.pte by ExecuTorch; labels.json names which. Besides that runtime
+it needs only numpy and Pillow (requirements.txt), so it runs on a Raspberry Pi (or any
+machine) with nothing but this folder. Examples:
 
     python predict.py shirt.png boot.jpg      # one line per image: file, class, confidence
     python predict.py photos/                 # every image file in a folder
@@ -66,18 +68,87 @@ def describe(spec: dict) -> str:
     return f"{spec['width']}x{spec['height']} {MODES[spec['channels']][1]}"
 
 
-def open_session(model: Path, threads: int):
-    import onnxruntime as ort
+# the model file's suffix -> the runtime that runs it
+RUNTIMES = {".onnx": "onnxruntime", ".tflite": "litert", ".pte": "executorch"}
 
-    if not model.is_file():
-        raise InputError(f"no model at {model}: predict.py needs model.onnx next to it "
-                         "(or pass --model PATH)")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+
+class Model:
+    """One model file behind one call: ``run(x)`` takes float32 (N, C, H, W) and returns the
+    logits. ``batch`` is the file's fixed batch size (None: any); a LiteRT or ExecuTorch file
+    exported for batch 1 runs the images one by one."""
+
+    def __init__(self, path: Path, threads: int):
+        if not path.is_file():
+            raise InputError(f"no model at {path}: predict.py needs the model file that "
+                             "labels.json names next to it (or pass --model PATH)")
+        if path.suffix not in RUNTIMES:
+            raise InputError(f"{path}: the model must be .onnx (ONNX Runtime), .tflite (LiteRT) "
+                             "or .pte (ExecuTorch)")
+        self.runtime = RUNTIMES[path.suffix]
+        self.batch = None
+        getattr(self, "_open_" + self.runtime)(path, threads)
+
+    def _open_onnxruntime(self, path: Path, threads: int):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        self.version = ort.__version__
+        self._run = lambda x: sess.run(None, {name: x})[0]
+
+    def _open_litert(self, path: Path, threads: int):
+        import numpy as np
+        from ai_edge_litert import __version__ as version
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(str(path), num_threads=threads)   # XNNPACK delegate: its default
+        it.allocate_tensors()
+        inp, out = it.get_input_details()[0], it.get_output_details()[0]
+        self.version, self.batch = version, int(inp["shape"][0])
+
+        def run(x):
+            if inp["dtype"] != np.float32:   # a full-integer file: int8 in, int8 out
+                scale, zero = inp["quantization"]
+                info = np.iinfo(inp["dtype"])
+                x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(inp["dtype"])
+            it.set_tensor(inp["index"], x)
+            it.invoke()
+            y = it.get_tensor(out["index"])
+            if out["dtype"] != np.float32:
+                scale, zero = out["quantization"]
+                y = (y.astype(np.float32) - zero) * scale
+            return y
+        self._run = run
+
+    def _open_executorch(self, path: Path, threads: int):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torch   # ExecuTorch's Python runtime loads libtorch first
+            from executorch import version as et_version
+            from executorch.extension.pybindings import portable_lib
+            from executorch.runtime import Runtime
+        portable_lib._unsafe_reset_threadpool(threads)   # its one process-wide thread pool
+        method = Runtime.get().load_program(path).load_method("forward")
+        self.version = et_version.__version__
+        self.batch = int(method.metadata.input_tensor_meta(0).sizes()[0])
+        self._run = lambda x: method.execute([torch.from_numpy(x)])[0].numpy()
+
+    def run(self, x):
+        import numpy as np
+
+        if self.batch is None or len(x) == self.batch:
+            return self._run(x)
+        if self.batch != 1:
+            raise InputError(f"this model file takes exactly {self.batch} images per call; "
+                             f"got {len(x)} (pass --batch {self.batch})")
+        return np.concatenate([self._run(x[i:i + 1]) for i in range(len(x))])
 
 
 def image_files(paths: list[str]) -> list[Path]:
@@ -143,21 +214,20 @@ def softmax(z):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def classify(session, files: list[Path], meta: dict, batch: int, invert: bool, notes: list):
-    """[(file, logits)] for every file, run ``batch`` images at a time."""
+def classify(model: Model, files: list[Path], meta: dict, batch: int, invert: bool,
+             notes: list):
+    """[(file, logits)] for every file, ``batch`` images preprocessed and run at a time."""
     import numpy as np
 
-    name = session.get_inputs()[0].name
     out = []
     for start in range(0, len(files), batch):
         chunk = files[start:start + batch]
         x = np.stack([preprocess(f, meta, invert, notes) for f in chunk])
-        logits = session.run(None, {name: x})[0]
-        out += list(zip(chunk, logits))
+        out += list(zip(chunk, model.run(x)))
     return out
 
 
-def benchmark(session, meta: dict, files: list[Path], batch: int, runs: int, invert: bool):
+def benchmark(model: Model, meta: dict, files: list[Path], batch: int, runs: int, invert: bool):
     """Median and 90th-percentile latency (ms) of one call on a batch, after warm-up runs."""
     import numpy as np
 
@@ -169,13 +239,15 @@ def benchmark(session, meta: dict, files: list[Path], batch: int, runs: int, inv
     else:   # no image given: a fixed pseudo-random one (timing does not depend on the pixels)
         shape = (batch, spec["channels"], spec["height"], spec["width"])
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    feed = {session.get_inputs()[0].name: x}
+    if model.batch not in (None, 1, batch):
+        raise InputError(f"this model file takes exactly {model.batch} images per call: "
+                         f"benchmark it with --batch {model.batch}")
     for _ in range(max(3, runs // 10)):
-        session.run(None, feed)
+        model.run(x)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        session.run(None, feed)
+        model.run(x)
         times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     return times[len(times) // 2], times[min(len(times) - 1, int(0.9 * len(times)))]
@@ -184,10 +256,11 @@ def benchmark(session, meta: dict, files: list[Path], batch: int, runs: int, inv
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("images", nargs="*", help="image files or folders of images")
-    p.add_argument("--model", type=Path, default=HERE / "model.onnx")
+    p.add_argument("--model", type=Path, default=None,
+                   help="default: the model file labels.json names, next to predict.py")
     p.add_argument("--labels", type=Path, default=HERE / "labels.json")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="ONNX Runtime intra-op threads (default: all cores)")
+                   help="the runtime's threads (default: all cores)")
     p.add_argument("--batch", type=int, default=64, help="images per model call")
     p.add_argument("--invert", action="store_true",
                    help="invert the images first (a dark object on a light background)")
@@ -205,23 +278,21 @@ def main(argv=None) -> int:
                              "(see --help)")
         meta = load_labels(args.labels)
         files = image_files(args.images)
-        session = open_session(args.model, args.threads)
-        import onnxruntime as ort
-
-        env = {"machine": platform.machine(), "onnxruntime": ort.__version__,
-               "threads": args.threads}
+        model = Model(args.model or HERE / meta.get("model", "model.onnx"), args.threads)
+        env = {"machine": platform.machine(), "runtime": model.runtime,
+               "runtime_version": model.version, "threads": args.threads}
         if args.benchmark:
-            med, p90 = benchmark(session, meta, files, args.batch, args.runs, args.invert)
+            med, p90 = benchmark(model, meta, files, args.batch, args.runs, args.invert)
             result = dict(env, batch=args.batch, runs=args.runs, median_ms=med, p90_ms=p90)
             if args.json:
                 print(json.dumps(result))
             else:
-                print(f"{platform.machine()}, onnxruntime {ort.__version__}, {args.threads} "
+                print(f"{platform.machine()}, {model.runtime} {model.version}, {args.threads} "
                       f"thread{'s' if args.threads > 1 else ''}, batch {args.batch}: "
                       f"median {med:.3g} ms, p90 {p90:.3g} ms ({args.runs} runs)")
             return 0
         notes: list = []
-        results = classify(session, files, meta, args.batch, args.invert, notes)
+        results = classify(model, files, meta, args.batch, args.invert, notes)
     except InputError as e:
         print(f"predict.py: error: {e}", file=sys.stderr)
         return 2
