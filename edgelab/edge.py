@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["RUNTIMES", "SUFFIX", "BATCHES", "quantize_int8", "export_pte", "export_tflite",
+__all__ = ["RUNTIMES", "SUFFIX", "BATCHES", "quiet", "quantize_int8", "export_pte", "export_tflite",
            "export", "session", "EdgeSession", "executorch_threads", "dynamic_batch_error"]
 
 RUNTIMES = ("executorch", "litert")
@@ -46,10 +46,11 @@ def _check_runtime(runtime: str) -> str:
 
 def _quantizer(runtime: str):
     if _check_runtime(runtime) == "executorch":
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (  # noqa: I001
-            XNNPACKQuantizer, get_symmetric_quantization_config)
+        with quiet():
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                XNNPACKQuantizer, get_symmetric_quantization_config)
         return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    with _quiet_converter():
+    with quiet():
         from litert_torch.quantize.pt2e_quantizer import (PT2EQuantizer,
                                                           get_symmetric_quantization_config)
     return PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
@@ -70,7 +71,7 @@ def quantize_int8(model: nn.Module, calibration: torch.Tensor, runtime: str):
     quantizer = _quantizer(runtime)
     batch = torch.export.Dim("batch", min=1, max=1024)
     gm = torch.export.export(model.eval(), (calibration[:2],), dynamic_shapes=({0: batch},)).module()
-    with _quiet_converter(), torch.no_grad():
+    with quiet(), torch.no_grad():
         gm = prepare_pt2e(gm, quantizer)
         for i in range(0, len(calibration), 64):
             gm(calibration[i:i + 64])
@@ -93,9 +94,9 @@ def export_pte(model: nn.Module, path, example: torch.Tensor, delegate: bool = T
     """An ExecuTorch program for ``example``'s batch size: torch.export, then
     ``to_edge_transform_and_lower`` with the XNNPACK partitioner (``delegate=False``: the portable
     operators only, ExecuTorch's reference kernels). ``model`` may be quantize_int8's graph."""
-    from executorch.exir import to_edge, to_edge_transform_and_lower
+    with quiet():   # importing executorch logs torch's deprecation warnings
+        from executorch.exir import to_edge, to_edge_transform_and_lower
 
-    with _quiet_converter():
         ep = torch.export.export(model, (example,))
         if delegate:
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
@@ -108,7 +109,7 @@ def export_pte(model: nn.Module, path, example: torch.Tensor, delegate: bool = T
 
 
 @contextlib.contextmanager
-def _quiet_converter():
+def quiet():
     """The libraries' chatter off, for a notebook: litert-torch prints a progress line per
     conversion stage and absl/XNNPACK/ExecuTorch's C++ log to file descriptor 2 (a line per thread
     pool reset, per delegate created); the partitioner logs every partition it splits. Errors
@@ -119,7 +120,7 @@ def _quiet_converter():
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
-    loggers = [logging.getLogger(n) for n in ("", "root", "executorch", "litert_torch")]
+    loggers = [logging.getLogger(n) for n in ("", "root", "torch", "executorch", "litert_torch")]
     levels = [lg.level for lg in loggers]
     try:
         os.dup2(devnull, 2)
@@ -139,10 +140,12 @@ def export_tflite(model: nn.Module, path, example: torch.Tensor, quantizer=None)
     """A LiteRT flatbuffer for ``example``'s batch size, converted by litert-torch; pass
     ``quantizer`` (quantize_int8's) with its converted graph for full-integer int8."""
     path = Path(path)
-    with _quiet_converter():   # importing litert-torch logs from C++ too
+    with quiet():   # importing litert-torch logs from C++ too
         import litert_torch
         from litert_torch.quantize.quant_config import QuantConfig
 
+        # its progress lines go through rich, which in a notebook displays them itself
+        litert_torch.config.show_progress = False
         config = QuantConfig(pt2e_quantizer=quantizer) if quantizer is not None else None
         converted = litert_torch.convert(model, (example,), quant_config=config)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +174,17 @@ def export(model: nn.Module, stem, runtime: str, example: torch.Tensor, *,
         path = Path(f"{stem}-b{b}{SUFFIX[runtime]}")
         out[int(b)] = (export_pte(model, path, x) if runtime == "executorch"
                        else export_tflite(model, path, x, quantizer))
+    del model, quantizer
+    _release()
     return out
+
+
+def _release() -> None:
+    """torch.export keeps each exported graph in library caches (edgelab.runtime says which):
+    freed after every export, or a notebook of eight exports grows by each."""
+    from .runtime import release_compiled
+
+    release_compiled()
 
 
 def dynamic_batch_error(model: nn.Module, example: torch.Tensor, runtime: str) -> str:
@@ -184,7 +197,7 @@ def dynamic_batch_error(model: nn.Module, example: torch.Tensor, runtime: str) -
     planned = ""
     try:
         with tempfile.TemporaryDirectory() as d:
-            with _quiet_converter():
+            with quiet():
                 ep = torch.export.export(model.eval(), (x2,), dynamic_shapes=({0: dim},))
                 if _check_runtime(runtime) == "executorch":
                     from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
@@ -194,6 +207,7 @@ def dynamic_batch_error(model: nn.Module, example: torch.Tensor, runtime: str) -
                     path = _atomic_write_bytes(Path(d) / "dyn.pte", prog.to_executorch().buffer)
                 else:
                     import litert_torch
+                    litert_torch.config.show_progress = False
                     path = Path(d) / "dyn.tflite"
                     litert_torch.convert(model.eval(), (x2,), dynamic_shapes=({0: dim},)).export(
                         str(path))
@@ -201,10 +215,12 @@ def dynamic_batch_error(model: nn.Module, example: torch.Tensor, runtime: str) -
             if runtime == "executorch":
                 sizes = list(sess.programs[64].method.metadata.input_tensor_meta(0).sizes())
                 planned = f" (the program's input was planned for at most {sizes})"
-            with _quiet_converter():
+            with quiet():
                 sess.run(None, {"x": x64.numpy()})
     except Exception as e:   # the library's own words, for the notebook to show
         return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:240]}{planned}"
+    finally:
+        _release()
     return ""
 
 
@@ -228,7 +244,7 @@ class _Pte:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # "experimental API"
             from executorch.runtime import Runtime
-        with _quiet_converter():
+        with quiet():
             executorch_threads(threads)
             self.method = Runtime.get().load_program(path).load_method("forward")
 
@@ -240,7 +256,7 @@ class _Tflite:
     def __init__(self, path: Path, threads: int):
         from ai_edge_litert.interpreter import Interpreter
 
-        with _quiet_converter():
+        with quiet():
             self.it = Interpreter(str(path), num_threads=threads)
             self.it.allocate_tensors()
         self.inp, self.out = self.it.get_input_details()[0], self.it.get_output_details()[0]

@@ -75,6 +75,17 @@ class Table(str):
         from html import escape
 
         col = {c: i for i, c in enumerate(self.cols)}
+        if "name" not in col:   # any other table: its columns as they are, text left, numbers right
+            th = "".join(f'<th style="text-align:{"left" if i == 0 else "right"}">{escape(h)}</th>'
+                         for i, h in enumerate(self.cols))
+            bold = ' style="font-weight:bold"'
+            body = "".join(
+                f"<tr{bold if k in self.baseline_rows else ''}>"
+                + "".join(f'<td style="text-align:{"left" if i == 0 else "right"}; '
+                          f'white-space:nowrap">{escape(str(v))}</td>' for i, v in enumerate(row))
+                + "</tr>" for k, row in enumerate(self.rows))
+            return (f"<table style='font-size:0.85em'><thead><tr>{th}</tr></thead>"
+                    f"<tbody>{body}</tbody></table>")
         th = "".join(f'<th style="text-align:{"left" if i < 2 else "right"}">{escape(h)}</th>'
                      for i, (h, _, _) in enumerate(self._HTML))
         body = []

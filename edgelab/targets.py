@@ -268,6 +268,25 @@ TARGETS += [("05: Pi bundle on an emulated Cortex-A72 equals x86 on every checke
              _arm64_match("cortex-a76"))]
 
 
+def _edge_bundles(res):
+    """05_edge_runtimes: each runtime's int8 bundle against x86 on both emulated Pi cores."""
+    recs = [r for r in res["records"] if r.get("notebook") == "05_edge_runtimes"
+            and (r.get("bundle") or {}).get("arm64_by_cpu")]
+    if not recs:
+        return None
+    parts, met = [], True
+    for r in recs:
+        checks = r["bundle"]["arm64_by_cpu"]
+        ok = sum(bool(c.get("match")) for c in checks.values())
+        met &= ok == len(checks)
+        parts.append(f"{r['bundle']['runtime']} {ok}/{len(checks)}")
+    return "cores equal x86: " + ", ".join(parts), met
+
+
+TARGETS += [("05_edge_runtimes: every runtime's bundle equals x86 on both emulated Pi cores",
+             _edge_bundles)]
+
+
 def _same_arch(res):
     if res["run"].get("smoke", True) or not res["records"]:
         return None

@@ -254,3 +254,27 @@ def test_preprocess_reference_is_what_predict_py_computes_from_a_png(tmp_path):
     theirs = np.stack([predict.preprocess(p, meta) for p in paths])
     assert ours.dtype == theirs.dtype == np.float32
     np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("runtime", ["litert", "executorch"])
+def test_a_bundle_in_another_runtime_ships_its_file_and_predicts_like_torch(runtime, tmp_path):
+    from edgelab import edge
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 10)).eval()
+    files = edge.export(model, tmp_path / "m", runtime, torch.zeros(2, 1, 28, 28), batches=(1,))
+    bundle = pib.build(files[1], tmp_path / "b", name="tiny")
+    meta = pib.read_meta(bundle)
+    assert meta["runtime"] == runtime and meta["model"] == pib.MODEL_FILES[runtime]
+    assert set(pib.check(bundle)) == set(pib.bundle_files(runtime))
+    assert (bundle / "requirements.txt").read_text() == pib.requirements_file(runtime).read_text()
+    readme = (bundle / "README.md").read_text()
+    assert "{{" not in readme and pib.MODEL_FILES[runtime] in readme
+    paths, labels = pib.write_test_pngs(tmp_path / "png", 5)
+    out = pib.run_predict(bundle, ["--json", *map(str, paths)])
+    assert out.returncode == 0, out.stderr
+    preds = json.loads(out.stdout)
+    assert preds["runtime"] == runtime and len(preds["predictions"]) == 5
+    np.testing.assert_allclose(np.array([p["logits"] for p in preds["predictions"]]),
+                               pib.predict_here(bundle, paths), atol=1e-5)

@@ -100,3 +100,28 @@ def test_the_arm64_bar_reads_the_bundle_record_of_05():
     rec["bundle"]["arm64"] = {"images": 300, "mismatches": 2, "match": False}
     assert targets._arm64_match()({"records": [rec]})[1] is False
     assert targets._arm64_match()({"records": [dict(rec, bundle={"arm64": None})]}) is None
+
+
+@pytest.mark.heavy
+def test_a_litert_bundle_predicts_the_same_on_both_emulated_pis(tmp_path, available):
+    from edgelab import edge
+
+    files = edge.export(tiny_cnn(1), tmp_path / "m", "litert", torch.zeros(2, 1, 28, 28),
+                        calibration=torch.randn(16, 1, 28, 28), batches=(1,))
+    lite = pib.build(files[1], tmp_path / "pi_bundle", name="tiny-litert")
+    for cpu, res in emulate.verify_pis(lite, images=8).items():
+        assert res["runtime"] == "litert" and res["cpu"]["qemu_cpu"] == cpu
+        assert res["match"] and res["max_abs_logit_diff"] < 1e-4, res
+
+
+@pytest.mark.heavy
+def test_an_executorch_bundle_fails_on_the_emulated_pi_with_torch_s_own_error(tmp_path, available):
+    # PyPI's aarch64 torch is a CUDA build: without NVIDIA's libraries it does not import, and
+    # the check must say so rather than pass
+    from edgelab import edge
+
+    files = edge.export(tiny_cnn(1), tmp_path / "m", "executorch", torch.zeros(2, 1, 28, 28),
+                        batches=(1,))
+    et = pib.build(files[1], tmp_path / "pi_bundle", name="tiny-executorch")
+    with pytest.raises(RuntimeError, match=r"(?s)executorch bundle's predict.py failed.*not found"):
+        emulate.verify(et, images=4)

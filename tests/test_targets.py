@@ -59,3 +59,17 @@ def test_meets_reads_validation_or_test_and_refuses_an_unknown_bar():
     assert targets.meets(m, t, "frontier", "val") and not targets.meets(m, t, "frontier", "test")
     with pytest.raises(ValueError, match="frontier"):
         targets.meets(m, t, "fast")
+
+
+def test_the_edge_bundle_target_is_missed_while_one_runtime_fails_on_a_pi_core():
+    def edge_rec(runtime, matches):
+        return {"notebook": "05_edge_runtimes", "name": f"{runtime}-int8",
+                "bundle": {"runtime": runtime, "arm64_by_cpu": {
+                    cpu: {"match": m} for cpu, m in zip(("cortex-a72", "cortex-a76"), matches)}}}
+
+    res = {"records": [edge_rec("onnxruntime", (True, True)), edge_rec("litert", (True, True))]}
+    assert targets._edge_bundles(res) == ("cores equal x86: onnxruntime 2/2, litert 2/2", True)
+    res["records"].append(edge_rec("executorch", (False, False)))
+    text, met = targets._edge_bundles(res)
+    assert "executorch 0/2" in text and not met
+    assert targets._edge_bundles({"records": []}) is None

@@ -357,7 +357,10 @@ def predict_here(bundle, files) -> np.ndarray:
     """The logits predict.py computes for ``files``, here: its own preprocessing and its own
     model call (predict.Model, one thread), in this machine's runtime. The x86 side of the
     arm64 check."""
+    from ..edge import quiet
+
     meta, predict = read_meta(bundle), load_predict(bundle)
-    model = predict.Model(Path(bundle) / meta["model"], threads=1)
+    with quiet():   # ExecuTorch logs each thread-pool reset from C++
+        model = predict.Model(Path(bundle) / meta["model"], threads=1)
     x = np.stack([predict.preprocess(Path(f), meta) for f in files])
     return np.concatenate([model.run(x[i:i + 64]) for i in range(0, len(x), 64)])
