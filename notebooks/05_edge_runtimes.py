@@ -16,17 +16,19 @@
 # %% [markdown]
 # # 05 · Three edge runtimes: ONNX Runtime, ExecuTorch and LiteRT on one model and two emulated Pis
 #
-# The blog names TensorFlow Lite (now [LiteRT](https://github.com/google-ai-edge/LiteRT)) and
-# [ONNX Runtime](https://onnxruntime.ai/) as the ways to run a compressed model on a Raspberry Pi;
-# PyTorch's own answer for the edge is [ExecuTorch](https://github.com/pytorch/executorch). 05
-# deployed with ONNX Runtime only. Here the same model goes through all three, in fp32 and in
+# The blog post this workbook follows (see 00_baseline) names TensorFlow Lite (now
+# [LiteRT](https://github.com/google-ai-edge/LiteRT)) and [ONNX Runtime](https://onnxruntime.ai/)
+# as the ways to run a compressed model on a Raspberry Pi; PyTorch's own answer for the edge is
+# [ExecuTorch](https://github.com/pytorch/executorch). 05_deploy_pi deployed with ONNX Runtime
+# only. Here the same model goes through all three, in fp32 and in
 # int8, and every number comes from the file each runtime would ship:
 #
-# - **ONNX Runtime**: `torch.onnx` export, then ONNX Runtime's static QDQ quantization (as in 05);
+# - **ONNX Runtime**: `torch.onnx` export, then ONNX Runtime's static QDQ quantization (as in
+#   05_deploy_pi);
 # - **ExecuTorch**: `torch.export`, lowered to a `.pte` program with the
 #   [XNNPACK delegate](https://docs.pytorch.org/executorch/stable/backends-xnnpack.html); int8 by
-#   PT2E with ExecuTorch's `XNNPACKQuantizer`, the Arm-side counterpart of the x86 quantizer 02
-#   used;
+#   PT2E with ExecuTorch's `XNNPACKQuantizer`, which targets XNNPACK's int8 kernels (the ones
+#   a Pi runs), where 02_quantization_flows used `X86InductorQuantizer`;
 # - **LiteRT**: converted by [litert-torch](https://github.com/google-ai-edge/litert-torch) to a
 #   `.tflite` flatbuffer, run by `ai-edge-litert`'s interpreter (XNNPACK by default); int8 by PT2E
 #   with litert-torch's quantizer, full-integer (int8 in, int8 out).
@@ -64,7 +66,7 @@ MODEL = "student-pruned25-kd-s0"   # the checkpoint 06 ships
 EVAL_IMAGES = 500 if SMOKE else None     # accuracy on the full 10k test images at defaults
 CALIBRATION = 128 if SMOKE else 512
 LATENCY_S = 0.2 if SMOKE else 1.0
-THREADS = 1                              # the Pi's budget, as in 05 and 06
+THREADS = 1                              # the Pi's budget, as in 05_deploy_pi and 06
 PORTABLE_IMAGES = 3 if SMOKE else 10     # the undelegated program is timed on a few images only
 ARM64_IMAGES = 20 if SMOKE else 100
 BATCHES = (1,) if SMOKE else edge.BATCHES   # smoke: the b1 file only (batch 64 runs it 64 times)
@@ -93,10 +95,10 @@ files, export_s = {}, {}
 for rt in ("onnxruntime", "executorch", "litert"):
     for precision in ("fp32", "int8"):
         key, t0 = f"{rt}-{precision}", time.perf_counter()
-        if rt == "onnxruntime":
-            fp32 = runtime.export_onnx(model, WORK / "model-fp32.onnx", example)
-            files[key] = {1: fp32} if precision == "fp32" else {
-                1: runtime.ort_static(fp32, WORK / "model-int8.onnx", calibration)}
+        if rt == "onnxruntime":   # int8: quantize the fp32 file just written
+            files[key] = {1: runtime.export_onnx(model, WORK / "model-fp32.onnx", example)
+                          if precision == "fp32" else runtime.ort_static(
+                              files["onnxruntime-fp32"][1], WORK / "model-int8.onnx", calibration)}
         else:
             files[key] = edge.export(model, WORK / f"model-{rt}-{precision}", rt, example,
                                      calibration=calibration if precision == "int8" else None,
@@ -108,23 +110,28 @@ for rt in ("onnxruntime", "executorch", "litert"):
 
 # %%
 # NBVAL_CHECK_OUTPUT
-# what each runtime reads from its int8 file: the input it takes (LiteRT's full-integer file
-# wants int8), the same in every run
+# the input each shipped int8 file declares, read from the file: ONNX keeps the batch free (N),
+# the other two hold batch 1; LiteRT's full-integer file takes int8
+ET_DTYPES = {6: "float32", 1: "int8", 0: "uint8"}     # ExecuTorch's ScalarType codes
 for key in ("onnxruntime-int8", "executorch-int8", "litert-int8"):
-    sess = runtime.session(files[key][1], threads=1) if key.startswith("onnx") else \
-        edge.session({1: files[key][1]})
-    shape = [d if isinstance(d, int) else "N" for d in sess.get_inputs()[0].shape]
-    kind = (sess.get_inputs()[0].type if key.startswith("onnx")
-            else str(sess.programs[1].inp["dtype"].__name__) if key.startswith("litert")
-            else "float32")
+    if key.startswith("onnx"):
+        inp = runtime.session(files[key][1], threads=THREADS).get_inputs()[0]
+        shape, kind = [d if isinstance(d, int) else "N" for d in inp.shape], inp.type
+    elif key.startswith("litert"):
+        inp = edge.session({1: files[key][1]}, threads=THREADS).programs[1].inp
+        shape, kind = [int(d) for d in inp["shape"]], inp["dtype"].__name__
+    else:
+        meta = edge.session({1: files[key][1]}, threads=THREADS).programs[1].method.metadata
+        info = meta.input_tensor_meta(0)
+        shape, kind = list(info.sizes()), ET_DTYPES.get(info.dtype(), f"ScalarType {info.dtype()}")
     print(f"{key:17s} input {shape} {kind}")
-del sess
 
 # %% [markdown]
 # ## 2 · Fixed batch sizes, and why
 #
 # An ONNX file can leave the batch dimension free. ExecuTorch can export a *bounded* dynamic batch
-# (`torch.export.Dim("batch", max=64)`), and litert-torch takes `dynamic_shapes` too. The cell
+# (`torch.export.Dim("batch", max=64)`), and the pinned litert-torch's `convert()` accepts
+# `dynamic_shapes`. The cell
 # asks each for a program that accepts 1 to 64 images and feeds it 64.
 
 # %%
@@ -139,11 +146,13 @@ for rt, err in dynamic_errors.items():
 # - litert-torch lowers each operator through a JAX function, and JAX needs concrete shapes: its
 #   maintainers describe the limit in
 #   [litert-torch#1024](https://github.com/google-ai-edge/litert-torch/pull/1024) (which makes
-#   `convert()` refuse dynamic shapes outright and points to the tracking issue #870), and users
+#   `convert()` refuse dynamic shapes outright and points to the tracking issue
+#   [#870](https://github.com/google-ai-edge/litert-torch/issues/870)), and users
 #   hit it on CNNs in [#685](https://github.com/google-ai-edge/litert-torch/issues/685).
 # - For ExecuTorch we found no report that explains the input size its memory planner chose; the
-#   nearest is [executorch#7717](https://github.com/pytorch/executorch/issues/7717), the same
-#   "bounded tensor" error on a model with dynamic shapes.
+#   nearest is [executorch#7717](https://github.com/pytorch/executorch/issues/7717), an "Attempted
+#   to resize a bounded tensor" error (what ExecuTorch also logs here, to the terminal) on a model
+#   exported with dynamic shapes.
 #
 # A learner who needs a free batch can keep ONNX Runtime, or retry with a newer release.
 
@@ -152,11 +161,13 @@ for rt, err in dynamic_errors.items():
 #
 # `measure` treats every runtime alike: the `edge` sessions answer ONNX Runtime's interface, so
 # accuracy comes from the file on the test set, bytes are the shipped file's, latency is the median
-# at batch 1 and 64 with one thread. Then the six are timed again together, in interleaved rounds,
+# at batch 1 and 64 with `THREADS` threads. Then the six are timed again together, in interleaved rounds,
 # so that a slow spell of this shared machine lands on all of them.
 #
 # **Threads.** ONNX Runtime and LiteRT take a thread count per session. ExecuTorch's Python runtime
-# runs XNNPACK on one process-wide thread pool whose only handle is `_unsafe_reset_threadpool`;
+# runs XNNPACK on one process-wide thread pool, which Python can resize only through
+# `_unsafe_reset_threadpool`
+# ([`portable_lib.py`](https://github.com/pytorch/executorch/blob/main/extension/pybindings/portable_lib.py));
 # the cell sets it and prints the size it reports.
 
 # %%
@@ -184,9 +195,10 @@ print(f"timed: {records[0]['latency_protocol']}")
 # %% [markdown]
 # ## 4 · Without the delegate: ExecuTorch's portable operators
 #
-# The XNNPACK partitioner hands the whole graph to XNNPACK's kernels. Without it, the program runs
-# ExecuTorch's *portable* operators, its reference kernels in plain C++. The cell times that
-# program at batch 1 on a few images only.
+# The XNNPACK partitioner hands the operators XNNPACK supports to its kernels. Without it, the
+# program runs ExecuTorch's *portable* operators, its reference kernels in plain C++. The cell times
+# that program at batch 1 on a few images only, so the ratio is rough: a mean of a few calls
+# against the delegated program's interleaved median.
 
 # %%
 portable = edge.session(edge.export_pte(model, WORK / "model-portable-b1.pte", example[:1],
@@ -200,7 +212,7 @@ portable_ms = (time.perf_counter() - t0) / len(x_few) * 1e3
 delegated_ms = find(records, "executorch-fp32")["latency_b1_ms"]
 print(f"ExecuTorch fp32, batch 1: portable operators {portable_ms:.1f} ms per image "
       f"({len(x_few)} images), XNNPACK delegate {delegated_ms:.2f} ms: "
-      f"{portable_ms / delegated_ms:.0f}x slower without the delegate")
+      f"about {portable_ms / delegated_ms:.0f}x slower without the delegate")
 
 # %% [markdown]
 # ## 5 · The comparison
@@ -221,7 +233,8 @@ for rec in records:
     delta, se = tables.paired_delta(rec, base)
     acc_se = 100 * figures.accuracy_se(rec["accuracy"], rec["test_images"])
     rows.append([rec["name"], f"{100 * rec['accuracy']:.2f} ±{acc_se:.2f}",
-                 "-" if rec is base else f"{delta:+.2f}" + (f" ±{se:.2f}" if se else ""),
+                 "-" if rec is base else f"{delta:+.2f}" + (f" ±{se:.2f}" if se is not None
+                                                            else ""),
                  f"{rec['bytes'] / 1e3:.0f} kB", f"{rec['latency_b1_ms']:.3f}",
                  f"{rec['latency_b64_ms']:.2f}", f"{rec['max_abs_logit_diff_vs_torch']:.2g}",
                  f"{100 * rec['top1_agreement_vs_torch']:.2f} %",
@@ -252,16 +265,18 @@ print(f"largest int8 accuracy gap between two runtimes: "
 # Read the latency columns as ratios on this x86 machine, not as Pi speed: all three run XNNPACK or
 # MLAS kernels whose Arm versions differ from their x86 ones. The fp32 files agree with PyTorch to
 # float rounding; the int8 ones differ by their quantization, each with its own quantizer and
-# calibration, which is what the Δ column measures.
+# calibration: the max |logit − torch| and top-1 = torch columns show how far each moved from
+# PyTorch, and Δ compares its accuracy with ONNX Runtime's file of the same precision.
 
 # %% [markdown]
 # ## 6 · Each runtime's bundle on an emulated Pi 4 and Pi 5
 #
 # `pi.bundle.build` takes any of the three files and picks the runtime from its suffix; the
 # bundle's `predict.py` keeps one preprocessing path and one command line for all three, and its
-# `requirements.txt` pins that runtime's aarch64 wheels. Each int8 bundle runs on the emulated
+# `requirements.txt` pins that runtime's aarch64 wheels. Each int8 bundle is tried on the emulated
 # Cortex-A72 (Pi 4: Armv8.0, no dot product) and Cortex-A76 (Pi 5: Armv8.2 with dot product and
-# fp16), from one root filesystem where only `QEMU_CPU` changes (05 explains the emulation).
+# fp16), from one root filesystem where only `QEMU_CPU` changes (05_deploy_pi explains the
+# emulation).
 # QEMU's A72 model has the crypto extensions (`aes`, `pmull`, `sha1`, `sha2`) that the Pi 4's
 # BCM2711 lacks, so the feature lines below show them
 # ([Raspberry Pi's processor docs](https://www.raspberrypi.com/documentation/computers/processors.html)).
@@ -293,13 +308,16 @@ if not available:
 # %%
 if available:
     for board, cpu in pi.emulate.PI_CPUS.items():
-        res = next(r[cpu] for r in arm.values() if "cpu" in r[cpu])
+        res = next((r[cpu] for r in arm.values() if "cpu" in r[cpu]), None)
+        if res is None:
+            print(f"{board} ({cpu}): no bundle ran, so no features were read")
+            continue
         c = res["cpu"]
         print(f"{board} ({cpu}) HWCAP: {' '.join(c['features'])}\n"
               f"  dot product {c['dotprod']}, fp16 {c['fp16']}, LSE atomics {c['atomics']}, "
               f"SVE {c['sve']}")
     litert_said = {r.get("stderr", "") for r in arm.get("litert", {}).values()} - {""}
-    print("LiteRT says on both cores:", "; ".join(sorted(litert_said)) or "nothing")
+    print("LiteRT's stderr (both cores):", "; ".join(sorted(litert_said)) or "nothing")
 
 # %% [markdown]
 # **Which kernels?** None of the three runtimes reports the Arm kernels it picks. LiteRT says only
@@ -310,9 +328,10 @@ if available:
 # [`platform.cpp`](https://github.com/microsoft/onnxruntime/blob/main/onnxruntime/core/mlas/lib/platform.cpp).
 #
 # **ExecuTorch on the Pi.** Its Python runtime imports torch before its bindings
-# (`executorch/extension/pybindings/portable_lib.py`), and its aarch64 bindings link libtorch. PyPI's
-# aarch64 torch 2.14.1 is a CUDA build: the error above is torch failing to load NVIDIA's CUDA
-# libraries on a machine without them. The cell below prints what that route weighs. PyTorch's CPU
+# (`portable_lib.py`, linked above), and its aarch64 bindings link libtorch. PyPI's aarch64 torch
+# 2.14.1 is a CUDA build: its metadata requires NVIDIA's CUDA wheels (printed below), which the
+# bundle installs without (`--no-deps`), and the error above is torch failing to load them at
+# import. The cell below prints what that route weighs. PyTorch's CPU
 # build for aarch64 is on its own index (download.pytorch.org), which this workbook's machines
 # cannot reach, so the emulated Pi cannot check it. ExecuTorch's own route to a Pi is its C++
 # runner, cross-compiled with CMake
@@ -322,15 +341,22 @@ if available:
 # %%
 for rt, total in sorted(wheels.items(), key=lambda kv: kv[1]):
     print(f"{rt:12s} bundle: {total / 1e6:6.0f} MB of aarch64 wheels (Python 3.11)")
+torch_meta = paths.pi_rootfs(pi.rootfs.SUITE) / pi.rootfs.SITES["executorch"] / \
+    "torch-2.14.1.dist-info" / "METADATA"
+if torch_meta.is_file():
+    cuda = [line.split(":", 1)[1].split(";")[0].strip() for line in
+            torch_meta.read_text().splitlines() if line.startswith("Requires-Dist:")
+            and ("nvidia" in line or "cuda" in line)]
+    print("aarch64 torch 2.14.1 requires:", ", ".join(cuda))
 
 # %% [markdown]
 # ## 7 · Which to pick
 #
 # - **ONNX Runtime** is what this workbook ships by default: one file for every batch size, the
-#   smallest change from an exported PyTorch model, aarch64 wheels on PyPI, and its bundle runs on
-#   both emulated Pis.
+#   smallest change from an exported PyTorch model, aarch64 wheels on PyPI; section 6 checks its
+#   bundle on both emulated Pis.
 # - **LiteRT** needs its converter only on the build machine (litert-torch, with jax); the Pi gets
-#   the interpreter wheel and numpy. Its full-integer file takes int8 in and out, which suits
+#   the interpreter wheel and a few small dependencies (its bundle's `requirements.txt`). Its full-integer file takes int8 in and out, which suits
 #   integer-only accelerators; its files have a fixed batch here.
 # - **ExecuTorch** exports straight from `torch.export` with PyTorch's own quantizers, and its
 #   runtime is built for C++ applications: on a Pi that means cross-compiling the runner. Through
