@@ -19,7 +19,8 @@ WHEELHOUSE = Path(os.environ.get("EDGELAB_WHEELHOUSE", REPO_ROOT / "wheelhouse")
 
 def _dry_make(tmp_path: Path, target: str, complete: bool) -> str:
     """What `make -n` would run for ``target`` in a copy of the repo's build files."""
-    for name in ("Makefile", "requirements.txt", "constraints.txt", "pyproject.toml"):
+    for name in ("Makefile", "requirements.txt", "requirements-nodeps.txt", "constraints.txt",
+                 "pyproject.toml"):
         shutil.copy(REPO_ROOT / name, tmp_path / name)
     (tmp_path / "wheelhouse" / "data").mkdir(parents=True, exist_ok=True)
     if complete:
@@ -33,7 +34,8 @@ def _dry_make(tmp_path: Path, target: str, complete: bool) -> str:
 def test_setup_installs_from_a_complete_wheelhouse_and_never_from_the_index(tmp_path):
     script = _dry_make(tmp_path, ".venv/.edgelab-installed", complete=True)
     pip = [l for l in script.splitlines() if "pip install" in l]
-    assert len(pip) == 2 and all("--no-index --find-links wheelhouse" in l for l in pip), script
+    # the pins, litert-torch without its unresolvable dependencies (requirements-nodeps.txt), edgelab
+    assert len(pip) == 3 and all("--no-index --find-links wheelhouse" in l for l in pip), script
     assert "wheelhouse/data" in _dry_make(tmp_path, "data", complete=True)
 
 
@@ -53,6 +55,7 @@ def test_every_pin_and_edgelab_install_offline_from_the_wheelhouse(tmp_path):
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
            "--no-index", "--find-links", str(WHEELHOUSE)]
     for args in (["--dry-run", "-r", "requirements.txt", "-c", "constraints.txt"],
+                 ["--dry-run", "--no-deps", "-r", "requirements-nodeps.txt"],
                  ["--no-deps", "-e", "."]):  # edgelab itself: its build backend must be there too
         out = subprocess.run(pip + args, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                              timeout=900)
