@@ -221,7 +221,8 @@ print(f"ExecuTorch fp32, batch 1: portable operators {portable_ms:.1f} ms per im
 # Runtime's file of the same precision (paired: the same images), bytes as shipped, latency, and
 # agreement with PyTorch's own fp32 logits on every test image. **Pi install** is the bytes of the
 # aarch64 wheels each runtime's bundle installs (`requirements.txt` of its bundle, downloaded by
-# `make pi-rootfs`).
+# `make pi-rootfs`); ExecuTorch's bundle also needs Debian's g++ once, to build its runner
+# (section 6).
 
 # %%
 wheels = pi.rootfs.wheel_bytes()
@@ -328,26 +329,24 @@ if available:
 # [`platform.cpp`](https://github.com/microsoft/onnxruntime/blob/main/onnxruntime/core/mlas/lib/platform.cpp).
 #
 # **ExecuTorch on the Pi.** Its Python runtime imports torch before its bindings
-# (`portable_lib.py`, linked above), and its aarch64 bindings link libtorch. PyPI's aarch64 torch
-# 2.14.1 is a CUDA build: its metadata requires NVIDIA's CUDA wheels (printed below), which the
-# bundle installs without (`--no-deps`), and the error above is torch failing to load them at
-# import. The cell below prints what that route weighs. PyTorch's CPU
-# build for aarch64 is on its own index (download.pytorch.org), which this workbook's machines
-# cannot reach, so the emulated Pi cannot check it. ExecuTorch's own route to a Pi is its C++
-# runner, cross-compiled with CMake
-# ([ExecuTorch on Raspberry Pi](https://docs.pytorch.org/executorch/stable/raspberry_pi_llama_tutorial.html)),
-# which this workbook does not build.
+# (`portable_lib.py`, linked above), and its aarch64 bindings link libtorch; PyPI's aarch64 torch
+# 2.14.1 is a CUDA build, which does not import without NVIDIA's CUDA wheels
+# ([its files on PyPI](https://pypi.org/project/torch/2.14.1/#files)). The executorch wheel
+# also ships its C++ runtime as shared libraries with their headers, and those need no torch. So
+# the ExecuTorch bundle carries a short C++ program,
+# [`et_runner.cpp`](../edgelab/pi/template/et_runner.cpp), built on ExecuTorch's
+# [`Module` API](https://docs.pytorch.org/executorch/stable/extension-module.html). On its first
+# run, `predict.py` compiles it with the Pi's own g++ against the installed wheel, then streams the
+# preprocessed images to it through a pipe. The cell below shows what that first run said on each
+# core, and how long each emulated run took, build included where there was one.
 
 # %%
 for rt, total in sorted(wheels.items(), key=lambda kv: kv[1]):
     print(f"{rt:12s} bundle: {total / 1e6:6.0f} MB of aarch64 wheels (Python 3.11)")
-torch_meta = paths.pi_rootfs(pi.rootfs.SUITE) / pi.rootfs.SITES["executorch"] / \
-    "torch-2.14.1.dist-info" / "METADATA"
-if torch_meta.is_file():
-    cuda = [line.split(":", 1)[1].split(";")[0].strip() for line in
-            torch_meta.read_text().splitlines() if line.startswith("Requires-Dist:")
-            and ("nvidia" in line or "cuda" in line)]
-    print("aarch64 torch 2.14.1 requires:", ", ".join(cuda))
+for cpu, res in arm.get("executorch", {}).items():
+    said = res.get("stderr") or res.get("error") or "nothing"
+    seconds = f"{res['emulated_seconds']:.0f} s emulated" if "emulated_seconds" in res else "failed"
+    print(f"ExecuTorch bundle on {cpu}: {seconds}; predict.py said: {said}")
 
 # %% [markdown]
 # ## 7 · Which to pick
@@ -359,8 +358,9 @@ if torch_meta.is_file():
 #   the interpreter wheel and a few small dependencies (its bundle's `requirements.txt`). Its full-integer file takes int8 in and out, which suits
 #   integer-only accelerators; its files have a fixed batch here.
 # - **ExecuTorch** exports straight from `torch.export` with PyTorch's own quantizers, and its
-#   runtime is built for C++ applications: on a Pi that means cross-compiling the runner. Through
-#   Python it drags in libtorch, as the sizes above show.
+#   runtime is built for C++ applications. On a Pi that means a small C++ runner, here built once
+#   on the Pi itself, with no torch there. Its Python runtime would need libtorch, which PyPI
+#   offers for aarch64 only as a CUDA build.
 #
 # The tables above say which one was fastest and smallest *here*; on a Pi, time your bundle with
 # `python predict.py --benchmark` (its README lists published Pi figures for scale).

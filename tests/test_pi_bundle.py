@@ -2,8 +2,11 @@
 Python: every file there, labels.json carrying the model's input spec, one preprocessing path
 for any input size and channel count, clear errors for bad input."""
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -130,13 +133,51 @@ def test_requirements_pin_exact_versions_of_what_predict_needs(runtime, module, 
                 .splitlines() if line and not line.startswith("#"))
     assert {dist, "numpy", "Pillow"} <= set(pins)
     assert all(re.fullmatch(r"\d+(\.\d+)+", v) for v in pins.values())
-    imports = set(re.findall(r"^\s*(?:import|from) (\w+)", (pi.TEMPLATE / "predict.py")
-                             .read_text(), re.M))
-    assert module in imports
-    # predict.py imports only the standard library, numpy, Pillow and the three runtimes
+    source = (pi.TEMPLATE / "predict.py").read_text()
+    imports = set(re.findall(r"^\s*(?:import|from) (\w+)", source, re.M))
+    # ExecuTorch's bundle finds the wheel's C++ libraries without importing it (or torch)
+    assert module in imports or f'find_spec("{module}")' in source
+    # predict.py imports only the standard library, numpy, Pillow and two runtimes
     assert imports - {"__future__", "argparse", "json", "os", "platform", "sys", "time",
-                      "pathlib", "warnings"} == {"onnxruntime", "ai_edge_litert", "executorch",
-                                                "torch", "numpy", "PIL"}
+                      "pathlib", "warnings", "hashlib", "shutil", "subprocess", "tempfile",
+                      "importlib"} == {"onnxruntime", "ai_edge_litert", "numpy", "PIL"}
+
+
+def test_the_executorch_bundle_installs_no_torch():
+    pins = {line.split("==")[0] for line in pib.requirements_file("executorch").read_text()
+            .splitlines() if line and not line.startswith("#")}
+    assert pins == {"executorch", "numpy", "Pillow"}
+
+
+def test_predict_says_how_to_get_a_compiler_when_the_executorch_runner_cannot_be_built(tmp_path):
+    from edgelab import edge
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(2, 10)).eval()
+    pte = edge.export_pte(model, tmp_path / "m.pte", torch.zeros(1, 1, 28, 28))
+    bundle = pib.build(pte, tmp_path / "b", name="tiny")
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"),
+               XDG_CACHE_HOME=str(tmp_path / "cache"))
+    run = subprocess.run([sys.executable, str(bundle / "predict.py"), "--benchmark", "--runs", "1"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 2
+    assert "no C++ compiler: sudo apt install g++" in run.stderr
+    assert not (tmp_path / "cache" / "edgelab-pi").exists() or \
+        not any((tmp_path / "cache" / "edgelab-pi").iterdir())
+
+
+def test_the_executorch_runner_reports_a_broken_program_in_one_line(tmp_path):
+    from edgelab import edge
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(2, 10)).eval()
+    pte = edge.export_pte(model, tmp_path / "m.pte", torch.zeros(1, 1, 28, 28))
+    bundle = pib.build(pte, tmp_path / "b", name="tiny")
+    (bundle / "model.pte").write_bytes(b"not a program" * 10)
+    run = pib.run_predict(bundle, ["--benchmark", "--runs", "1"])
+    assert run.returncode == 1
+    assert "ExecuTorch's runner could not open" in run.stderr
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) <= 2
 
 
 def test_each_runtime_pins_the_versions_the_workbook_measures_with():
@@ -276,5 +317,10 @@ def test_a_bundle_in_another_runtime_ships_its_file_and_predicts_like_torch(runt
     assert out.returncode == 0, out.stderr
     preds = json.loads(out.stdout)
     assert preds["runtime"] == runtime and len(preds["predictions"]) == 5
-    np.testing.assert_allclose(np.array([p["logits"] for p in preds["predictions"]]),
-                               pib.predict_here(bundle, paths), atol=1e-5)
+    here = pib.predict_here(bundle, paths)
+    np.testing.assert_allclose(np.array([p["logits"] for p in preds["predictions"]]), here,
+                               atol=1e-5)
+    # the bundle's runner (ExecuTorch's C++ runtime) and edgelab's session (its Python runtime)
+    # run the same program to the same logits
+    x = np.stack([pib.load_predict(bundle).preprocess(p, meta) for p in paths])
+    np.testing.assert_allclose(edge.session(files).run(None, {"x": x})[0], here, atol=1e-6)

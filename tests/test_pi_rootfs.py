@@ -1,6 +1,7 @@
 """The emulated Pi's root filesystem (edgelab.pi.rootfs): torch-free so `make pi-rootfs` re-checks
 in a fraction of a second, the Debian mirror read from this machine's apt, and removal that
 takes a half-built tree and its lock with it. Building it is `make pi-rootfs` (needs root)."""
+import json
 import subprocess
 import sys
 
@@ -37,3 +38,18 @@ def test_remove_takes_a_half_built_tree_and_the_lock_with_it(tmp_path, monkeypat
     assert rootfs.main(["--remove"]) == 0
     assert list(tmp_path.iterdir()) == []
     assert not rootfs.rootfs_ready(root)
+
+
+def test_a_root_filesystem_without_the_current_debian_packages_is_not_ready(tmp_path):
+    # one built before g++ was added must be rebuilt, or the ExecuTorch bundle cannot build its
+    # runner; the same stamp with the current package list is ready
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/python3").touch()
+    (root / "opt").mkdir()
+    stamp = {"requirements_sha256": rootfs._requirements_hash(), "packages": ["python3"]}
+    (root / rootfs.STAMP).write_text(json.dumps(stamp))
+    assert not rootfs.rootfs_ready(root)
+    (root / rootfs.STAMP).write_text(json.dumps(dict(stamp, packages=list(rootfs.PACKAGES))))
+    assert rootfs.rootfs_ready(root)
+    assert "g++" in rootfs.PACKAGES

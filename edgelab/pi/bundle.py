@@ -37,14 +37,17 @@ BUNDLE_FILES = ("model.onnx", "labels.json", "predict.py", "requirements.txt", "
 # the runtime -> the model file its bundle ships (a file's suffix names its runtime)
 MODEL_FILES = {"onnxruntime": "model.onnx", "litert": "model.tflite", "executorch": "model.pte"}
 _NEEDS = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert (LiteRT)",
-          "executorch": "executorch and torch (ExecuTorch's Python runtime loads libtorch)"}
+          "executorch": "the executorch wheel's C++ libraries (no torch) and g++ once"}
+# files a runtime's bundle has besides BUNDLE_FILES
+EXTRA_FILES = {"onnxruntime": (), "litert": (), "executorch": ("et_runner.cpp",)}
 
 
 def bundle_files(runtime: str = "onnxruntime") -> tuple[str, ...]:
-    """The files of a bundle for ``runtime``: BUNDLE_FILES with its model file."""
+    """The files of a bundle for ``runtime``: BUNDLE_FILES with its model file (and, for
+    ExecuTorch, the C++ runner's source predict.py builds)."""
     if runtime not in MODEL_FILES:
         raise ValueError(f"runtime must be one of {sorted(MODEL_FILES)}, got {runtime!r}")
-    return (MODEL_FILES[runtime],) + BUNDLE_FILES[1:]
+    return (MODEL_FILES[runtime],) + BUNDLE_FILES[1:] + EXTRA_FILES[runtime]
 
 
 def requirements_file(runtime: str = "onnxruntime") -> Path:
@@ -188,6 +191,8 @@ def _write_files(tmp: Path, meta: dict, dataset: str, name: str, accuracy, test_
     (tmp / "labels.json").write_text(json.dumps(meta, indent=2) + "\n")
     shutil.copyfile(TEMPLATE / "predict.py", tmp / "predict.py")
     shutil.copyfile(requirements_file(rt), tmp / "requirements.txt")
+    for extra in EXTRA_FILES[rt]:
+        shutil.copyfile(TEMPLATE / extra, tmp / extra)
     size = (tmp / model_file).stat().st_size
     acc = (f"{100 * accuracy:.2f} % top-1 on {test_images or 10000:,} {dataset} test images "
            f"(measured on x86 with {rt} when the bundle was built)"
@@ -212,6 +217,7 @@ def _write_files(tmp: Path, meta: dict, dataset: str, name: str, accuracy, test_
                        "PIP": ("pip install --no-deps -r requirements.txt" if rt == "executorch"
                                else "pip install -r requirements.txt"),
                        "WHEELS": _wheels_line(rt), "RUNTIME_NOTE": _RUNTIME_NOTES[rt],
+                       "FILE_ROWS": _FILE_ROWS[rt],
                        "NOTES": notes.strip(), "SCALE": _scale_line(macs)}.items():
         readme = readme.replace("{{" + key + "}}", value)
     (tmp / "README.md").write_text(readme)
@@ -222,12 +228,17 @@ def _write_files(tmp: Path, meta: dict, dataset: str, name: str, accuracy, test_
 _RUNTIME_NOTES = {
     "onnxruntime": "", "litert": "",
     "executorch": (
-        "\n\n   ExecuTorch's Python runtime needs torch. PyPI's aarch64 torch 2.14.1 is a CUDA "
-        "build\n   (its libraries need NVIDIA's CUDA runtime wheels); install the CPU build from "
-        "PyTorch's\n   own index first: `pip install --no-deps --index-url "
-        "https://download.pytorch.org/whl/cpu torch==2.14.1`.\n   ExecuTorch's own route to a "
-        "Pi is its C++ runner, cross-compiled with CMake\n   "
-        "(<https://docs.pytorch.org/executorch/stable/raspberry_pi_llama_tutorial.html>)."),
+        "\n\n   The model runs on ExecuTorch's C++ runtime, the shared libraries the executorch "
+        "wheel\n   ships (no torch: ExecuTorch's Python runtime would need it, and PyPI's aarch64 "
+        "torch\n   is a CUDA build). On its first run predict.py compiles `et_runner.cpp` "
+        "against them with\n   g++ (`sudo apt install g++` if `g++ --version` fails) and keeps "
+        "the program in\n   `~/.cache/edgelab-pi/`; ExecuTorch's own C++ guide: "
+        "<https://docs.pytorch.org/executorch/stable/extension-module.html>."),
+}
+_FILE_ROWS = {
+    "onnxruntime": "", "litert": "",
+    "executorch": ("\n| `et_runner.cpp` | the C++ program predict.py builds once with g++ to "
+                   "run the model on ExecuTorch's runtime (no Python inside) |"),
 }
 
 
@@ -282,8 +293,9 @@ def check(bundle=None) -> dict:
     if not bundle.is_dir():
         raise BundleError(f"no bundle folder at {bundle}; build one with "
                           "edgelab.pi.bundle.build(model, out_dir, example)")
-    meta = read_meta(bundle) if (bundle / "labels.json").is_file() else {"model": "model.onnx"}
-    files = (meta["model"],) + BUNDLE_FILES[1:]
+    meta = (read_meta(bundle) if (bundle / "labels.json").is_file()
+            else {"model": "model.onnx", "runtime": "onnxruntime"})
+    files = (meta["model"],) + BUNDLE_FILES[1:] + EXTRA_FILES[meta["runtime"]]
     missing = [f for f in files if not (bundle / f).is_file()]
     if missing:
         raise BundleError(f"bundle {bundle} is missing {', '.join(missing)} (a bundle needs "
@@ -363,4 +375,7 @@ def predict_here(bundle, files) -> np.ndarray:
     with quiet():   # ExecuTorch logs each thread-pool reset from C++
         model = predict.Model(Path(bundle) / meta["model"], threads=1)
     x = np.stack([predict.preprocess(Path(f), meta) for f in files])
-    return np.concatenate([model.run(x[i:i + 64]) for i in range(0, len(x), 64)])
+    try:
+        return np.concatenate([model.run(x[i:i + 64]) for i in range(0, len(x), 64)])
+    finally:
+        model.close()

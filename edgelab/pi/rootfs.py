@@ -27,7 +27,7 @@ from pathlib import Path
 from .. import paths
 from . import TEMPLATE
 
-__all__ = ["SUITE", "PI_PYTHON", "DEFAULT_MIRROR", "STAMP", "SITE", "SITES", "SIGILL_PIN",
+__all__ = ["SUITE", "PI_PYTHON", "DEFAULT_MIRROR", "PACKAGES", "STAMP", "SITE", "SITES", "SIGILL_PIN",
            "SIGILL_SITE", "BINFMT", "BINFMT_CONF", "Arm64Unavailable", "rootfs_ready",
            "binfmt_registered", "ensure_binfmt", "debian_mirror", "build_rootfs", "remove_rootfs",
            "wheel_bytes"]
@@ -39,6 +39,9 @@ PI_PYTHON = "3.11"                 # its python3
 SIGILL_PIN = "onnxruntime==1.21.0"
 SIGILL_SITE = "opt/site-sigill"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# Debian packages besides the minimal base: the Pi's python3, and g++ for the ExecuTorch bundle,
+# whose predict.py builds its C++ runner (pi/template/et_runner.cpp) once on the machine itself.
+PACKAGES = ("python3", "g++")
 STAMP = "opt/edgelab-rootfs.json"  # inside the root filesystem: written last, renamed with it
 SITE = "opt/site"                  # the bundle's requirements, installed from PyPI's wheels
 # each runtime's bundle requirements (pi/template/requirements*.txt) in a site folder of its own
@@ -68,6 +71,13 @@ def _requirements_hash() -> str:
     return hashlib.sha256(blob + SIGILL_PIN.encode()).hexdigest()
 
 
+def _stamp(root: Path) -> dict:
+    try:
+        return json.loads((root / STAMP).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def wheel_bytes(root=None) -> dict[str, int]:
     """{runtime: bytes of the aarch64 / CPython 3.11 wheels its bundle installs}, as recorded when
     `make pi-rootfs` downloaded them; {} where the root filesystem is not built."""
@@ -82,12 +92,9 @@ def rootfs_ready(root=None) -> bool:
     """The root filesystem (``root``, default edgelab.paths.pi_rootfs(SUITE)) is built and holds the
     bundle's current requirements."""
     root = Path(root or paths.pi_rootfs(SUITE))
-    stamp = root / STAMP
-    try:
-        meta = json.loads(stamp.read_text())
-    except (OSError, ValueError):
-        return False
+    meta = _stamp(root)
     return (meta.get("requirements_sha256") == _requirements_hash()
+            and meta.get("packages") == list(PACKAGES)
             and (Path(root) / "usr/bin/python3").exists())
 
 
@@ -228,11 +235,9 @@ def _install_site(root: Path, log) -> dict[str, int]:
 def _write_stamp(root: Path, seconds: float, mirror: str, what: str = "build",
                  sizes: dict | None = None) -> None:
     """The stamp: what was built, from where, for which requirements, how long it took."""
-    try:
-        meta = json.loads((root / STAMP).read_text())
-    except (OSError, ValueError):
-        meta = {}
+    meta = _stamp(root)
     meta.update({"suite": SUITE, "arch": "arm64", "mirror": mirror, "python": PI_PYTHON,
+                 "packages": list(PACKAGES),
                  "requirements_sha256": _requirements_hash(), f"{what}_seconds": round(seconds, 1),
                  f"{what}_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     if sizes is not None:
@@ -245,7 +250,7 @@ def build_rootfs(root=None, mirror: str | None = None, log=print) -> Path:
 
     When it is there and current this only checks the binfmt handler (seconds). Otherwise:
     install qemu-user-static and debootstrap if missing, register the handler,
-    ``debootstrap --arch=arm64 --variant=minbase --include=python3`` into a temporary folder
+    ``debootstrap --arch=arm64 --variant=minbase --include=python3,g++`` into a temporary folder
     next to ``root`` (default edgelab.paths.pi_rootfs(SUITE)), install the bundle's requirements,
     write the stamp, rename into place."""
     root = Path(root or paths.pi_rootfs(SUITE))
@@ -266,7 +271,7 @@ def build_rootfs(root=None, mirror: str | None = None, log=print) -> Path:
 
 def _build_rootfs(root: Path, mirror: str | None, log) -> Path:
     mirror = mirror or debian_mirror()
-    if (root / "usr/bin/python3").exists() and (root / STAMP).exists():
+    if (root / "usr/bin/python3").exists() and _stamp(root).get("packages") == list(PACKAGES):
         log(f"{root}: requirements changed, reinstalling them")
         t0 = time.perf_counter()
         sizes = _install_site(root, log)
@@ -277,7 +282,7 @@ def _build_rootfs(root: Path, mirror: str | None, log) -> Path:
     _remove_tree(tmp)
     log(f"debootstrap {SUITE} arm64 from {mirror} into {tmp} (a few minutes, once)")
     try:
-        subprocess.run(["debootstrap", "--arch=arm64", "--variant=minbase", "--include=python3",
+        subprocess.run(["debootstrap", "--arch=arm64", "--variant=minbase", f"--include={','.join(PACKAGES)}",
                         SUITE, str(tmp), mirror], check=True,
                        stdout=subprocess.DEVNULL if os.environ.get("EDGELAB_QUIET") else None)
         for point in _mounts_under(tmp):   # debootstrap's own /proc, /sys if it left them

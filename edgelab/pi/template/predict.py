@@ -2,9 +2,10 @@
 """Classify images with the bundled model (the classes listed in labels.json).
 
 The model is one file, run by one edge runtime: model.onnx by ONNX Runtime, model.tflite by
-LiteRT (ai-edge-litert), model.pte by ExecuTorch; labels.json names which. Besides that runtime
-it needs only numpy and Pillow (requirements.txt), so it runs on a Raspberry Pi (or any
-machine) with nothing but this folder. Examples:
+LiteRT (ai-edge-litert), model.pte by ExecuTorch's C++ runtime (through et_runner.cpp, which
+predict.py compiles once with g++); labels.json names which. Besides that runtime it needs only
+numpy and Pillow (requirements.txt), so it runs on a Raspberry Pi (or any machine) with nothing
+but this folder. Examples:
 
     python predict.py shirt.png boot.jpg      # one line per image: file, class, confidence
     python predict.py photos/                 # every image file in a folder
@@ -126,19 +127,52 @@ class Model:
         self._run = run
 
     def _open_executorch(self, path: Path, threads: int):
-        import warnings
+        # ExecuTorch's C++ runtime through et_runner (built once, see build_runner): its Python
+        # runtime would need torch, and PyPI's aarch64 torch is a CUDA build
+        import subprocess
+        import tempfile
+        from importlib.metadata import version
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import torch   # ExecuTorch's Python runtime loads libtorch first
-            from executorch import version as et_version
-            from executorch.extension.pybindings import portable_lib
-            from executorch.runtime import Runtime
-        portable_lib._unsafe_reset_threadpool(threads)   # its one process-wide thread pool
-        method = Runtime.get().load_program(path).load_method("forward")
-        self.version = et_version.__version__
-        self.batch = int(method.metadata.input_tensor_meta(0).sizes()[0])
-        self._run = lambda x: method.execute([torch.from_numpy(x)])[0].numpy()
+        import numpy as np
+
+        runner = build_runner()
+        self.version = version("executorch")
+        log = tempfile.TemporaryFile()   # its log lines, shown if it fails
+        proc = subprocess.Popen([str(runner), str(path), str(threads)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=log)
+
+        def failed(what):
+            proc.kill()
+            log.seek(0)
+            lines = log.read().decode(errors="replace").strip().splitlines()
+            errors = [ln for ln in lines if "error" in ln.lower()] or lines[-3:]
+            return RuntimeError(f"ExecuTorch's runner {what}: {' | '.join(errors[-3:])}")
+
+        words = proc.stdout.readline().decode().split()
+        if len(words) != 3 or words[0] != "ready":
+            raise failed(f"could not open {path}")
+        in_shape, out_shape = ([int(d) for d in w.split(",")] for w in words[1:])
+        self.batch, self._proc = in_shape[0], proc
+        out_bytes = 4 * int(np.prod(out_shape))
+
+        def run(x):
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            if list(x.shape) != in_shape:
+                raise InputError(f"{path.name} takes float32 {tuple(in_shape)}, got {x.shape}")
+            proc.stdin.write(x.tobytes())
+            proc.stdin.flush()
+            y = proc.stdout.read(out_bytes)
+            if len(y) != out_bytes:
+                raise failed("stopped")
+            return np.frombuffer(y, dtype=np.float32).reshape(out_shape).copy()
+        self._run = run
+
+    def close(self):
+        """End ExecuTorch's runner, if this model started one (the others hold no process)."""
+        proc = getattr(self, "_proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.stdin.close()
+            proc.wait(timeout=30)
 
     def run(self, x):
         import numpy as np
@@ -149,6 +183,61 @@ class Model:
             raise InputError(f"this model file takes exactly {self.batch} images per call; "
                              f"got {len(x)} (pass --batch {self.batch})")
         return np.concatenate([self._run(x[i:i + 1]) for i in range(len(x))])
+
+
+# What the executorch wheel's CMake package (share/cmake/executorch-config.cmake) tells a C++
+# consumer to compile and link with; predict.py calls g++ directly, so a Pi needs no CMake.
+RUNNER_DEFINES = ("C10_USING_CUSTOM_GENERATED_MACROS", "ET_EVENT_TRACER_ENABLED",
+                  "ET_USE_THREADPOOL")
+RUNNER_LIBS = ("executorch", "executorch_threadpool", "executorch_backend_xnnpack",
+               "executorch_kernels_optimized", "executorch_kernels_quantized")
+
+
+def build_runner() -> Path:
+    """et_runner, compiled from et_runner.cpp (next to predict.py) against the installed
+    executorch wheel's headers and libraries, once: it is cached under ~/.cache/edgelab-pi,
+    keyed by the source, the wheel's version and place, and the machine."""
+    import hashlib
+    import shutil
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+    from importlib.util import find_spec
+
+    source = HERE / "et_runner.cpp"
+    try:
+        et = Path(find_spec("executorch").submodule_search_locations[0])
+        et_version = version("executorch")
+    except (AttributeError, PackageNotFoundError):
+        raise InputError("model.pte needs the executorch wheel's runtime libraries: "
+                         "pip install --no-deps -r requirements.txt")
+    if not source.is_file():
+        raise InputError(f"no {source}: an ExecuTorch bundle needs et_runner.cpp next to "
+                         "predict.py")
+    key = hashlib.sha256(b"\0".join([source.read_bytes(), et_version.encode(), str(et).encode(),
+                                     platform.machine().encode()])).hexdigest()[:12]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgelab-pi"
+    exe = cache / f"et_runner-{key}"
+    if exe.is_file():
+        return exe
+    cxx = shutil.which(os.environ.get("CXX", "g++"))
+    if cxx is None:
+        raise InputError("model.pte runs through a small C++ program that predict.py builds "
+                         "once, and this machine has no C++ compiler: sudo apt install g++")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = exe.with_name(f".{exe.name}.{os.getpid()}")
+    cmd = [cxx, "-O2", "-std=c++17", "-Wno-deprecated-declarations",
+           *(f"-D{d}" for d in RUNNER_DEFINES), f"-I{et / 'include'}",
+           f"-I{et / 'include/executorch/runtime/core/portable_type/c10'}", str(source),
+           "-o", str(tmp), f"-L{et / 'lib'}", "-Wl,--no-as-needed",
+           *(f"-l{lib}" for lib in RUNNER_LIBS), f"-Wl,-rpath,{et / 'lib'}"]
+    print(f"predict.py: building ExecuTorch's runner once, into {exe}", file=sys.stderr)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"building et_runner failed ({' '.join(cmd)}):\n"
+                           f"{done.stderr[-3000:]}")
+    os.replace(tmp, exe)   # whole or not at all: a second predict.py finds it built
+    return exe
 
 
 def image_files(paths: list[str]) -> list[Path]:
@@ -296,6 +385,9 @@ def main(argv=None) -> int:
     except InputError as e:
         print(f"predict.py: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:   # the runtime failed on a valid input (ExecuTorch's runner)
+        print(f"predict.py: error: {e}", file=sys.stderr)
+        return 1
     for note in notes:
         print(note, file=sys.stderr)
     labels = meta["labels"]
