@@ -1,6 +1,7 @@
 """The Raspberry Pi bundle: one folder that runs on its own (the model file, labels.json,
 predict.py, requirements.txt, README.md), for any image classifier, in any of three runtimes:
-model.onnx (ONNX Runtime), model.tflite (LiteRT) or model.pte (ExecuTorch).
+model.onnx (ONNX Runtime), model.tflite (LiteRT) or model.pte (ExecuTorch, with et_runner.cpp:
+its C++ runner, which predict.py builds once on the machine, so the Pi needs no torch).
 
 ``labels.json`` carries the class names and the input spec (channels, height, width, per-channel
 mean and std), read from the model's example input when the bundle is built; ``predict.py``
@@ -28,7 +29,7 @@ import torch.nn as nn
 from .. import counts, data, deploy, paths, runtime
 from . import TEMPLATE
 
-__all__ = ["BUNDLE_FILES", "MODEL_FILES", "MODES", "FASHION_MNIST", "BundleError", "input_spec",
+__all__ = ["BUNDLE_FILES", "MODEL_FILES", "EXTRA_FILES", "MODES", "FASHION_MNIST", "BundleError", "input_spec",
            "bundle_files", "requirements_file",
            "build", "check", "read_meta", "sample_pixels", "write_pngs", "write_test_pngs",
            "run_predict", "load_predict", "predict_here"]

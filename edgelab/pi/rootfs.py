@@ -1,7 +1,7 @@
 """The arm64 root filesystem the emulated Raspberry Pi runs in: Debian bookworm (what Raspberry
-Pi OS 64-bit builds on, debootstrap from Debian's own packages) with the bundle's pinned
-onnxruntime, numpy and Pillow from their aarch64 wheels on PyPI. Beside them, in a site folder of
-its own, an onnxruntime release built with instructions the Pi 4 lacks: the proof that the
+Pi OS 64-bit builds on, debootstrap from Debian's own packages, with g++ for the ExecuTorch
+bundle's runner) with each runtime's bundle requirements from their aarch64 wheels on PyPI, a
+site folder per runtime. Beside them, in a site folder of its own, an onnxruntime release built with instructions the Pi 4 lacks: the proof that the
 emulated A72 (edgelab.pi.emulate) rejects what a real Pi 4 would.
 
 `make pi-rootfs` = ``python -m edgelab.pi.rootfs``: builds it once (minutes) under
