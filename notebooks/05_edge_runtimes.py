@@ -297,7 +297,7 @@ for rt in ("onnxruntime", "litert", "executorch"):
         try:
             res = pi.emulate.verify(bundle, images=ARM64_IMAGES, qemu_cpu=cpu)
         except RuntimeError as e:   # the bundle's predict.py failed on the emulated Pi
-            last = str(e).strip().splitlines()[-1].split(" in the system path")[0]
+            last = str(e).strip().splitlines()[-1]
             res = {"match": False, "error": last, "qemu_cpu": cpu}
             print(f"{board} ({cpu}), {rt}: predict.py FAILED: {last}")
         else:
@@ -330,15 +330,17 @@ if available:
 #
 # **ExecuTorch on the Pi.** Its Python runtime imports torch before its bindings
 # (`portable_lib.py`, linked above), and its aarch64 bindings link libtorch; PyPI's aarch64 torch
-# 2.14.1 is a CUDA build, which does not import without NVIDIA's CUDA wheels
-# ([its files on PyPI](https://pypi.org/project/torch/2.14.1/#files)). The executorch wheel
+# 2.14.1 is a CUDA build, which does not import without NVIDIA's CUDA wheels (the `nvidia-*`
+# entries of its `requires_dist` in [PyPI's JSON for it](https://pypi.org/pypi/torch/2.14.1/json)). The executorch wheel
 # also ships its C++ runtime as shared libraries with their headers, and those need no torch. So
 # the ExecuTorch bundle carries a short C++ program,
 # [`et_runner.cpp`](../edgelab/pi/template/et_runner.cpp), built on ExecuTorch's
 # [`Module` API](https://docs.pytorch.org/executorch/stable/extension-module.html). On its first
 # run, `predict.py` compiles it with the Pi's own g++ against the installed wheel, then streams the
-# preprocessed images to it through a pipe. The cell below shows what that first run said on each
-# core, and how long each emulated run took, build included where there was one.
+# preprocessed images to it through a pipe. The built program is kept in the root filesystem's
+# `~/.cache/edgelab-pi/`, so only the first run on a new root filesystem builds it. The cell below
+# prints what predict.py said on each core (a run that built the runner says so) and how long each
+# emulated run took, the build included.
 
 # %%
 for rt, total in sorted(wheels.items(), key=lambda kv: kv[1]):

@@ -166,6 +166,24 @@ def test_predict_says_how_to_get_a_compiler_when_the_executorch_runner_cannot_be
         not any((tmp_path / "cache" / "edgelab-pi").iterdir())
 
 
+def test_predict_builds_the_executorch_runner_once_and_reuses_it(tmp_path):
+    from edgelab import edge
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(2, 10)).eval()
+    pte = edge.export_pte(model, tmp_path / "m.pte", torch.zeros(1, 1, 28, 28))
+    bundle = pib.build(pte, tmp_path / "b", name="tiny")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    said = []
+    for _ in range(2):
+        run = subprocess.run([sys.executable, str(bundle / "predict.py"), "--benchmark",
+                              "--runs", "1"], capture_output=True, text=True, env=env, timeout=300)
+        assert run.returncode == 0, run.stderr
+        said.append("building ExecuTorch's runner once" in run.stderr)
+    assert said == [True, False]
+    assert len(list((tmp_path / "cache" / "edgelab-pi").iterdir())) == 1
+
+
 def test_the_executorch_runner_reports_a_broken_program_in_one_line(tmp_path):
     from edgelab import edge
 
@@ -177,6 +195,7 @@ def test_the_executorch_runner_reports_a_broken_program_in_one_line(tmp_path):
     run = pib.run_predict(bundle, ["--benchmark", "--runs", "1"])
     assert run.returncode == 1
     assert "ExecuTorch's runner could not open" in run.stderr
+    assert "Program identifier" in run.stderr and "InvalidProgram" in run.stderr   # the reason
     assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) <= 2
 
 
@@ -324,3 +343,9 @@ def test_a_bundle_in_another_runtime_ships_its_file_and_predicts_like_torch(runt
     # run the same program to the same logits
     x = np.stack([pib.load_predict(bundle).preprocess(p, meta) for p in paths])
     np.testing.assert_allclose(edge.session(files).run(None, {"x": x})[0], here, atol=1e-6)
+    if runtime == "executorch":   # and the int8 program too
+        q = edge.export(model, tmp_path / "q", runtime, torch.zeros(2, 1, 28, 28),
+                        calibration=torch.randn(16, 1, 28, 28), batches=(1,))
+        qbundle = pib.build(q[1], tmp_path / "qb", name="tiny-int8")
+        np.testing.assert_allclose(edge.session(q).run(None, {"x": x})[0],
+                                   pib.predict_here(qbundle, paths), atol=1e-6)

@@ -2,6 +2,8 @@
 predictions under qemu as a Pi 4 core (cortex-a72) and a Pi 5 core (cortex-a76), for a 1x28x28
 and a 3x32x32 model, and the emulated Pi 4 kills an onnxruntime built for newer cores. The arm64
 tests are never skipped: `make test` sets the emulator up (`make pi-rootfs`) and they must pass."""
+import shutil
+
 import pytest
 import torch
 import torch.nn as nn
@@ -122,12 +124,17 @@ def test_an_executorch_bundle_predicts_the_same_on_both_emulated_pis_without_tor
     from edgelab import edge, paths
     from edgelab.pi import rootfs
 
-    site = paths.pi_rootfs(rootfs.SUITE) / rootfs.SITES["executorch"]
+    root = paths.pi_rootfs(rootfs.SUITE)
+    site = root / rootfs.SITES["executorch"]
     assert (site / "executorch").is_dir() and not list(site.glob("torch*"))
+    shutil.rmtree(root / "root/.cache/edgelab-pi", ignore_errors=True)   # built here, not reused
     files = edge.export(tiny_cnn(1), tmp_path / "m", "executorch", torch.zeros(2, 1, 28, 28),
                         calibration=torch.randn(16, 1, 28, 28), batches=(1,))
     et = pib.build(files[1], tmp_path / "pi_bundle", name="tiny-executorch")
-    for cpu, res in emulate.verify_pis(et, images=8).items():
+    results = emulate.verify_pis(et, images=8)
+    assert [("building ExecuTorch's runner" in r["stderr"]) for r in results.values()] == \
+        [True, False]   # built once, by the first core's run, then reused
+    for cpu, res in results.items():
         assert res["runtime"] == "executorch" and res["cpu"]["qemu_cpu"] == cpu
         assert res["machine"] == "aarch64"
         assert res["match"] and res["max_abs_logit_diff"] < 1e-4, res

@@ -29,7 +29,8 @@ import torch.nn as nn
 from .. import counts, data, deploy, paths, runtime
 from . import TEMPLATE
 
-__all__ = ["BUNDLE_FILES", "MODEL_FILES", "EXTRA_FILES", "MODES", "FASHION_MNIST", "BundleError", "input_spec",
+__all__ = ["BUNDLE_FILES", "MODEL_FILES", "EXTRA_FILES", "MODES", "FASHION_MNIST", "BundleError",
+           "input_spec",
            "bundle_files", "requirements_file",
            "build", "check", "read_meta", "sample_pixels", "write_pngs", "write_test_pngs",
            "run_predict", "load_predict", "predict_here"]
@@ -373,7 +374,7 @@ def predict_here(bundle, files) -> np.ndarray:
     from ..edge import quiet
 
     meta, predict = read_meta(bundle), load_predict(bundle)
-    with quiet():   # ExecuTorch logs each thread-pool reset from C++
+    with quiet():   # LiteRT logs its delegate from C++; a first ExecuTorch run notes its build
         model = predict.Model(Path(bundle) / meta["model"], threads=1)
     x = np.stack([predict.preprocess(Path(f), meta) for f in files])
     try:

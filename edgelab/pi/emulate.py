@@ -193,8 +193,8 @@ def verify(bundle=None, images: int = 300, root=None, threads: int = 1,
     """Run the bundle's own predict.py on ``images`` image files in the arm64 root filesystem
     under qemu with ``QEMU_CPU=qemu_cpu`` (cortex-a72, the Pi 4's core, or cortex-a76, the Pi
     5's), and compare its predictions with the same predict.py (its preprocessing and its model
-    call, pi.bundle.predict_here) on this x86 machine, on the same files. The files hold ``pixels`` (uint8, (N, H, W) or (N, H, W, 3)) when
-    given, else pi.bundle.sample_pixels for the bundle's input (Fashion-MNIST's test images for
+    call, pi.bundle.predict_here) on this x86 machine, on the same files. The files hold
+    ``pixels`` (uint8, (N, H, W) or (N, H, W, 3)) when given, else pi.bundle.sample_pixels for the bundle's input (Fashion-MNIST's test images for
     1x28x28). ``bundle``: default build/pi_bundle (edgelab.paths.bundle_dir()).
 
     The bundle's runtime (labels.json) picks the site folder its requirements were installed in

@@ -1,8 +1,9 @@
 """The arm64 root filesystem the emulated Raspberry Pi runs in: Debian bookworm (what Raspberry
 Pi OS 64-bit builds on, debootstrap from Debian's own packages, with g++ for the ExecuTorch
 bundle's runner) with each runtime's bundle requirements from their aarch64 wheels on PyPI, a
-site folder per runtime. Beside them, in a site folder of its own, an onnxruntime release built with instructions the Pi 4 lacks: the proof that the
-emulated A72 (edgelab.pi.emulate) rejects what a real Pi 4 would.
+site folder per runtime. Beside them, in a site folder of its own, an onnxruntime release built
+with instructions the Pi 4 lacks: the proof that the emulated A72 (edgelab.pi.emulate) rejects
+what a real Pi 4 would.
 
 `make pi-rootfs` = ``python -m edgelab.pi.rootfs``: builds it once (minutes) under
 ``~/.cache/edgelab/``, then only re-checks qemu's binfmt handler, which the kernel forgets at
@@ -27,7 +28,8 @@ from pathlib import Path
 from .. import paths
 from . import TEMPLATE
 
-__all__ = ["SUITE", "PI_PYTHON", "DEFAULT_MIRROR", "PACKAGES", "STAMP", "SITE", "SITES", "SIGILL_PIN",
+__all__ = ["SUITE", "PI_PYTHON", "DEFAULT_MIRROR", "PACKAGES", "STAMP", "SITE", "SITES",
+           "SIGILL_PIN",
            "SIGILL_SITE", "BINFMT", "BINFMT_CONF", "Arm64Unavailable", "rootfs_ready",
            "binfmt_registered", "ensure_binfmt", "debian_mirror", "build_rootfs", "remove_rootfs",
            "wheel_bytes"]
@@ -282,7 +284,8 @@ def _build_rootfs(root: Path, mirror: str | None, log) -> Path:
     _remove_tree(tmp)
     log(f"debootstrap {SUITE} arm64 from {mirror} into {tmp} (a few minutes, once)")
     try:
-        subprocess.run(["debootstrap", "--arch=arm64", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+        subprocess.run(["debootstrap", "--arch=arm64", "--variant=minbase",
+                        f"--include={','.join(PACKAGES)}",
                         SUITE, str(tmp), mirror], check=True,
                        stdout=subprocess.DEVNULL if os.environ.get("EDGELAB_QUIET") else None)
         for point in _mounts_under(tmp):   # debootstrap's own /proc, /sys if it left them

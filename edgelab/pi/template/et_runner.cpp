@@ -8,8 +8,11 @@
 //
 // Operators the XNNPACK delegate does not take run on the optimized (and portable) kernels,
 // which register themselves when their library loads: hence --no-as-needed when linking.
+#include <unistd.h>
+
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -29,6 +32,7 @@ ThreadPool* get_threadpool();
 using executorch::extension::from_blob;
 using executorch::extension::Module;
 using executorch::runtime::Error;
+using executorch::runtime::to_string;
 
 static int fail(const std::string& what) {
   std::fprintf(stderr, "et_runner: error: %s\n", what.c_str());
@@ -43,15 +47,22 @@ static std::string join(const std::vector<int32_t>& sizes) {
 
 int main(int argc, char** argv) {
   if (argc != 3) return fail("usage: et_runner MODEL.pte THREADS");
+  // the protocol owns stdout: anything a library prints goes to stderr instead
+  FILE* out_stream = fdopen(dup(1), "wb");
+  if (out_stream == nullptr || dup2(2, 1) < 0) return fail("cannot set up stdout");
   executorch::runtime::runtime_init();
-  const int threads = std::atoi(argv[2]);
-  if (threads < 1) return fail("THREADS must be at least 1");
+  char* end = nullptr;
+  const long threads = std::strtol(argv[2], &end, 10);
+  if (*end != '\0' || threads < 1 || threads > 1024)
+    return fail(std::string("THREADS must be a whole number from 1 to 1024, not ") + argv[2]);
   auto* pool = executorch::extension::threadpool::get_threadpool();
-  if (pool == nullptr || !pool->_unsafe_reset_threadpool(threads))
+  if (pool == nullptr || !pool->_unsafe_reset_threadpool(uint32_t(threads)))
     return fail("could not set the XNNPACK thread pool to " + std::to_string(threads));
 
   Module module(argv[1], Module::LoadMode::File);
-  if (module.load() != Error::Ok) return fail(std::string("cannot load the program ") + argv[1]);
+  const Error loaded = module.load();
+  if (loaded != Error::Ok)
+    return fail(std::string("cannot load the program ") + argv[1] + " (" + to_string(loaded) + ")");
   auto meta = module.method_meta("forward");
   if (!meta.ok()) return fail("the program has no 'forward' method");
   if (meta->num_inputs() != 1 || meta->num_outputs() != 1)
@@ -66,10 +77,12 @@ int main(int argc, char** argv) {
   size_t in_numel = 1, out_numel = 1;
   for (auto d : in_sizes) in_numel *= d;
   for (auto d : out_sizes) out_numel *= d;
-  if (module.load_forward() != Error::Ok) return fail("cannot load the 'forward' method");
+  const Error method = module.load_forward();
+  if (method != Error::Ok)
+    return fail(std::string("cannot load the 'forward' method (") + to_string(method) + ")");
 
-  std::printf("ready %s %s\n", join(in_sizes).c_str(), join(out_sizes).c_str());
-  std::fflush(stdout);
+  std::fprintf(out_stream, "ready %s %s\n", join(in_sizes).c_str(), join(out_sizes).c_str());
+  std::fflush(out_stream);
   std::vector<float> x(in_numel);
   while (true) {
     size_t got = std::fread(x.data(), sizeof(float), in_numel, stdin);
@@ -78,12 +91,11 @@ int main(int argc, char** argv) {
                                      " float32 values, got " + std::to_string(got));
     auto tensor = from_blob(x.data(), {in_sizes.begin(), in_sizes.end()});
     auto result = module.forward(tensor);
-    if (!result.ok()) return fail("forward failed (error 0x" + [&] {
-      char b[16]; std::snprintf(b, sizeof b, "%x", int(result.error())); return std::string(b);
-    }() + ")");
+    if (!result.ok())
+      return fail(std::string("forward failed (") + to_string(result.error()) + ")");
     const auto& y = result->at(0).toTensor();
     if (size_t(y.numel()) != out_numel) return fail("the output has an unexpected size");
-    std::fwrite(y.const_data_ptr<float>(), sizeof(float), out_numel, stdout);
-    std::fflush(stdout);
+    std::fwrite(y.const_data_ptr<float>(), sizeof(float), out_numel, out_stream);
+    std::fflush(out_stream);
   }
 }

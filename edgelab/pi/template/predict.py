@@ -37,7 +37,7 @@ MODES = {1: ("L", "grayscale"), 3: ("RGB", "RGB")}
 
 
 class InputError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
+    """Bad input, or a missing prerequisite (a compiler, a wheel): one line, exit status 2."""
 
 
 def load_labels(path: Path) -> dict:
@@ -142,11 +142,18 @@ class Model:
                                 stdout=subprocess.PIPE, stderr=log)
 
         def failed(what):
+            code = proc.poll()
             proc.kill()
+            proc.wait()
             log.seek(0)
             lines = log.read().decode(errors="replace").strip().splitlines()
-            errors = [ln for ln in lines if "error" in ln.lower()] or lines[-3:]
-            return RuntimeError(f"ExecuTorch's runner {what}: {' | '.join(errors[-3:])}")
+            log.close()
+            # ExecuTorch's error lines start "E <time> executorch:", the runner's "et_runner:"
+            errors = [ln for ln in lines if ln.startswith(("E ", "et_runner:"))] or lines[-3:]
+            status = "" if code is None else (f" (killed by signal {-code})" if code < 0
+                                              else f" (exit {code})")
+            return RuntimeError(f"ExecuTorch's runner {what}{status}: "
+                                f"{' | '.join(errors[-3:]) or 'it printed nothing'}")
 
         words = proc.stdout.readline().decode().split()
         if len(words) != 3 or words[0] != "ready":
@@ -159,8 +166,11 @@ class Model:
             x = np.ascontiguousarray(x, dtype=np.float32)
             if list(x.shape) != in_shape:
                 raise InputError(f"{path.name} takes float32 {tuple(in_shape)}, got {x.shape}")
-            proc.stdin.write(x.tobytes())
-            proc.stdin.flush()
+            try:
+                proc.stdin.write(x.tobytes())
+                proc.stdin.flush()
+            except BrokenPipeError:
+                raise failed("stopped") from None
             y = proc.stdout.read(out_bytes)
             if len(y) != out_bytes:
                 raise failed("stopped")
@@ -169,10 +179,16 @@ class Model:
 
     def close(self):
         """End ExecuTorch's runner, if this model started one (the others hold no process)."""
+        import subprocess
+
         proc = getattr(self, "_proc", None)
         if proc is not None and proc.poll() is None:
             proc.stdin.close()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def run(self, x):
         import numpy as np
@@ -213,29 +229,34 @@ def build_runner() -> Path:
     if not source.is_file():
         raise InputError(f"no {source}: an ExecuTorch bundle needs et_runner.cpp next to "
                          "predict.py")
-    key = hashlib.sha256(b"\0".join([source.read_bytes(), et_version.encode(), str(et).encode(),
+    cxx = shutil.which(os.environ.get("CXX", "g++"))
+    if cxx is None:
+        raise InputError("model.pte runs through a small C++ program that predict.py builds "
+                         "once, and this machine has no C++ compiler: sudo apt install g++")
+    tmp_name = f".et_runner.{os.getpid()}"
+    flags = ["-O2", "-std=c++17", "-Wno-deprecated-declarations",
+             *(f"-D{d}" for d in RUNNER_DEFINES), f"-I{et / 'include'}",
+             f"-I{et / 'include/executorch/runtime/core/portable_type/c10'}", str(source),
+             f"-L{et / 'lib'}", "-Wl,--no-as-needed", *(f"-l{lib}" for lib in RUNNER_LIBS),
+             f"-Wl,-rpath,{et / 'lib'}"]
+    key = hashlib.sha256(b"\0".join([source.read_bytes(), et_version.encode(), cxx.encode(),
+                                     " ".join(flags).encode(),
                                      platform.machine().encode()])).hexdigest()[:12]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgelab-pi"
     exe = cache / f"et_runner-{key}"
     if exe.is_file():
         return exe
-    cxx = shutil.which(os.environ.get("CXX", "g++"))
-    if cxx is None:
-        raise InputError("model.pte runs through a small C++ program that predict.py builds "
-                         "once, and this machine has no C++ compiler: sudo apt install g++")
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = exe.with_name(f".{exe.name}.{os.getpid()}")
-    cmd = [cxx, "-O2", "-std=c++17", "-Wno-deprecated-declarations",
-           *(f"-D{d}" for d in RUNNER_DEFINES), f"-I{et / 'include'}",
-           f"-I{et / 'include/executorch/runtime/core/portable_type/c10'}", str(source),
-           "-o", str(tmp), f"-L{et / 'lib'}", "-Wl,--no-as-needed",
-           *(f"-l{lib}" for lib in RUNNER_LIBS), f"-Wl,-rpath,{et / 'lib'}"]
+    tmp = cache / tmp_name
     print(f"predict.py: building ExecuTorch's runner once, into {exe}", file=sys.stderr)
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run([cxx, *flags, "-o", str(tmp)], capture_output=True, text=True)
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"building et_runner failed ({' '.join(cmd)}):\n"
-                           f"{done.stderr[-3000:]}")
+        errors = [ln for ln in done.stderr.splitlines() if "error" in ln] or \
+            done.stderr.strip().splitlines()[-1:]
+        raise RuntimeError(f"{cxx} could not build et_runner (exit {done.returncode}): "
+                           f"{errors[0] if errors else 'no message'}; check `g++ --version` "
+                           "and that the executorch wheel is installed whole")
     os.replace(tmp, exe)   # whole or not at all: a second predict.py finds it built
     return exe
 
@@ -371,7 +392,10 @@ def main(argv=None) -> int:
         env = {"machine": platform.machine(), "runtime": model.runtime,
                "runtime_version": model.version, "threads": args.threads}
         if args.benchmark:
-            med, p90 = benchmark(model, meta, files, args.batch, args.runs, args.invert)
+            try:
+                med, p90 = benchmark(model, meta, files, args.batch, args.runs, args.invert)
+            finally:
+                model.close()
             result = dict(env, batch=args.batch, runs=args.runs, median_ms=med, p90_ms=p90)
             if args.json:
                 print(json.dumps(result))
@@ -381,7 +405,10 @@ def main(argv=None) -> int:
                       f"median {med:.3g} ms, p90 {p90:.3g} ms ({args.runs} runs)")
             return 0
         notes: list = []
-        results = classify(model, files, meta, args.batch, args.invert, notes)
+        try:
+            results = classify(model, files, meta, args.batch, args.invert, notes)
+        finally:
+            model.close()
     except InputError as e:
         print(f"predict.py: error: {e}", file=sys.stderr)
         return 2
