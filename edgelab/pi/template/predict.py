@@ -236,7 +236,7 @@ def build_runner() -> Path:
     tmp_name = f".et_runner.{os.getpid()}"
     flags = ["-O2", "-std=c++17", "-Wno-deprecated-declarations",
              *(f"-D{d}" for d in RUNNER_DEFINES), f"-I{et / 'include'}",
-             f"-I{et / 'include/executorch/runtime/core/portable_type/c10'}", str(source),
+             f"-I{et / 'include/executorch/runtime/core/portable_type/c10'}",
              f"-L{et / 'lib'}", "-Wl,--no-as-needed", *(f"-l{lib}" for lib in RUNNER_LIBS),
              f"-Wl,-rpath,{et / 'lib'}"]
     key = hashlib.sha256(b"\0".join([source.read_bytes(), et_version.encode(), cxx.encode(),
@@ -249,7 +249,9 @@ def build_runner() -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / tmp_name
     print(f"predict.py: building ExecuTorch's runner once, into {exe}", file=sys.stderr)
-    done = subprocess.run([cxx, *flags, "-o", str(tmp)], capture_output=True, text=True)
+    # the source's bytes are in the key, its place is not (each bundle copy has its own)
+    done = subprocess.run([cxx, str(source), *flags, "-o", str(tmp)], capture_output=True,
+                          text=True)
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)
         errors = [ln for ln in done.stderr.splitlines() if "error" in ln] or \
