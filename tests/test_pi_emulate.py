@@ -138,3 +138,17 @@ def test_an_executorch_bundle_predicts_the_same_on_both_emulated_pis_without_tor
         assert res["runtime"] == "executorch" and res["cpu"]["qemu_cpu"] == cpu
         assert res["machine"] == "aarch64"
         assert res["match"] and res["max_abs_logit_diff"] < 1e-4, res
+
+
+@pytest.mark.heavy
+def test_the_executorch_runner_is_built_ahead_once_on_both_sides(tmp_path, available,
+                                                                 monkeypatch):
+    from edgelab import paths
+    from edgelab.pi import rootfs
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))   # the x86 side, fresh
+    shutil.rmtree(paths.pi_rootfs(rootfs.SUITE) / "root/.cache/edgelab-pi", ignore_errors=True)
+    first, second = emulate.build_executorch_runner(), emulate.build_executorch_runner()
+    assert first["x86"]["built"] and first["arm64"]["built"]
+    assert not second["x86"]["built"] and not second["arm64"]["built"]
+    assert len(list((tmp_path / "cache" / "edgelab-pi").glob("et_runner-*"))) == 1

@@ -9,6 +9,8 @@ Emulated time says nothing about a Pi's speed and is never reported as such.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import TEMPLATE
 from . import bundle as pi_bundle
 from .. import paths
 from .rootfs import (BINFMT_CONF, SIGILL_PIN, SIGILL_SITE, SITE, SITES, SUITE,
@@ -27,7 +30,7 @@ from .rootfs import (BINFMT_CONF, SIGILL_PIN, SIGILL_SITE, SITE, SITES, SUITE,
 
 __all__ = ["QEMU_CPU", "PI_CPUS", "MIDR", "HWCAP_NAMES", "PROBE", "HOW_TO_ENABLE", "available",
            "chroot_run", "emulated_cpuinfo", "cpu_features", "illegal_instruction_check",
-           "verify", "verify_pis", "summary"]
+           "verify", "verify_pis", "summary", "build_executorch_runner"]
 
 QEMU_CPU = "cortex-a72"            # the Raspberry Pi 4's core
 PI_CPUS = {"Raspberry Pi 4": "cortex-a72",   # BCM2711: Armv8.0-A, no dot product, no fp16
@@ -247,6 +250,43 @@ def verify(bundle=None, images: int = 300, root=None, threads: int = 1,
         "stderr": run.stderr.strip(),
         "emulated_seconds": seconds,
     }
+
+
+def build_executorch_runner(root=None, timeout: float = 900) -> dict:
+    """The ExecuTorch bundle's C++ runner built now, the way its predict.py builds it on first use
+    (the template's build_runner, cached by the source's bytes): on x86 for predict_here, and in
+    the root filesystem under emulation when it is there. A notebook calls this before its models
+    load, so the compiler (about 0.4 GB under qemu) does not add to the kernel's peak later.
+    Returns {"x86": {...}, "arm64": {...} or None}, each with "built" (False: it was cached)
+    and "seconds"."""
+    predict = pi_bundle.load_predict()
+    out = {}
+    t0 = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()) as said:
+        predict.build_runner()
+    out["x86"] = {"built": "building" in said.getvalue(),
+                  "seconds": time.perf_counter() - t0}
+    ok, _ = available(root)
+    if not ok:
+        out["arm64"] = None
+        return out
+    root = _ready(root)
+    work = Path(tempfile.mkdtemp(dir=root / "tmp", prefix="edgelab-runner-"))
+    try:
+        for f in ("predict.py", "et_runner.cpp"):
+            shutil.copyfile(TEMPLATE / f, work / f)
+        inside = "/" + str(work.relative_to(root))
+        t0 = time.perf_counter()
+        run = chroot_run(root, ["/usr/bin/python3", "-c", f"import sys; sys.path.insert(0, "
+                                f"{inside!r}); import predict; predict.build_runner()"],
+                         timeout=timeout, site=SITES["executorch"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"building ExecuTorch's runner under arm64 emulation failed:\n"
+                           f"{run.stderr[-3000:]}")
+    out["arm64"] = {"built": "building" in run.stderr, "seconds": time.perf_counter() - t0}
+    return out
 
 
 def verify_pis(bundle=None, images: int = 300, root=None,
