@@ -141,14 +141,18 @@ def test_an_executorch_bundle_predicts_the_same_on_both_emulated_pis_without_tor
 
 
 @pytest.mark.heavy
-def test_the_executorch_runner_is_built_ahead_once_on_both_sides(tmp_path, available,
-                                                                 monkeypatch):
+def test_the_executorch_runner_is_built_ahead_once_on_both_sides(available):
+    import os
+    from pathlib import Path
+
     from edgelab import paths
     from edgelab.pi import rootfs
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))   # the x86 side, fresh
+    # predict.py's cache on each side (XDG_CACHE_HOME would move the root filesystem's too)
+    host = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgelab-pi"
+    shutil.rmtree(host, ignore_errors=True)
     shutil.rmtree(paths.pi_rootfs(rootfs.SUITE) / "root/.cache/edgelab-pi", ignore_errors=True)
     first, second = emulate.build_executorch_runner(), emulate.build_executorch_runner()
     assert first["x86"]["built"] and first["arm64"]["built"]
     assert not second["x86"]["built"] and not second["arm64"]["built"]
-    assert len(list((tmp_path / "cache" / "edgelab-pi").glob("et_runner-*"))) == 1
+    assert len(list(host.glob("et_runner-*"))) == 1
