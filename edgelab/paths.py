@@ -5,8 +5,9 @@ Each function reads ``ROOT`` (and the environment) at call time, so a test that 
 workbook runner and the Pi side can ask for a path in milliseconds.
 
 Environment overrides: ``$EDGELAB_DATA`` (a folder holding Fashion-MNIST, searched first),
-``$EDGELAB_RESULTS`` (where notebooks write their results), ``$EDGELAB_PI_ROOTFS`` (the arm64
-root filesystem; else ``$XDG_CACHE_HOME`` or ``~/.cache``), ``$EDGELAB_WHEELHOUSE``.
+``$EDGELAB_RESULTS`` (where notebooks write their results; the assembled file goes beside it),
+``$EDGELAB_PI_ROOTFS`` (the arm64 root filesystem; else ``$XDG_CACHE_HOME`` or ``~/.cache``),
+``$EDGELAB_WHEELHOUSE``.
 """
 from __future__ import annotations
 
@@ -69,8 +70,10 @@ def results_dir() -> Path:
 
 
 def results_file() -> Path:
-    """``build/results.json``: every notebook's results, assembled by ``make run``."""
-    return build_dir() / "results.json"
+    """``build/results.json``: every notebook's results, assembled by ``make run``. It sits beside
+    ``results_dir()`` (``$EDGELAB_RESULTS=/tmp/r`` gives ``/tmp/r.json``), so a redirected run
+    never overwrites the real one."""
+    return results_dir().with_suffix(".json")
 
 
 def resume_dir() -> Path:

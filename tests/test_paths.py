@@ -48,3 +48,11 @@ def test_paths_answers_on_the_command_line_without_torch():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip().endswith("-arm64")
     assert " torch" not in out.stderr   # -X importtime lists every module imported
+
+
+def test_the_assembled_results_follow_edgelab_results(monkeypatch, tmp_path):
+    monkeypatch.delenv("EDGELAB_RESULTS", raising=False)
+    assert paths.results_file() == paths.build_dir() / "results.json"
+    monkeypatch.setenv("EDGELAB_RESULTS", str(tmp_path / "mine"))
+    assert paths.results_dir() == tmp_path / "mine"
+    assert paths.results_file() == tmp_path / "mine.json"   # never build/results.json
