@@ -13,8 +13,8 @@ import torch
 
 from . import data
 
-__all__ = ["is_onnx_session", "correct", "predict_logits", "accuracy_on", "correct_mask",
-           "accuracy", "pack_mask", "unpack_mask"]
+__all__ = ["is_onnx_session", "correct", "predict_logits", "accuracy_on", "fingerprint",
+           "cached_correct_mask", "correct_mask", "accuracy", "pack_mask", "unpack_mask"]
 
 
 def is_onnx_session(model) -> bool:
@@ -76,10 +76,75 @@ def accuracy_on(model, images: torch.Tensor, labels: torch.Tensor) -> float:
     return float(correct(model, _chunks(images, labels, 64)).float().mean())
 
 
+_TORCH_PREFIXES = ("torch.nn.modules.", "torchvision.")
+
+
+def fingerprint(model) -> str | None:
+    """A sha256 of everything a plain module's predictions depend on: each submodule's class (and,
+    for classes outside torch, its source), the printed structure, the plain attributes and every
+    tensor of the state dict. ``None`` where that is not the whole story: hooks, a patched
+    ``forward``, parametrizations, quantized or compiled modules, tensors off the CPU, or a graph.
+    Such models are always evaluated afresh."""
+    import hashlib
+    import inspect
+
+    if not isinstance(model, torch.nn.Module) or isinstance(model, torch.fx.GraphModule):
+        return None
+    if torch.nn.modules.module._global_forward_hooks or \
+            torch.nn.modules.module._global_forward_pre_hooks:
+        return None
+    h = hashlib.sha256(repr(model).encode())
+    for name, m in model.named_modules():
+        cls = type(m)
+        if m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__:
+            return None
+        where = cls.__module__ + "."
+        if not where.startswith(_TORCH_PREFIXES):
+            if not where.startswith("edgelab."):
+                return None   # a class we cannot vouch for (the learner's own, a compiled one)
+            h.update(inspect.getsource(cls).encode())
+            public = {k: v for k, v in vars(m).items() if not k.startswith("_")}
+            if not all(isinstance(v, (bool, int, float, str, tuple, type(None)))
+                       for v in public.values()):
+                return None   # a function or an object in an attribute: not pinned by repr
+            h.update(repr(sorted(public.items())).encode())
+        h.update(f"{name}:{cls.__module__}.{cls.__qualname__}".encode())
+    for k, t in model.state_dict().items():
+        if not isinstance(t, torch.Tensor) or t.is_quantized or t.layout != torch.strided \
+                or t.device.type != "cpu":
+            return None
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cached_correct_mask(model, limit: int | None = None,
+                        split: str = "test") -> tuple[torch.Tensor, bool]:
+    """``correct_mask`` and whether it came from ``build/cache/eval/``. A plain module with the
+    same weights was evaluated on the same images with the same torch and thread count earlier in
+    this run (another notebook measured the teacher too): its answers are reused instead of
+    recomputed. ``EDGELAB_EVAL_CACHE=0`` turns this off."""
+    import os
+
+    from . import cache
+
+    fp = None if os.environ.get("EDGELAB_EVAL_CACHE", "1") == "0" else fingerprint(model)
+    if fp is None:
+        return correct(model, data.loader(split, batch_size=64, shuffle=False, limit=limit)), False
+    parts = {"model": fp, "split": split, "limit": limit, "data": sorted(data.FILES.items()),
+             "torch": torch.__version__, "threads": torch.get_num_threads()}
+    where = cache.path("eval/correct", parts, ".pt")
+    hit = where.is_file()
+    mask = cache.cached_tensor("eval/correct", parts, lambda: correct(
+        model, data.loader(split, batch_size=64, shuffle=False, limit=limit)))
+    return mask, hit
+
+
 def correct_mask(model, limit: int | None = None, split: str = "test") -> torch.Tensor:
     """Which of the first ``limit`` images of a split (all by default) the model gets right,
-    normalised batch by batch rather than all at once (31 MB for the test set)."""
-    return correct(model, data.loader(split, batch_size=64, shuffle=False, limit=limit))
+    normalised batch by batch rather than all at once (31 MB for the test set). Plain modules'
+    answers are cached by their weights (``cached_correct_mask``)."""
+    return cached_correct_mask(model, limit, split)[0]
 
 
 def accuracy(model, limit: int | None = None, split: str = "test") -> tuple[float, int]:

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from .counts import count_macs, count_nonzero, count_params
-from .evaluation import accuracy, correct_mask, is_onnx_session, pack_mask, predict_logits
+from .evaluation import (accuracy, cached_correct_mask, is_onnx_session, pack_mask,
+                         predict_logits)
 from .latency import architecture_key, latency
 from .records import Record
 from .sizes import artifact_sizes, saved_sizes
@@ -54,8 +55,9 @@ def measure(model, name: str, *, notebook: str | None = None, tags=(), limit: in
         raw, gz = artifact_sizes(artifact)
         arch = architecture_key(model, artifact if onnx else None)
         del artifact
+    cached = False
     if images is None:
-        mask = correct_mask(model, limit)
+        mask, cached = cached_correct_mask(model, limit)
     else:
         images, labels = images[:limit], labels[:limit]
         mask = predict_logits(model, images).argmax(1) == labels
@@ -71,6 +73,8 @@ def measure(model, name: str, *, notebook: str | None = None, tags=(), limit: in
         bytes=raw, gzip_bytes=gz, arch=arch,
         # which images it got right: the paired ± of an accuracy difference needs them
         correct=pack_mask(mask) if images is None else None, threads=threads)
+    if cached:   # the same weights' answers, computed earlier in this run (evaluation.py)
+        record["accuracy_cached"] = True
     if val:
         record.val_accuracy, record.val_images = accuracy(model, val, split="val")
     for b in batch_sizes:

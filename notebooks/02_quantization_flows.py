@@ -60,7 +60,7 @@ LATENCY_S = 0.1 if SMOKE else 1.0         # seconds of timing per batch size
 CALIB_IMAGES = 32 if SMOKE else 256       # calibration images for static quantization
 CALIB_SWEEP = [1, 16] if SMOKE else [1, 4, 16, 64, 256]
 SWEEP_IMAGES = 100 if SMOKE else 1000     # validation images per point of the calibration sweep
-QAT_STEPS = 4 if SMOKE else 200           # a live demo: a few minutes would do better
+QAT_STEPS = 4 if SMOKE else 150           # a live demo: a few minutes would do better
 QAT_BATCH = 16                            # small batches keep the backward pass under the memory bar
 QAT_BITS = 4                              # QAT and PTQ are compared at this weight width
 print(f"smoke mode: {SMOKE}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
