@@ -69,12 +69,13 @@ def ort_calibrated(model: nn.Module, images: torch.Tensor, calibration: str = "m
     runtime.check_calibration(images)
     example = images[:2] if example is None else example
     fp32 = fp32_onnx(model, example, name, cache_dir)
+    reduce_range = activations == "uint8" and runtime.u8s8_saturates()   # ort_static's default
     out = cache.path(f"{name}-int8", [model_key(model), list(example.shape[1:]), calibration,
-                                      per_channel, activations, images_key(images)],
-                     ".onnx", cache_dir)
+                                      per_channel, activations, images_key(images)]
+                     + ([{"reduce_range": True}] if reduce_range else []), ".onnx", cache_dir)
     if not out.is_file():
         runtime.ort_static(fp32, out, images, per_channel=per_channel, activations=activations,
-                           calibration=calibration)
+                           calibration=calibration, reduce_range=reduce_range)
     return out
 
 

@@ -20,7 +20,7 @@ from .paths import atomic_write_bytes
 
 __all__ = ["quiet", "quiet_logs", "check_calibration", "graph_bytes", "FixedBatches",
            "compile_fixed", "release_compiled", "export_onnx", "session", "CALIBRATIONS", "ort_static", "qdq_linear", "with_outputs",
-           "Stopwatch", "cpu_isa"]
+           "Stopwatch", "cpu_isa", "u8s8_saturates"]
 
 @contextlib.contextmanager
 def quiet():
@@ -210,12 +210,14 @@ CALIBRATIONS = ("minmax", "percentile", "entropy")
 
 def ort_static(fp32_path, out_path, images: torch.Tensor, per_channel: bool = True,
                activations: str = "uint8", batch_size: int = 16,
-               calibration: str = "minmax") -> Path:
+               calibration: str = "minmax", reduce_range: bool | None = None) -> Path:
     """ONNX Runtime post-training static quantization in QDQ format: int8 weights (per channel
     or per tensor), ``uint8`` or ``int8`` activations whose ranges are calibrated on ``images``:
     ``"minmax"`` (the observed range), ``"percentile"`` (clips the top 0.001 %) or ``"entropy"``
     (the range that keeps the histogram's KL divergence smallest). Images go in equal batches
-    of at most ``batch_size``."""
+    of at most ``batch_size``. ``reduce_range`` (7-bit weights) defaults to
+    ``u8s8_saturates()`` for uint8 activations: on an x86 CPU without VNNI the file's x86
+    answers would otherwise differ from a Pi's."""
     from onnxruntime import quantization as oq
 
     check_calibration(images)
@@ -223,6 +225,8 @@ def ort_static(fp32_path, out_path, images: torch.Tensor, per_channel: bool = Tr
         raise ValueError(f"activations must be 'uint8' or 'int8', got {activations!r}")
     if calibration not in CALIBRATIONS:
         raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
+    if reduce_range is None:
+        reduce_range = activations == "uint8" and u8s8_saturates()
     method = {"minmax": oq.CalibrationMethod.MinMax, "entropy": oq.CalibrationMethod.Entropy,
               "percentile": oq.CalibrationMethod.Percentile}[calibration]
 
@@ -251,7 +255,7 @@ def ort_static(fp32_path, out_path, images: torch.Tensor, per_channel: bool = Tr
                            per_channel=per_channel,
                            activation_type=oq.QuantType.QUInt8 if activations == "uint8"
                            else oq.QuantType.QInt8,
-                           weight_type=oq.QuantType.QInt8,
+                           weight_type=oq.QuantType.QInt8, reduce_range=reduce_range,
                            calibrate_method=method)
     pre.unlink(missing_ok=True)
     os.replace(tmp, out_path)
@@ -341,3 +345,14 @@ def cpu_isa() -> dict:
     return {"machine": platform.machine(), "torch_capability": torch.backends.cpu.get_cpu_capability(),
             "vnni": bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)()),
             "flags": [f for f in wanted if f in flags]}
+
+
+def u8s8_saturates(isa: dict | None = None) -> bool:
+    """Whether ONNX Runtime's uint8 x int8 (U8S8) kernels can saturate on this CPU. Without VNNI,
+    x86 multiplies u8 x s8 pairs into one 16-bit sum (VPMADDUBSW), which overflows for large
+    activations and weights; VNNI and Arm accumulate in 32 bits. ONNX Runtime's docs give
+    ``reduce_range`` (7-bit weights) as the remedy
+    (https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html)."""
+    isa = isa or cpu_isa()
+    x86 = isa["machine"].lower() in ("x86_64", "amd64", "i386", "i686")
+    return x86 and not (isa["vnni"] or {"avx512_vnni", "avx_vnni"} & set(isa["flags"]))

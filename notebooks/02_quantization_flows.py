@@ -388,6 +388,9 @@ if ENGINE:
 isa = runtime.cpu_isa()
 print(f"{isa['machine']}; PyTorch dispatches to {isa['torch_capability']}; VNNI: {isa['vnni']}; "
       f"flags: {', '.join(isa['flags']) or '(none of the int8-relevant ones)'}")
+print("so the uint8 file below keeps " + ("7-bit weights (reduce_range): its U8S8 kernels could "
+                                          "saturate here" if runtime.u8s8_saturates() else
+                                          "8-bit weights: U8S8 does not saturate here"))
 
 # %% [markdown]
 # Both activation types, each with per-channel int8 weights and the same calibration images. The

@@ -178,7 +178,9 @@ except deploy.ExportError as e:
 # The activations can be uint8 or int8. ONNX Runtime's docs make int8 (S8S8) the default and warn
 # that uint8 (U8S8) can saturate on x86 CPUs without VNNI
 # ([data type selection](https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html));
-# which is faster depends on the CPU's integer instructions. So both are measured on the pruned
+# which is faster depends on the CPU's integer instructions. Where it could saturate (x86 without
+# VNNI), the uint8 files keep 7-bit weights (`reduce_range`, the docs' remedy), so that they give
+# a Pi's answers here too. Both are measured on the pruned
 # model, here, and the faster one at equal validation accuracy (within 0.2 points) is used for
 # every int8 model of this notebook:
 
@@ -187,10 +189,14 @@ calib = data.calibration_set(CALIB_IMAGES)
 isa = runtime.cpu_isa()
 print(f"this CPU: {isa['machine']}, PyTorch dispatch {isa['torch_capability']}, VNNI {isa['vnni']}, "
       f"flags {', '.join(isa['flags']) or '-'}")
+REDUCE_RANGE = runtime.u8s8_saturates()   # uint8 x int8 could saturate here: 7-bit weights
+print("uint8 activations with " + ("7-bit weights (reduce_range): no VNNI on this x86 CPU"
+                                   if REDUCE_RANGE else "8-bit weights"))
 act_trial = {}
 for act in ("uint8", "int8"):
     where = cache.path(f"{NOTEBOOK}/pruned50-int8", [fp32_onnx["pruned50"].name, "minmax",
-                                                     len(calib), act, "per-channel"], ".onnx")
+                                                     len(calib), act, "per-channel",
+                                                     REDUCE_RANGE and act == "uint8"], ".onnx")
     path = runtime.ort_static(fp32_onnx["pruned50"], where, calib, per_channel=True, activations=act)
     sess = runtime.session(path)
     vx, vy = data.tensors("val", limit=VAL_IMAGES)
@@ -208,7 +214,9 @@ onnx_files = dict(fp32_onnx)
 for name in torch_models:
     with runtime.Stopwatch() as sw:
         where = cache.path(f"{NOTEBOOK}/{name}-int8", [fp32_onnx[name].name, "minmax", len(calib),
-                                                       ACTIVATIONS, "per-channel"], ".onnx")
+                                                       ACTIVATIONS, "per-channel",
+                                                       REDUCE_RANGE and ACTIVATIONS == "uint8"],
+                           ".onnx")
         onnx_files[f"{name}-int8"] = runtime.ort_static(fp32_onnx[name], where, calib,
                                                         per_channel=True, activations=ACTIVATIONS)
     print(f"{name}-int8: calibrated on {len(calib)} images and quantized in {sw.s:.1f} s")

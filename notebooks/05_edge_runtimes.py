@@ -24,7 +24,10 @@
 # int8, and every number comes from the file each runtime would ship:
 #
 # - **ONNX Runtime**: `torch.onnx` export, then ONNX Runtime's static QDQ quantization (as in
-#   05_deploy_pi);
+#   05_deploy_pi), uint8 activations and int8 weights; on an x86 CPU without VNNI the weights keep
+#   7 bits (`reduce_range`), because there ONNX Runtime's uint8 × int8 kernels can saturate
+#   ([ONNX Runtime's docs](https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html))
+#   and the file's answers here would not be a Pi's (section 1 prints which applies);
 # - **ExecuTorch**: `torch.export`, lowered to a `.pte` program with the
 #   [XNNPACK delegate](https://docs.pytorch.org/executorch/stable/backends-xnnpack.html); int8 by
 #   PT2E with ExecuTorch's `XNNPACKQuantizer`, which targets XNNPACK's int8 kernels (the ones
@@ -107,6 +110,10 @@ for side, res in runner.items():
 # the same scales. The cell times each conversion.
 
 # %%
+REDUCE_RANGE = runtime.u8s8_saturates()
+isa = runtime.cpu_isa()
+print(f"this CPU: {isa['machine']}, VNNI {isa['vnni']}, flags {', '.join(isa['flags']) or '-'}: "
+      f"ONNX Runtime int8 with {'7-bit weights (reduce_range)' if REDUCE_RANGE else '8-bit weights'}")
 files, export_s = {}, {}
 for rt in ("onnxruntime", "executorch", "litert"):
     for precision in ("fp32", "int8"):
@@ -114,7 +121,8 @@ for rt in ("onnxruntime", "executorch", "litert"):
         if rt == "onnxruntime":   # int8: quantize the fp32 file just written
             files[key] = {1: runtime.export_onnx(model, WORK / "model-fp32.onnx", example)
                           if precision == "fp32" else runtime.ort_static(
-                              files["onnxruntime-fp32"][1], WORK / "model-int8.onnx", calibration)}
+                              files["onnxruntime-fp32"][1], WORK / "model-int8.onnx", calibration,
+                              reduce_range=REDUCE_RANGE)}
         else:
             files[key] = edge.export(model, WORK / f"model-{rt}-{precision}", rt, example,
                                      calibration=calibration if precision == "int8" else None,

@@ -81,6 +81,11 @@ ARM64_IMAGES = 20 if SMOKE else 300      # test images the emulated Pi CPU class
 #
 # Every stage but the teacher also ships in int8 (`-int8`): ONNX Runtime static quantization,
 # per-channel int8 weights and uint8 activations, as 02's flows and 05 measured them on your CPU.
+# On an x86 CPU without VNNI, ONNX Runtime's uint8 × int8 kernels add pairs of products in 16 bits
+# and can saturate, so there the weights keep 7 bits (`reduce_range`, the remedy in
+# [ONNX Runtime's docs](https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html)):
+# the file then gives the same answers here as on a Pi. The first cell of the next section says
+# which applies on this CPU.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -132,10 +137,20 @@ def fp32_onnx(name):
     return onnx_files[name]
 
 
+REDUCE_RANGE = runtime.u8s8_saturates()   # 7-bit weights where this CPU's U8S8 could saturate
+
+
 def int8_onnx(name, method="minmax", images=None):
     path, images = fp32_onnx(name), calibration if images is None else images
-    out = cache.path(f"{NOTEBOOK}/{name}-int8", [path.name, method, len(images)], ".onnx")
-    return runtime.ort_static(path, out, images, calibration=method)
+    out = cache.path(f"{NOTEBOOK}/{name}-int8", [path.name, method, len(images), REDUCE_RANGE],
+                     ".onnx")
+    return runtime.ort_static(path, out, images, calibration=method, reduce_range=REDUCE_RANGE)
+
+
+print(f"int8 files: uint8 activations, int8 weights per channel"
+      + (", 7-bit (reduce_range): this x86 CPU has no VNNI, so its U8S8 kernels could saturate "
+         "and its answers would differ from a Pi's" if REDUCE_RANGE else
+         ", full 8-bit: this CPU's U8S8 kernels do not saturate"))
 
 
 student_calibration = calibration[:STUDENT_CALIBRATION]

@@ -463,3 +463,35 @@ def test_eager_convert_consumes_the_prepared_model_and_its_gradients():
     assert q is prepared   # in place: no second float copy at the memory peak
     assert all(p.grad is None for p in q.parameters())
     assert not any(type(m) is nn.Conv2d for m in q.modules())
+
+
+@pytest.mark.parametrize("isa, saturates", [
+    ({"machine": "x86_64", "vnni": False, "flags": ["avx2"]}, True),
+    ({"machine": "x86_64", "vnni": True, "flags": ["avx2", "avx512f", "avx512_vnni"]}, False),
+    ({"machine": "x86_64", "vnni": False, "flags": ["avx2", "avx_vnni"]}, False),
+    ({"machine": "aarch64", "vnni": False, "flags": []}, False),
+])
+def test_u8s8_saturates_only_on_x86_without_vnni(isa, saturates):
+    assert runtime.u8s8_saturates(isa) is saturates
+
+
+def _int8_weights(path):
+    import onnx
+    from onnx import numpy_helper
+    return [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+
+
+def test_ort_static_keeps_7_bit_weights_where_u8s8_could_saturate(tmp_path, monkeypatch):
+    m = tiny_cnn()
+    fp32 = runtime.export_onnx(m, tmp_path / "tiny.onnx", torch.zeros(2, 1, 28, 28))
+    images = torch.randn(16, 1, 28, 28)
+    for saturates in (True, False):
+        monkeypatch.setattr(runtime, "u8s8_saturates", lambda isa=None, s=saturates: s)
+        out = runtime.ort_static(fp32, tmp_path / f"int8-{saturates}.onnx", images)
+        peak = max(int(abs(w.astype(int)).max()) for w in _int8_weights(out))
+        assert (peak <= 64) if saturates else (peak == 127), (saturates, peak)
+    # int8 activations (S8S8) never take the reduced range by default, even where U8S8 saturates
+    monkeypatch.setattr(runtime, "u8s8_saturates", lambda isa=None: True)
+    out = runtime.ort_static(fp32, tmp_path / "s8s8.onnx", images, activations="int8")
+    assert max(int(abs(w.astype(int)).max()) for w in _int8_weights(out)) == 127
