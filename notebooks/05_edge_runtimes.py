@@ -43,8 +43,10 @@
 # - what each runtime needs on a Pi, and whether its bundle gives x86's answers on an emulated
 #   Pi 4 and Pi 5.
 #
-# The model is the one 06 ships, the pruned and distilled student, loaded from its shipped
-# checkpoint.
+# The model is `student-pruned25-kd-s0`, the pruned and distilled student on 06's frontier,
+# loaded from its shipped checkpoint. (06 picks the model it ships on validation in each run, so
+# in yours it may pick another of its candidates; this notebook keeps one fixed model so that
+# the runtimes are compared on the same file.)
 
 # %% tags=["parameters"]
 import os
@@ -66,7 +68,7 @@ from edgelab.records import find
 memory.setup_notebook()
 T_START = time.time()
 
-MODEL = "student-pruned25-kd-s0"   # the checkpoint 06 ships
+MODEL = "student-pruned25-kd-s0"   # on 06's frontier (see above)
 EVAL_IMAGES = 500 if SMOKE else None     # accuracy on the full 10k test images at defaults
 CALIBRATION = 128 if SMOKE else 512
 LATENCY_S = 0.2 if SMOKE else 1.0
