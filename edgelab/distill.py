@@ -95,12 +95,16 @@ def teacher_logits(name: str = "teacher", split: str = "train", limit: int | Non
     of images.
 
     ``int8=True`` takes them from the teacher quantized to int8 in ONNX Runtime (02's recipe:
-    static, per-channel weights, uint8 activations, 512 calibration images): the logits a Pi
-    running that teacher would produce."""
+    static, per-channel 8-bit weights, uint8 activations, 512 calibration images), as the shipped
+    student-kd-int8teacher was trained: the logits a Pi running that teacher would produce. On an
+    x86 CPU without VNNI, ONNX Runtime's kernels can saturate on that file
+    (``runtime.u8s8_saturates``), so logits computed there can differ from a Pi's."""
     from .models import load_checkpoint, read_card
 
     stem = f"distill/{Path(name).name}{'-int8' if int8 else ''}-{split}"
     parts = {"teacher": read_card(name)["sha256"], "int8": bool(int8), "split": split}
+    if int8:   # full 8-bit weights, as the shipped student-kd-int8teacher was trained
+        parts["reduce_range"] = False
     path = cache.path(stem, dict(parts, limit=limit), ".pt")
     everything = cache.path(stem, dict(parts, limit=None), ".pt")
     if limit is not None and not path.is_file() and everything.is_file():
@@ -129,7 +133,8 @@ def _ort_int8(model, path: Path):
 
     fp32 = path.with_name(path.stem + "-fp32.onnx")
     deploy.export(model, fp32, data.tensors("val", limit=2)[0])
-    session = runtime.session(runtime.ort_static(fp32, path, data.calibration_set(512)))
+    session = runtime.session(runtime.ort_static(fp32, path, data.calibration_set(512),
+                                                 reduce_range=False))
 
     def run(x):
         return torch.from_numpy(session.run(None, {"image": x.numpy()})[0])

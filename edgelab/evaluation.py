@@ -7,6 +7,7 @@ disagree on what "accuracy" means.
 from __future__ import annotations
 
 import base64
+import sys
 
 import numpy as np
 import torch
@@ -102,28 +103,52 @@ def fingerprint(model) -> str | None:
         if not where.startswith(_TORCH_PREFIXES):
             if not where.startswith("edgelab."):
                 return None   # a class we cannot vouch for (the learner's own, a compiled one)
-            h.update(inspect.getsource(cls).encode())
-            public = {k: v for k, v in vars(m).items() if not k.startswith("_")}
+            try:   # the class and every edgelab base it inherits from
+                for base in cls.__mro__:
+                    if base.__module__.startswith("edgelab."):
+                        h.update(inspect.getsource(base).encode())
+            except (OSError, TypeError):
+                return None
+            public = {k: v for k, v in vars(m).items()
+                      if not k.startswith("_") and k != "training"}   # correct() runs eval mode
             if not all(isinstance(v, (bool, int, float, str, tuple, type(None)))
                        for v in public.values()):
                 return None   # a function or an object in an attribute: not pinned by repr
             h.update(repr(sorted(public.items())).encode())
         h.update(f"{name}:{cls.__module__}.{cls.__qualname__}".encode())
     for k, t in model.state_dict().items():
-        if not isinstance(t, torch.Tensor) or t.is_quantized or t.layout != torch.strided \
-                or t.device.type != "cpu":
+        if type(t) is not torch.Tensor or t.is_quantized or t.layout != torch.strided \
+                or t.device.type != "cpu":   # a tensor subclass (torchao's) computes its own way
             return None
         h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
+def _code_key() -> str:
+    """What else the answers depend on: how images are split and normalised (data.py), how they
+    are scored (this file), and torchvision's version (the teacher's class)."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    for module in (data, sys.modules[__name__]):
+        h.update(Path(module.__file__).read_bytes())
+    try:
+        h.update(version("torchvision").encode())
+    except PackageNotFoundError:
+        pass
+    return h.hexdigest()[:16]
+
+
 def cached_correct_mask(model, limit: int | None = None,
                         split: str = "test") -> tuple[torch.Tensor, bool]:
-    """``correct_mask`` and whether it came from ``build/cache/eval/``. A plain module with the
-    same weights was evaluated on the same images with the same torch and thread count earlier in
-    this run (another notebook measured the teacher too): its answers are reused instead of
-    recomputed. ``EDGELAB_EVAL_CACHE=0`` turns this off."""
+    """``correct_mask`` and whether it came from ``build/cache/eval/``. When a plain module with
+    the same weights was evaluated on the same images, with the same torch, thread count and
+    scoring code, earlier (another notebook measured the teacher too), its answers are reused
+    instead of recomputed. ``make clean`` empties the cache; ``EDGELAB_EVAL_CACHE=0`` turns it
+    off."""
     import os
 
     from . import cache
@@ -132,7 +157,7 @@ def cached_correct_mask(model, limit: int | None = None,
     if fp is None:
         return correct(model, data.loader(split, batch_size=64, shuffle=False, limit=limit)), False
     parts = {"model": fp, "split": split, "limit": limit, "data": sorted(data.FILES.items()),
-             "torch": torch.__version__, "threads": torch.get_num_threads()}
+             "torch": torch.__version__, "threads": torch.get_num_threads(), "code": _code_key()}
     where = cache.path("eval/correct", parts, ".pt")
     hit = where.is_file()
     mask = cache.cached_tensor("eval/correct", parts, lambda: correct(

@@ -73,7 +73,7 @@ def measure(model, name: str, *, notebook: str | None = None, tags=(), limit: in
         bytes=raw, gzip_bytes=gz, arch=arch,
         # which images it got right: the paired ± of an accuracy difference needs them
         correct=pack_mask(mask) if images is None else None, threads=threads)
-    if cached:   # the same weights' answers, computed earlier in this run (evaluation.py)
+    if cached:   # the same weights' answers, computed earlier (evaluation.cached_correct_mask)
         record["accuracy_cached"] = True
     if val:
         record.val_accuracy, record.val_images = accuracy(model, val, split="val")

@@ -73,7 +73,8 @@ def results_file() -> Path:
     """``build/results.json``: every notebook's results, assembled by ``make run``. It sits beside
     ``results_dir()`` (``$EDGELAB_RESULTS=/tmp/r`` gives ``/tmp/r.json``), so a redirected run
     never overwrites the real one."""
-    return results_dir().with_suffix(".json")
+    folder = results_dir()
+    return folder.parent / (folder.name + ".json")   # not with_suffix: a dot in the name stays
 
 
 def resume_dir() -> Path:

@@ -214,7 +214,8 @@ def run(smoke: bool = False, only: list[str] | None = None) -> int:
     metas = {k: metas[k] for k in names if k in metas}
     res = report.assemble(info, metas)
     kept = f" ({', '.join(info['kept'])} kept from the last run)" if info.get("kept") else ""
-    print(f"\nbuild/results.json: {len(res['records'])} records from {len(metas)} notebooks{kept}\n")
+    print(f"\n{paths.results_file()}: {len(res['records'])} records from {len(metas)} notebooks"
+          f"{kept}\n")
     print(targets.targets_table(res))
     if failed:
         print(f"\nFAILED: {', '.join(failed)} (see build/executed/)", file=sys.stderr)

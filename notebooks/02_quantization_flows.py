@@ -393,9 +393,11 @@ print("so the uint8 file below keeps " + ("7-bit weights (reduce_range): its U8S
                                           "8-bit weights: U8S8 does not saturate here"))
 
 # %% [markdown]
-# Both activation types, each with per-channel int8 weights and the same calibration images. The
-# teacher is measured again in ONNX Runtime, so each ratio is runtime against the same runtime,
-# and each int8 model's accuracy is also taken on validation, where the choice is made.
+# Both activation types, each with per-channel int8 weights (7-bit for the uint8 file where the
+# cell above says so: the comparison then also compares 7-bit with 8-bit weights) and the same
+# calibration images. The teacher is measured again in ONNX Runtime, so each ratio is runtime
+# against the same runtime, and each int8 model's accuracy is also taken on validation, where the
+# choice is made.
 
 # %%
 # files under build/cache/, keyed by the model, the input shape, the images and the options
@@ -423,9 +425,11 @@ ort_choice = {"isa": isa, "faster": faster["name"],
               "val_accuracy": {"uint8": u8["val_accuracy"], "int8": s8["val_accuracy"]}}
 
 # %% [markdown]
-# That is a measurement on *this* CPU, not a rule: on a CPU without VNNI, U8S8 can lose accuracy
-# to saturation (the docs' caveat above), and on the Pi's Arm cores the kernels are different
-# again, so measure both activation types on the target (notebook 05 measures the bundle there).
+# That is a measurement on *this* CPU, not a rule: on a CPU without VNNI, full 8-bit U8S8 can
+# lose accuracy to saturation (the docs' caveat above), which is why the uint8 file keeps 7-bit
+# weights there, at the cost of one bit of weight precision; on the Pi's Arm cores the kernels
+# are different again, so measure both activation types on the target (notebook 05 measures the
+# bundle there).
 #
 # Every static model here reads its activation ranges with its library's default calibration
 # (histogram observers in PyTorch, MinMax in ONNX Runtime). How much the choice of calibrator

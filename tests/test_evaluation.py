@@ -5,6 +5,13 @@ import torch.nn as nn
 from edgelab import data, evaluation, train
 
 
+@pytest.fixture(autouse=True)
+def _no_eval_cache(monkeypatch):
+    """Every test here evaluates afresh, so a cached answer can never hide a change to
+    ``correct``; the cache's own test turns it back on."""
+    monkeypatch.setenv("EDGELAB_EVAL_CACHE", "0")
+
+
 def tiny_cnn():
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(4, 10))
@@ -68,6 +75,7 @@ def test_models_whose_weights_do_not_pin_their_answers_have_no_fingerprint():
 
 def test_the_same_weights_are_evaluated_once_then_answered_from_the_cache(monkeypatch, tmp_path):
     from edgelab import paths
+    monkeypatch.setenv("EDGELAB_DATA", str(data.find_data_dir()))   # wherever the data was found
     monkeypatch.setattr(paths, "ROOT", tmp_path)   # build/cache/ in tmp_path
     monkeypatch.delenv("EDGELAB_EVAL_CACHE", raising=False)
     a, b = tiny_cnn(), tiny_cnn()
@@ -81,3 +89,11 @@ def test_the_same_weights_are_evaluated_once_then_answered_from_the_cache(monkey
     assert not other_limit
     monkeypatch.setenv("EDGELAB_EVAL_CACHE", "0")
     assert evaluation.cached_correct_mask(a, limit=128)[1] is False
+
+
+def test_a_tensor_subclass_in_the_state_dict_leaves_no_fingerprint():
+    class Marked(torch.Tensor):   # stands for torchao's quantized weights: their own arithmetic
+        pass
+    m = tiny_cnn()
+    m[4].register_buffer("scale", torch.ones(1).as_subclass(Marked))
+    assert evaluation.fingerprint(m) is None

@@ -6,6 +6,12 @@ from edgelab import data, evaluation, measure, runtime
 from edgelab.records import Record
 
 
+@pytest.fixture(autouse=True)
+def _no_eval_cache(monkeypatch):
+    """Each measurement here evaluates afresh (evaluation.cached_correct_mask is tested there)."""
+    monkeypatch.setenv("EDGELAB_EVAL_CACHE", "0")
+
+
 def tiny_cnn():
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(4, 10))

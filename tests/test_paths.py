@@ -56,3 +56,5 @@ def test_the_assembled_results_follow_edgelab_results(monkeypatch, tmp_path):
     monkeypatch.setenv("EDGELAB_RESULTS", str(tmp_path / "mine"))
     assert paths.results_dir() == tmp_path / "mine"
     assert paths.results_file() == tmp_path / "mine.json"   # never build/results.json
+    monkeypatch.setenv("EDGELAB_RESULTS", str(tmp_path / "results.smoke"))
+    assert paths.results_file() == tmp_path / "results.smoke.json"   # a dot in the name stays
